@@ -1,0 +1,93 @@
+// Command images builds the container images the local e2e cluster runs,
+// as `docker save`-style tarballs, because the cluster has no registry to
+// pull from: each tarball is imported into every node's containerd.
+//
+//	go run ./hack/images -out _output/images \
+//	    -provisioner ~/.cache/dhpp/bin/csi-provisioner-v6.3.0/csi-provisioner \
+//	    -resizer ~/.cache/dhpp/bin/csi-resizer-v2.3.0/csi-resizer
+//
+// Images whose inputs are not given (or, for the driver, whose source
+// directory cmd/dhpp-driver does not exist yet) are skipped with a message.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"k8s.io/klog/v2"
+)
+
+func main() {
+	klog.InitFlags(nil)
+	var o options
+	flag.StringVar(&o.out, "out", "", "directory to write <image>.tar files into (required)")
+	flag.StringVar(&o.provisioner, "provisioner", "", "static csi-provisioner binary; empty skips the image")
+	flag.StringVar(&o.resizer, "resizer", "", "static csi-resizer binary; empty skips the image")
+	flag.StringVar(&o.driverPkg, "driver-pkg", "./cmd/dhpp-driver", "Go package of the driver, built static; skipped if its directory does not exist")
+	flag.StringVar(&o.driverBin, "driver-bin", "", "use this prebuilt static driver binary instead of building -driver-pkg")
+	flag.StringVar(&o.only, "only", "", "comma-separated image names to build (default: all): "+strings.Join(imageNames, ","))
+	flag.Parse()
+	if o.out == "" {
+		fmt.Fprintln(os.Stderr, "images: -out is required")
+		os.Exit(2)
+	}
+	built, err := build(o)
+	for _, b := range built {
+		fmt.Println(b)
+	}
+	if err != nil {
+		klog.ErrorS(err, "building images failed")
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	out, provisioner, resizer, driverPkg, driverBin, only string
+}
+
+func (o options) wanted(name string) bool {
+	if o.only == "" {
+		return true
+	}
+	for _, n := range strings.Split(o.only, ",") {
+		if strings.TrimSpace(n) == name {
+			return true
+		}
+	}
+	return false
+}
+
+// build writes every wanted image and returns "name<TAB>tag<TAB>file" lines.
+func build(o options) ([]string, error) {
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", o.out, err)
+	}
+	work, err := os.MkdirTemp("", "dhpp-images-")
+	if err != nil {
+		return nil, fmt.Errorf("work dir: %w", err)
+	}
+	defer os.RemoveAll(work)
+
+	var built []string
+	for _, name := range imageNames {
+		if !o.wanted(name) {
+			continue
+		}
+		img, err := recipes[name](o, work)
+		if err != nil {
+			return built, fmt.Errorf("image %s: %w", name, err)
+		}
+		if img == nil {
+			continue // recipe said why it skipped
+		}
+		file := filepath.Join(o.out, name+".tar")
+		if err := img.WriteFile(file); err != nil {
+			return built, fmt.Errorf("image %s: %w", name, err)
+		}
+		built = append(built, name+"\t"+img.Tag+"\t"+file)
+	}
+	return built, nil
+}
