@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the deploy/ rendering tools (kustomize, helm) from the Go module proxy
+# into ${DHPP_CACHE:-$HOME/.cache/dhpp}/bin, skipping any that are already there
+# at the pinned version. The versions are pinned by this directory's go.mod
+# (a separate module, so helm's and kustomize's dependency graph never leaks
+# into the driver's go.mod). Chosen because they are the newest releases whose
+# go.mod line builds with Go 1.26.x under GOTOOLCHAIN=local:
+#   kustomize v5.8.2 (v5.8.3 needs go >= 1.27), helm v3.22.0.
+#
+# Usage: hack/deploytools/install.sh        # prints the bin dir on its last line
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cache="${DHPP_CACHE:-$HOME/.cache/dhpp}"
+bin="$cache/bin"
+mkdir -p "$bin"
+
+# version_of prints the version of a module as pinned in this go.mod.
+version_of() {
+	go -C "$here" list -m -f '{{.Version}}' "$1"
+}
+
+# build NAME PACKAGE MODULE: builds PACKAGE as $bin/NAME unless a stamp file
+# says the same version is already there. The stamp makes a version bump in
+# go.mod rebuild the tool instead of silently keeping an old binary.
+build() {
+	local name="$1" pkg="$2" mod="$3" ver stamp
+	ver="$(version_of "$mod")"
+	stamp="$bin/.$name.version"
+	if [[ -x "$bin/$name" && -f "$stamp" && "$(cat "$stamp")" == "$ver" ]]; then
+		echo "$name $ver already in $bin"
+		return
+	fi
+	echo "building $name $ver into $bin (cold: a few minutes on 2 cores)"
+	local start=$SECONDS
+	# CGO_ENABLED=0: static binaries that do not depend on the host's libc.
+	# The -X flags give `helm version` / `kustomize version` a real answer.
+	local ldflags="-s -w"
+	case "$name" in
+	helm) ldflags+=" -X helm.sh/helm/v3/internal/version.version=$ver" ;;
+	kustomize) ldflags+=" -X sigs.k8s.io/kustomize/api/provenance.version=kustomize/$ver" ;;
+	esac
+	CGO_ENABLED=0 go -C "$here" build -trimpath -ldflags "$ldflags" -o "$bin/$name.tmp" "$pkg"
+	mv "$bin/$name.tmp" "$bin/$name"
+	echo "$ver" >"$stamp"
+	echo "built $name in $((SECONDS - start))s"
+}
+
+build kustomize sigs.k8s.io/kustomize/kustomize/v5 sigs.k8s.io/kustomize/kustomize/v5
+build helm helm.sh/helm/v3/cmd/helm helm.sh/helm/v3
+echo "$bin"
