@@ -24,27 +24,44 @@ version_of() {
 # says the same version is already there. The stamp makes a version bump in
 # go.mod rebuild the tool instead of silently keeping an old binary.
 build() {
-	local name="$1" pkg="$2" mod="$3" ver stamp
-	ver="$(version_of "$mod")"
+	local name="$1" pkg="$2" mod="$3" modver ver stamp
+	# The stamp also carries this script's build recipe revision, so a change
+	# in how a tool is built (ldflags) rebuilds it too.
+	modver="$(version_of "$mod")"
+	ver="$modver recipe-$recipe"
 	stamp="$bin/.$name.version"
 	if [[ -x "$bin/$name" && -f "$stamp" && "$(cat "$stamp")" == "$ver" ]]; then
-		echo "$name $ver already in $bin"
+		echo "$name $modver already in $bin"
 		return
 	fi
-	echo "building $name $ver into $bin (cold: a few minutes on 2 cores)"
+	echo "building $name $modver into $bin (cold: a few minutes on 2 cores)"
 	local start=$SECONDS
 	# CGO_ENABLED=0: static binaries that do not depend on the host's libc.
 	# The -X flags give `helm version` / `kustomize version` a real answer.
 	local ldflags="-s -w"
 	case "$name" in
-	helm) ldflags+=" -X helm.sh/helm/v3/internal/version.version=$ver" ;;
-	kustomize) ldflags+=" -X sigs.k8s.io/kustomize/api/provenance.version=kustomize/$ver" ;;
+	helm)
+		ldflags+=" -X helm.sh/helm/v3/internal/version.version=$modver"
+		# Helm's Makefile stamps the Kubernetes version it was built against
+		# (from client-go v0.X.Y -> 1.X); without it `helm template` assumes
+		# Kubernetes 1.20 and rejects charts with a newer kubeVersion.
+		local cg minor
+		cg="$(version_of k8s.io/client-go)"
+		minor="$(echo "$cg" | cut -d. -f2)"
+		for p in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+			ldflags+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$minor"
+		done
+		;;
+	kustomize) ldflags+=" -X sigs.k8s.io/kustomize/api/provenance.version=kustomize/$modver" ;;
 	esac
 	CGO_ENABLED=0 go -C "$here" build -trimpath -ldflags "$ldflags" -o "$bin/$name.tmp" "$pkg"
 	mv "$bin/$name.tmp" "$bin/$name"
 	echo "$ver" >"$stamp"
 	echo "built $name in $((SECONDS - start))s"
 }
+
+# Bump when the build commands above change.
+recipe=2
 
 build kustomize sigs.k8s.io/kustomize/kustomize/v5 sigs.k8s.io/kustomize/kustomize/v5
 build helm helm.sh/helm/v3/cmd/helm helm.sh/helm/v3
