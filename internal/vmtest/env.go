@@ -18,12 +18,32 @@ func inCI() bool { return os.Getenv("CI") == "true" }
 func skipOrFail(t testing.TB, format string, args ...any) {
 	t.Helper()
 	msg := fmt.Sprintf(format, args...)
-	switch {
-	case inCI():
+	switch missingPrerequisite(inCI(), os.Geteuid() == 0) {
+	case failCI:
 		t.Fatalf("%s (CI=true: VM tests must run here)", msg)
-	case os.Geteuid() != 0:
+	case skipNotRoot:
 		t.Skipf("%s (not root: run as root, or with CI=true, to make this a failure)", msg)
 	default:
 		t.Fatal(msg)
+	}
+}
+
+type verdict int
+
+const (
+	failCI verdict = iota
+	skipNotRoot
+	failRoot
+)
+
+// missingPrerequisite decides what a missing VM prerequisite means.
+func missingPrerequisite(ci, root bool) verdict {
+	switch {
+	case ci:
+		return failCI
+	case !root:
+		return skipNotRoot
+	default:
+		return failRoot
 	}
 }

@@ -78,7 +78,13 @@ func Run(t *testing.T, cfg Config) bool {
 		markRan(t)
 		return true
 	}
-	setupOnce.Do(func() { setup, setupErr = prepareHost() })
+	setupOnce.Do(func() {
+		start := time.Now()
+		setup, setupErr = prepareHost()
+		if setupErr == nil {
+			logf("host prepared in %.2fs", time.Since(start).Seconds())
+		}
+	})
 	if setupErr != nil {
 		skipOrFail(t, "vmtest: cannot prepare the VM: %v", setupErr)
 		return false

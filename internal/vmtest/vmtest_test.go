@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 const mib = 1 << 20
@@ -352,5 +353,62 @@ func TestVMDmFlakeyEIO(t *testing.T) {
 	load(linear)
 	if n, err := w.WriteAt(wbuf, 0); err != nil {
 		t.Errorf("O_DIRECT write after the fault is removed: %d bytes, %v", n, err)
+	}
+}
+
+// TestVMHarnessFailures proves the harness cannot pass a VM test that did
+// not pass in the VM: it reruns this test binary on TestVMSelfTestTarget,
+// whose guest body fails or hangs, and expects the host test to fail with
+// the matching reason.
+func TestVMHarnessFailures(t *testing.T) {
+	if os.Getenv("VMTEST_SELFTEST") != "" {
+		t.Skip("already inside the self-test")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ mode, want string }{
+		{"fail", "the test failed inside the VM with exit code 1"},
+		{"hang", "did not finish within 20s and was killed"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.mode, func(t *testing.T) {
+			t.Parallel()
+			cmd := exec.Command(exe, "-test.run", "^TestVMSelfTestTarget$", "-test.v")
+			cmd.Env = append(os.Environ(), "VMTEST_SELFTEST="+tc.mode)
+			out, err := cmd.CombinedOutput()
+			if bytes.Contains(out, []byte("--- SKIP")) {
+				t.Skipf("the VM is not available here:\n%s", out)
+			}
+			if err == nil {
+				t.Fatalf("a guest that should %s passed on the host:\n%s", tc.mode, out)
+			}
+			if !bytes.Contains(out, []byte(tc.want)) {
+				t.Fatalf("host output lacks %q:\n%s", tc.want, out)
+			}
+		})
+	}
+}
+
+// TestVMSelfTestTarget misbehaves in the VM on purpose; it runs only when
+// TestVMHarnessFailures starts it.
+func TestVMSelfTestTarget(t *testing.T) {
+	mode := os.Getenv("VMTEST_SELFTEST")
+	if mode == "" {
+		t.Skip("run only by TestVMHarnessFailures")
+	}
+	cfg := Config{Env: map[string]string{"VMTEST_SELFTEST": mode}}
+	if mode == "hang" {
+		cfg.Timeout = 20 * time.Second
+	}
+	if !Run(t, cfg) {
+		return
+	}
+	switch mode {
+	case "fail":
+		t.Fatal("failing on purpose")
+	case "hang":
+		time.Sleep(time.Hour)
 	}
 }
