@@ -152,11 +152,19 @@ func (d *Disk) Remount(opts ...string) error {
 func (d *Disk) teardown(t testing.TB, base string, mounted bool) {
 	t.Helper()
 	if mounted {
-		if err := unmount(d.Dir); err != nil {
+		lazy, err := unmount(d.Dir)
+		if err != nil {
 			t.Errorf("testdisk: %v", err)
 		}
+		if lazy {
+			// The filesystem stays alive, holding the loop device,
+			// until whatever kept it busy lets go.
+			t.Logf("testdisk: %s was busy at cleanup (a file or directory left open by the test?); lazily unmounted, %s is released only when that reference goes", d.Dir, d.Device)
+		}
 	}
-	if d.Device != "" {
+	// Detach only while the device still serves our image: if something
+	// already released it, its number may now belong to another test.
+	if d.Device != "" && d.boundToImage() {
 		if _, err := run("losetup", "--detach", d.Device); err != nil {
 			t.Errorf("testdisk: detach %s: %v", d.Device, err)
 		}
@@ -171,15 +179,25 @@ func (d *Disk) teardown(t testing.TB, base string, mounted bool) {
 	}
 }
 
+// boundToImage reports whether sysfs names d.Image (or d.Image with the
+// " (deleted)" mark) as the backing file of d.Device.
+func (d *Disk) boundToImage() bool {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(d.Device), "loop", "backing_file"))
+	if err != nil {
+		return false
+	}
+	p := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), " (deleted)")
+	return p == d.Image
+}
+
 // unmount tries a normal unmount a few times (a just-closed file can keep
 // the filesystem busy for a moment) and falls back to a lazy unmount, which
-// always detaches the mount from the tree.
-func unmount(dir string) error {
-	var err error
+// always detaches the mount from the tree; lazy says that it had to.
+func unmount(dir string) (lazy bool, err error) {
 	for i := 0; i < 5; i++ {
 		err = unix.Unmount(dir, 0)
 		if err == nil || errors.Is(err, unix.EINVAL) { // EINVAL: not mounted
-			return nil
+			return false, nil
 		}
 		if !errors.Is(err, unix.EBUSY) {
 			break
@@ -187,9 +205,9 @@ func unmount(dir string) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	if lerr := unix.Unmount(dir, unix.MNT_DETACH); lerr != nil {
-		return fmt.Errorf("unmount %s: %v; lazy unmount: %w", dir, err, lerr)
+		return true, fmt.Errorf("unmount %s: %v; lazy unmount: %w", dir, err, lerr)
 	}
-	return nil
+	return true, nil
 }
 
 // isMountPoint reports whether dir is on a different device than its parent.

@@ -3,7 +3,9 @@ package testdisk
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -54,8 +56,20 @@ func TestNew(t *testing.T) {
 			if _, err := os.Stat(d.Image); !os.IsNotExist(err) {
 				t.Errorf("after cleanup, image %s: err = %v, want not-exist", d.Image, err)
 			}
-			if b, err := os.ReadFile("/sys/block/" + filepath.Base(d.Device) + "/loop/backing_file"); err == nil {
-				t.Errorf("after cleanup, %s still bound to %s", d.Device, b)
+			// The device number may be reused at once by a concurrent
+			// test, and a detach races with other openers (udev,
+			// losetup -f) into a deferred release: poll for our image
+			// to be gone from it.
+			backing := "/sys/block/" + filepath.Base(d.Device) + "/loop/backing_file"
+			stillOurs := func() bool {
+				b, err := os.ReadFile(backing)
+				return err == nil && strings.HasPrefix(string(b), d.Image)
+			}
+			for end := time.Now().Add(2 * time.Second); stillOurs() && time.Now().Before(end); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if stillOurs() {
+				t.Errorf("after cleanup, %s still bound to %s", d.Device, d.Image)
 			}
 		})
 	}

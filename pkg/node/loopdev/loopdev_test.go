@@ -1,6 +1,7 @@
 package loopdev
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -77,9 +78,21 @@ func image(t *testing.T, size int64) string {
 	return p
 }
 
-// detachOnCleanup makes sure a test never leaves a device bound.
-func detachOnCleanup(t *testing.T, dev string) {
+// detachOnCleanup makes sure a test never leaves a device bound. By cleanup
+// time the device may have been released and taken by a concurrent test,
+// whose binding must be left alone, so it detaches only if sysfs still names
+// a file in img's directory (each test's own temp dir; the file itself may
+// have been renamed or deleted by then).
+func detachOnCleanup(t *testing.T, dev, img string) {
+	dir := filepath.Dir(img) + "/"
 	t.Cleanup(func() {
+		b, err := os.ReadFile(filepath.Join(sysBlock, filepath.Base(dev), "loop", "backing_file"))
+		if err != nil {
+			return // free
+		}
+		if p, _ := parseBackingFile(string(b)); !strings.HasPrefix(p, dir) {
+			return // someone else's now
+		}
 		if err := Detach(dev); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
@@ -94,20 +107,31 @@ func sysAttr(dev, attr string) string {
 	return strings.TrimSpace(string(b))
 }
 
-func bound(dev string) bool {
-	_, err := os.Stat(filepath.Join(sysBlock, filepath.Base(dev), "loop", "backing_file"))
-	return err == nil
+// boundTo reports whether dev is bound to img. It compares the backing file
+// rather than asking whether dev is bound at all: other processes (other
+// test packages, udev) attach loop devices concurrently and may take dev as
+// soon as it is free.
+func boundTo(dev, img string) bool {
+	b, err := os.ReadFile(filepath.Join(sysBlock, filepath.Base(dev), "loop", "backing_file"))
+	if err != nil {
+		return false
+	}
+	p, _ := parseBackingFile(string(b))
+	return p == img
 }
 
-// waitUnbound polls, because the kernel may release an autoclear device
-// just after the last close returns.
-func waitUnbound(dev string, d time.Duration) bool {
+// waitUnbound polls until dev is no longer bound to img. Polling is needed:
+// the kernel releases a device only at its last close, and another process
+// (udev's blkid, a concurrent losetup scanning for free devices) may hold it
+// open for a moment, turning LOOP_CLR_FD and autoclear into a deferred
+// release.
+func waitUnbound(dev, img string, d time.Duration) bool {
 	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-		if !bound(dev) {
+		if !boundTo(dev, img) {
 			return true
 		}
 	}
-	return !bound(dev)
+	return !boundTo(dev, img)
 }
 
 func TestAttachFindDetach(t *testing.T) {
@@ -137,7 +161,7 @@ func TestAttachFindDetach(t *testing.T) {
 				t.Fatal(err)
 			}
 			dev := f.Name()
-			detachOnCleanup(t, dev)
+			detachOnCleanup(t, dev, img)
 			if !strings.HasPrefix(dev, "/dev/loop") {
 				t.Errorf("device %q, want /dev/loopN", dev)
 			}
@@ -174,23 +198,25 @@ func TestAttachFindDetach(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.opts.AutoClear {
-				if !waitUnbound(dev, 2*time.Second) {
+				if !waitUnbound(dev, img, 2*time.Second) {
 					t.Errorf("autoclear device %s still bound after its last close", dev)
 				}
-			} else if !bound(dev) {
+			} else if !boundTo(dev, img) {
 				t.Errorf("%s unbound by close without autoclear", dev)
 			}
 			if err := Detach(dev); err != nil {
 				t.Errorf("Detach: %v", err)
 			}
-			if bound(dev) {
+			if !waitUnbound(dev, img, 2*time.Second) {
 				t.Errorf("%s still bound after Detach", dev)
 			}
 			if devs, err := Find(img); err != nil || len(devs) != 0 {
 				t.Errorf("Find after detach = %v, %v; want none", devs, err)
 			}
-			if err := Detach(dev); err != nil {
-				t.Errorf("second Detach (ENXIO) = %v, want nil", err)
+			// Detaching again must neither fail nor touch whatever
+			// device now has this number.
+			if err := DetachFile(dev, img); err != nil && !errors.Is(err, ErrOtherBacking) {
+				t.Errorf("second DetachFile = %v, want nil or ErrOtherBacking", err)
 			}
 		})
 	}
@@ -203,12 +229,12 @@ func TestAttachTwice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	detachOnCleanup(t, a)
+	detachOnCleanup(t, a, img)
 	b, err := Attach(img, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	detachOnCleanup(t, b)
+	detachOnCleanup(t, b, img)
 	if a == b {
 		t.Fatalf("two attaches gave the same device %s", a)
 	}
@@ -232,6 +258,7 @@ func TestAttachConcurrent(t *testing.T) {
 		devs []string
 		errs []error
 	)
+	imgs := map[string]string{} // device -> image
 	for i := 0; i < n; i++ {
 		img := image(t, 1<<20)
 		wg.Add(1)
@@ -245,11 +272,15 @@ func TestAttachConcurrent(t *testing.T) {
 				return
 			}
 			devs = append(devs, dev)
+			imgs[dev] = img
 		}()
 	}
 	wg.Wait()
-	for _, d := range devs {
-		detachOnCleanup(t, d)
+	for dev, img := range imgs {
+		detachOnCleanup(t, dev, img)
+		if !boundTo(dev, img) {
+			t.Errorf("%s not bound to %s", dev, img)
+		}
 	}
 	if len(errs) > 0 {
 		t.Fatalf("concurrent Attach errors: %v", errs)
@@ -267,7 +298,7 @@ func TestRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	detachOnCleanup(t, dev)
+	detachOnCleanup(t, dev, img)
 	if got := sysAttr(dev, "size"); got != "32768" {
 		t.Fatalf("size = %s sectors, want 32768", got)
 	}
@@ -301,7 +332,7 @@ func TestAutoClearWithMount(t *testing.T) {
 		t.Fatal(err)
 	}
 	dev := f.Name()
-	detachOnCleanup(t, dev)
+	detachOnCleanup(t, dev, img)
 	mnt := t.TempDir()
 	if err := unix.Mount(dev, mnt, "ext4", 0, ""); err != nil {
 		f.Close()
@@ -316,7 +347,7 @@ func TestAutoClearWithMount(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if !bound(dev) {
+	if !boundTo(dev, img) {
 		t.Fatalf("autoclear device released while mounted")
 	}
 	if devs, err := Find(img); err != nil || !slices.Equal(devs, []string{dev}) {
@@ -326,7 +357,7 @@ func TestAutoClearWithMount(t *testing.T) {
 		t.Fatal(err)
 	}
 	mounted = false
-	if !waitUnbound(dev, 2*time.Second) {
+	if !waitUnbound(dev, img, 2*time.Second) {
 		t.Errorf("autoclear device %s still bound after unmount", dev)
 	}
 }
@@ -343,7 +374,7 @@ func TestDetachWhileMounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	detachOnCleanup(t, dev)
+	detachOnCleanup(t, dev, img)
 	mnt := t.TempDir()
 	if err := unix.Mount(dev, mnt, "ext4", 0, ""); err != nil {
 		t.Fatalf("mount %s: %v", dev, err)
@@ -352,13 +383,13 @@ func TestDetachWhileMounted(t *testing.T) {
 		unix.Unmount(mnt, unix.MNT_DETACH)
 		t.Fatalf("Detach while mounted: %v", err)
 	}
-	if !bound(dev) {
+	if !boundTo(dev, img) {
 		t.Errorf("mounted device unbound by Detach")
 	}
 	if err := unix.Unmount(mnt, 0); err != nil {
 		t.Fatal(err)
 	}
-	if !waitUnbound(dev, 2*time.Second) {
+	if !waitUnbound(dev, img, 2*time.Second) {
 		t.Errorf("device %s still bound after unmount following Detach", dev)
 	}
 }
@@ -370,7 +401,7 @@ func TestFindRenamedAndDeleted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	detachOnCleanup(t, dev)
+	detachOnCleanup(t, dev, img)
 
 	renamed := filepath.Join(filepath.Dir(img), "renamed.img")
 	if err := os.Rename(img, renamed); err != nil {
@@ -404,6 +435,70 @@ func TestFindRenamedAndDeleted(t *testing.T) {
 	}
 	if devs, err := Find(renamed); err != nil || len(devs) != 0 {
 		t.Errorf("Find(new file at deleted backing file's path) = %v, %v; want none", devs, err)
+	}
+}
+
+func TestDetachFile(t *testing.T) {
+	testdisk.RequireRoot(t)
+	mine, other := image(t, 4<<20), image(t, 4<<20)
+	dev, err := Attach(other, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	detachOnCleanup(t, dev, other)
+
+	// Bound to another file: refused, binding untouched.
+	if err := DetachFile(dev, mine); !errors.Is(err, ErrOtherBacking) {
+		t.Errorf("DetachFile(other's device) = %v, want ErrOtherBacking", err)
+	}
+	if !boundTo(dev, other) {
+		t.Fatalf("DetachFile with the wrong file unbound %s", dev)
+	}
+	// Bound to the named file: detached.
+	if err := DetachFile(dev, other); err != nil {
+		t.Fatalf("DetachFile: %v", err)
+	}
+	if !waitUnbound(dev, other, 2*time.Second) {
+		t.Errorf("%s still bound after DetachFile", dev)
+	}
+	if err := DetachFile(dev, filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Errorf("DetachFile with a missing backing file succeeded")
+	}
+}
+
+// A free device is not an error for either detach. The device is made with
+// LOOP_CTL_ADD at a high number, so that no concurrent attach (which takes
+// the lowest free one) is likely to bind it meanwhile.
+func TestDetachFreeDevice(t *testing.T) {
+	testdisk.RequireRoot(t)
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	n := -1
+	for i := 200 + os.Getpid()%100; i < 400; i++ {
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, ctl.Fd(), unix.LOOP_CTL_ADD, uintptr(i)); e == 0 {
+			n = i
+			break
+		}
+	}
+	if n < 0 {
+		t.Fatal("LOOP_CTL_ADD found no free number in 200..399")
+	}
+	t.Cleanup(func() { unix.Syscall(unix.SYS_IOCTL, ctl.Fd(), unix.LOOP_CTL_REMOVE, uintptr(n)) })
+	dev, err := ensureNode(devDir, sysBlock, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Detach(dev); err != nil {
+		t.Errorf("Detach(free %s) = %v, want nil", dev, err)
+	}
+	if err := DetachFile(dev, image(t, 1<<20)); err != nil {
+		t.Errorf("DetachFile(free %s) = %v, want nil", dev, err)
+	}
+	if err := Detach(filepath.Join(t.TempDir(), "loop-missing")); err == nil {
+		t.Errorf("Detach of a missing node succeeded")
 	}
 }
 
