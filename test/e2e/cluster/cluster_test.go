@@ -1,0 +1,345 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseStat(t *testing.T) {
+	tests := []struct {
+		name      string
+		stat      string
+		wantState byte
+		wantStart uint64
+		wantErr   bool
+	}{
+		{
+			name:      "plain",
+			stat:      "123 (sleep) S 1 123 123 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 5000 100",
+			wantState: 'S', wantStart: 98765,
+		},
+		{
+			name:      "command with spaces and parentheses",
+			stat:      "9 (a (b) c) Z 1 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 42 0 0",
+			wantState: 'Z', wantStart: 42,
+		},
+		{name: "truncated", stat: "1 (x) S 1 2", wantErr: true},
+		{name: "garbage", stat: "nothing here", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st, start, err := parseStat(tt.stat)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
+			}
+			if !tt.wantErr && (st != tt.wantState || start != tt.wantStart) {
+				t.Errorf("got %c %d, want %c %d", st, start, tt.wantState, tt.wantStart)
+			}
+		})
+	}
+}
+
+func TestProcAliveAndStop(t *testing.T) {
+	log := filepath.Join(t.TempDir(), "sleep.log")
+	p, err := startDaemon("sleep", log, []string{"sleep", "300"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Alive() || p.StartTime == 0 {
+		t.Fatalf("started process not alive: %+v", p)
+	}
+	// A record with the same PID but another start time is someone else's.
+	other := p
+	other.StartTime++
+	if other.Alive() {
+		t.Error("process with a different start time counted as ours")
+	}
+	if err := other.Stop(time.Second); err != nil || !p.Alive() {
+		t.Fatalf("Stop of a foreign PID touched our process: %v", err)
+	}
+	if err := p.Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if p.Alive() {
+		t.Error("process alive after Stop")
+	}
+	if b, _ := os.ReadFile(log); !strings.Contains(string(b), "sleep 300") {
+		t.Errorf("log lacks the command line: %q", b)
+	}
+}
+
+func TestToolStampKey(t *testing.T) {
+	repo := t.TempDir()
+	mod := filepath.Join(repo, "hack/tools/x")
+	if err := os.MkdirAll(mod, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, text string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(mod, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("go.mod", "module x\n")
+	write("main.go", "package main\nfunc main(){}\n")
+	base := Tool{Name: "x", Version: "v1", Module: "hack/tools/x", Packages: []string{"."}, Ldflags: "-s"}
+	key := func(tl Tool) string {
+		t.Helper()
+		k, err := tl.stampKey(repo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	k0 := key(base)
+	if key(base) != k0 {
+		t.Fatal("stamp key not stable")
+	}
+	changed := []struct {
+		name   string
+		mutate func() Tool
+	}{
+		{"version", func() Tool { c := base; c.Version = "v2"; return c }},
+		{"ldflags", func() Tool { c := base; c.Ldflags = "-s -w"; return c }},
+		{"packages", func() Tool { c := base; c.Packages = []string{"./cmd"}; return c }},
+		{"go.sum added", func() Tool { write("go.sum", "x v1 h1:abc\n"); return base }},
+		{"source edited", func() Tool { write("main.go", "package main\nfunc main(){println()}\n"); return base }},
+	}
+	prev := k0
+	for _, c := range changed {
+		k := key(c.mutate())
+		if k == prev || k == k0 {
+			t.Errorf("%s: stamp key did not change", c.name)
+		}
+		prev = k
+	}
+}
+
+func TestToolBuildIsCachedByStamp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a Go program")
+	}
+	repo := t.TempDir()
+	mod := filepath.Join(repo, "hack/tools/hello")
+	if err := os.MkdirAll(mod, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(mod, "go.mod"), []byte("module hello\n\ngo 1.24\n"), 0o644)
+	os.WriteFile(filepath.Join(mod, "main.go"), []byte("package main\nfunc main(){}\n"), 0o644)
+	tl := Tool{Name: "hello", Version: "v1", Module: "hack/tools/hello", Packages: []string{"."}, Binaries: []string{"hello"}}
+	bin := filepath.Join(t.TempDir(), "bin")
+	ctx := context.Background()
+	cached, err := tl.Build(ctx, repo, bin)
+	if err != nil || cached {
+		t.Fatalf("first build: cached=%v err=%v", cached, err)
+	}
+	out, err := exec.Command("file", filepath.Join(bin, "hello-v1", "hello")).Output()
+	if err == nil && !strings.Contains(string(out), "statically linked") {
+		t.Errorf("binary is not static (CGO_ENABLED=0): %s", out)
+	}
+	if cached, err = tl.Build(ctx, repo, bin); err != nil || !cached {
+		t.Fatalf("second build: cached=%v err=%v, want a no-op", cached, err)
+	}
+	tl.Binaries = []string{"missing"}
+	tl.Version = "v2"
+	if _, err := tl.Build(ctx, repo, bin); err == nil {
+		t.Error("build that lacks an expected binary succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(bin, "hello-v2")); !os.IsNotExist(err) {
+		t.Errorf("failed build left its cache directory: %v", err)
+	}
+}
+
+func TestPKI(t *testing.T) {
+	dir := t.TempDir()
+	p, err := NewPKI(dir, DefaultNodes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, _ := os.ReadFile(p.CA())
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("CA not parseable")
+	}
+	load := func(name string) *x509.Certificate {
+		t.Helper()
+		b, err := os.ReadFile(p.Cert(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blk, _ := pem.Decode(b)
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	tests := []struct {
+		file  string
+		cn    string
+		org   string
+		usage x509.ExtKeyUsage
+		host  string
+	}{
+		{file: "apiserver", cn: "kube-apiserver", usage: x509.ExtKeyUsageServerAuth, host: BridgeIP},
+		{file: "apiserver", cn: "kube-apiserver", usage: x509.ExtKeyUsageServerAuth, host: KubernetesServiceIP},
+		{file: "apiserver", cn: "kube-apiserver", usage: x509.ExtKeyUsageServerAuth, host: "kubernetes.default.svc"},
+		{file: "admin", cn: "kubernetes-admin", org: "system:masters", usage: x509.ExtKeyUsageClientAuth},
+		{file: "kubelet-dhpp-node-2", cn: "system:node:dhpp-node-2", org: "system:nodes", usage: x509.ExtKeyUsageClientAuth},
+		{file: "kube-proxy", cn: "system:kube-proxy", usage: x509.ExtKeyUsageClientAuth},
+		{file: "controller-manager", cn: "system:kube-controller-manager", usage: x509.ExtKeyUsageClientAuth},
+		{file: "scheduler", cn: "system:kube-scheduler", usage: x509.ExtKeyUsageClientAuth},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file+" "+tt.host, func(t *testing.T) {
+			c := load(tt.file)
+			if _, err := c.Verify(x509.VerifyOptions{Roots: pool, DNSName: tt.host, KeyUsages: []x509.ExtKeyUsage{tt.usage}}); err != nil {
+				t.Errorf("verify: %v", err)
+			}
+			if c.Subject.CommonName != tt.cn {
+				t.Errorf("CN = %q, want %q", c.Subject.CommonName, tt.cn)
+			}
+			if tt.org != "" && (len(c.Subject.Organization) != 1 || c.Subject.Organization[0] != tt.org) {
+				t.Errorf("O = %v, want %s", c.Subject.Organization, tt.org)
+			}
+		})
+	}
+	for _, k := range []string{"ca.key", "admin.key", "sa.key"} {
+		if st, err := os.Stat(filepath.Join(dir, k)); err != nil || st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v err %v, want 0600", k, st.Mode().Perm(), err)
+		}
+	}
+	kc := filepath.Join(dir, "kubeconfig")
+	if err := p.WriteKubeconfig(kc, "admin"); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(kc)
+	for _, want := range []string{"server: https://10.200.0.1:6443", "client-certificate: " + p.Cert("admin"), "current-context: dhpp-e2e"} {
+		if !bytes.Contains(b, []byte(want)) {
+			t.Errorf("kubeconfig lacks %q:\n%s", want, b)
+		}
+	}
+}
+
+func TestGeneratedConfigs(t *testing.T) {
+	cfg := Config{RepoRoot: "/r", OutputDir: "/r/_output/cluster", CacheDir: "/c", Nodes: DefaultNodes()}
+	var cni struct {
+		Plugins []struct {
+			Type   string `json:"type"`
+			IPMasq bool   `json:"ipMasq"`
+			IPAM   struct {
+				Ranges  [][]struct{ Subnet string } `json:"ranges"`
+				DataDir string                      `json:"dataDir"`
+			} `json:"ipam"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal([]byte(cniConfig(cfg, "dhpp-node-1", "10.244.1.0/24")), &cni); err != nil {
+		t.Fatalf("CNI config is not JSON: %v", err)
+	}
+	if len(cni.Plugins) != 2 || cni.Plugins[0].Type != "bridge" || cni.Plugins[0].IPMasq ||
+		cni.Plugins[0].IPAM.Ranges[0][0].Subnet != "10.244.1.0/24" ||
+		!strings.HasPrefix(cni.Plugins[0].IPAM.DataDir, cfg.nodeDir("dhpp-node-1")) {
+		t.Errorf("CNI config = %+v", cni)
+	}
+
+	p := &PKI{Dir: "/pki"}
+	tests := []struct {
+		name string
+		text string
+		want []string
+	}{
+		{name: "containerd", text: containerdConfig(cfg, "dhpp-node-2"), want: []string{
+			`sandbox_image = "registry.k8s.io/pause:3.10"`, "restrict_oom_score_adj = true",
+			"netns_mounts_under_state_dir = true", "SystemdCgroup = false", `snapshotter = "overlayfs"`,
+			`address = "/run/dhpp-e2e/dhpp-node-2/containerd.sock"`, `bin_dir = "/usr/lib/cni"`,
+			`conf_dir = "/r/_output/cluster/nodes/dhpp-node-2/cni/net.d"`,
+		}},
+		{name: "kubelet", text: kubeletConfig(cfg, p, "dhpp-node-3"), want: []string{
+			"cgroupDriver: cgroupfs", "cgroupRoot: /dhpp-node-3", "failSwapOn: false", "readOnlyPort: 0",
+			"clientCAFile: /pki/ca.crt", `resolvConf: ""`, "imageGCHighThresholdPercent: 100",
+			"containerRuntimeEndpoint: unix:///run/dhpp-e2e/dhpp-node-3/containerd.sock", `nodefs.available: "1%"`,
+		}},
+		{name: "holder btrfs", text: holderScript(cfg, &NodeState{Spec: DefaultNodes()[0], Loop: "/dev/loop7"}, "/ready"), want: []string{
+			"mount --make-rshared /", `mount "/dev/loop7" "/mnt/dhpp-data"`, `mount --make-shared "/mnt/dhpp-data"`,
+			`mkdir -p "/mnt/dhpp-data/dhpp"`, "btrfs quota enable", `mount --bind "/r/_output/cluster/nodes/dhpp-node-1/kubelet" "/var/lib/kubelet"`,
+			"exec sleep infinity",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, w := range tt.want {
+				if !strings.Contains(tt.text, w) {
+					t.Errorf("lacks %q:\n%s", w, tt.text)
+				}
+			}
+		})
+	}
+	if s := holderScript(cfg, &NodeState{Spec: DefaultNodes()[2], Loop: "/dev/loop8"}, "/ready"); strings.Contains(s, "btrfs") {
+		t.Errorf("ext4 node's holder enables btrfs quota:\n%s", s)
+	}
+	if len(cfg.criSocket("dhpp-node-1")) >= 108 {
+		t.Errorf("CRI socket path too long for a unix socket: %s", cfg.criSocket("dhpp-node-1"))
+	}
+}
+
+func TestDefaultNodesAreDistinct(t *testing.T) {
+	names, ips, fs := map[string]bool{}, map[string]bool{}, map[string]int{}
+	for _, n := range DefaultNodes() {
+		if names[n.Name] || ips[n.IP] {
+			t.Errorf("duplicate node %+v", n)
+		}
+		names[n.Name], ips[n.IP] = true, true
+		fs[n.FS]++
+		if len(vethName(n.Index)) > 15 {
+			t.Errorf("veth name %s exceeds IFNAMSIZ", vethName(n.Index))
+		}
+	}
+	if len(names) != 3 || fs["btrfs"] != 2 || fs["ext4"] != 1 {
+		t.Errorf("want 3 nodes, 2 btrfs + 1 ext4; got %v", fs)
+	}
+}
+
+func TestFindRepoRoot(t *testing.T) {
+	root := t.TempDir()
+	os.WriteFile(filepath.Join(root, "go.mod"), []byte("module github.com/dhpp-io/dhpp\n\ngo 1.26.0\n"), 0o644)
+	tool := filepath.Join(root, "hack", "tools", "k")
+	os.MkdirAll(tool, 0o755)
+	os.WriteFile(filepath.Join(tool, "go.mod"), []byte("module github.com/dhpp-io/dhpp/hack/tools/k\n"), 0o644)
+	for _, start := range []string{root, tool} {
+		if got, err := FindRepoRoot(start); err != nil || got != root {
+			t.Errorf("FindRepoRoot(%s) = %s, %v; want %s", start, got, err, root)
+		}
+	}
+	if _, err := FindRepoRoot(t.TempDir()); err == nil {
+		t.Error("FindRepoRoot outside a repo succeeded")
+	}
+}
+
+func TestRemoveEmptyTree(t *testing.T) {
+	base := t.TempDir()
+	empty := filepath.Join(base, "empty", "a", "b")
+	full := filepath.Join(base, "full", "a")
+	os.MkdirAll(empty, 0o755)
+	os.MkdirAll(full, 0o755)
+	os.WriteFile(filepath.Join(full, "f"), nil, 0o644)
+	for _, d := range []string{filepath.Join(base, "empty"), filepath.Join(base, "full"), filepath.Join(base, "absent")} {
+		if err := removeEmptyTree(d); err != nil {
+			t.Errorf("removeEmptyTree(%s): %v", d, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(base, "empty")); !os.IsNotExist(err) {
+		t.Error("empty tree not removed")
+	}
+	if _, err := os.Stat(filepath.Join(full, "f")); err != nil {
+		t.Error("tree with a file was removed")
+	}
+}

@@ -1,0 +1,156 @@
+package cluster
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// Tool is one build of a tool module under hack/tools into the cache.
+type Tool struct {
+	// Name and Version name the cache directory bin/<Name>-<Version>.
+	Name, Version string
+	// Module is the module directory, relative to the repository.
+	Module string
+	// Packages are built into the cache directory, one binary each.
+	Packages []string
+	Ldflags  string
+	// Binaries the build must produce (checked before stamping).
+	Binaries []string
+}
+
+// Tools lists everything the cluster runs that is built from the module proxy.
+func Tools() []Tool {
+	k := "k8s.io/kubernetes/cmd/"
+	return []Tool{
+		{
+			Name: "kubernetes", Version: KubernetesVersion, Module: "hack/tools/kubernetes",
+			Packages: []string{k + "kube-apiserver", k + "kube-controller-manager", k + "kube-scheduler", k + "kubelet", k + "kube-proxy", k + "kubectl"},
+			// Without the version stamp the binaries report v0.0.0 and
+			// kubelet/apiserver version-skew checks misbehave.
+			Ldflags: "-s -w -X k8s.io/component-base/version.gitVersion=" + KubernetesVersion +
+				" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=33",
+			Binaries: []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"},
+		},
+		{
+			Name: "csi-provisioner", Version: ProvisionerVersion, Module: "hack/tools/csi-provisioner",
+			Packages: []string{"github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner"},
+			Ldflags:  "-s -w -X main.version=" + ProvisionerVersion,
+			Binaries: []string{"csi-provisioner"},
+		},
+		{
+			Name: "csi-resizer", Version: ResizerVersion, Module: "hack/tools/csi-resizer",
+			Packages: []string{"github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer"},
+			Ldflags:  "-s -w -X main.version=" + ResizerVersion,
+			Binaries: []string{"csi-resizer"},
+		},
+		{
+			Name: "dhpp-cri", Version: CRIToolVersion, Module: "hack/tools/cri",
+			Packages: []string{"."}, Ldflags: "-s -w", Binaries: []string{"dhpp-cri"},
+		},
+	}
+}
+
+// stampKey hashes everything that decides the build's output: the module's
+// files (go.mod, go.sum, sources), the package list, ldflags and the Go
+// version. A matching stamp makes the build a no-op.
+func (t Tool) stampKey(repo string) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n", runtime.Version(), t.Version, strings.Join(t.Packages, " "), t.Ldflags)
+	dir := filepath.Join(repo, t.Module)
+	var files []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && (strings.HasSuffix(p, ".go") || d.Name() == "go.mod" || d.Name() == "go.sum") {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("hash %s: %w", dir, err)
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return "", fmt.Errorf("hash %s: %w", f, err)
+		}
+		rel, _ := filepath.Rel(dir, f)
+		fmt.Fprintf(h, "%s %d\n", rel, len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// Build builds the tool into binDir/<Name>-<Version> unless a stamp with the
+// same key is there. It builds into a temporary directory and renames it, so
+// an interrupted build never looks complete.
+func (t Tool) Build(ctx context.Context, repo, binDir string) (cached bool, err error) {
+	key, err := t.stampKey(repo)
+	if err != nil {
+		return false, err
+	}
+	dest := filepath.Join(binDir, t.Name+"-"+t.Version)
+	stamp := filepath.Join(dest, ".stamp")
+	if b, err := os.ReadFile(stamp); err == nil && strings.TrimSpace(string(b)) == key {
+		return true, nil
+	}
+	tmp := dest + ".tmp"
+	if err := os.RemoveAll(tmp); err != nil {
+		return false, fmt.Errorf("clean %s: %w", tmp, err)
+	}
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return false, fmt.Errorf("create %s: %w", tmp, err)
+	}
+	args := append([]string{"build", "-trimpath", "-ldflags", t.Ldflags, "-o", tmp + "/"}, t.Packages...)
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = filepath.Join(repo, t.Module)
+	// GOWORK=off: a go.work elsewhere must not merge this module's replace
+	// lines with another's. GOTOOLCHAIN=local: never download a toolchain.
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off", "GOTOOLCHAIN=local", "GOFLAGS=-mod=readonly")
+	start := time.Now()
+	klog.InfoS("building tool (a cold Kubernetes build takes 5-9 min)", "tool", t.Name, "version", t.Version)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return false, fmt.Errorf("go build %s in %s: %w\n%s", t.Name, t.Module, err, out)
+	}
+	for _, b := range t.Binaries {
+		if _, err := os.Stat(filepath.Join(tmp, b)); err != nil {
+			return false, fmt.Errorf("build of %s produced no %s: %w", t.Name, b, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(tmp, ".stamp"), []byte(key+"\n"), 0o644); err != nil {
+		return false, fmt.Errorf("write stamp: %w", err)
+	}
+	if err := os.RemoveAll(dest); err != nil {
+		return false, fmt.Errorf("replace %s: %w", dest, err)
+	}
+	if err := os.Rename(tmp, dest); err != nil {
+		return false, fmt.Errorf("install %s: %w", dest, err)
+	}
+	klog.InfoS("built tool", "tool", t.Name, "dir", dest, "took", time.Since(start).Round(time.Second))
+	return false, nil
+}
+
+// BuildTools builds every tool (sequentially: the machine has two cores and
+// one Go build already uses both).
+func BuildTools(ctx context.Context, cfg Config) error {
+	for _, t := range Tools() {
+		if _, err := t.Build(ctx, cfg.RepoRoot, cfg.binDir()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
