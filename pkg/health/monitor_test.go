@@ -260,3 +260,27 @@ func TestAddPoolErrors(t *testing.T) {
 		t.Error("NewMonitor accepted an invalid config")
 	}
 }
+
+func TestWithClock(t *testing.T) {
+	t0 := time.Date(2026, 11, 21, 8, 0, 0, 0, time.UTC)
+	now := t0
+	m, err := NewMonitor(testConfig(), WithClock(func() time.Time { return now }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.addPool("p1", &fakeProber{}); err != nil {
+		t.Fatal(err)
+	}
+	now = t0.Add(time.Hour)
+	if err := m.Fence("p1", "maintenance"); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := m.Status("p1"); s.Since != now {
+		t.Errorf("Since = %v, want the injected clock's %v", s.Since, now)
+	}
+	now = t0.Add(2 * time.Hour)
+	m.probeOnce(context.Background(), m.pools["p1"])
+	if s, _ := m.Status("p1"); s.LastProbe != now {
+		t.Errorf("LastProbe = %v, want %v", s.LastProbe, now)
+	}
+}
