@@ -15,6 +15,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -152,6 +154,10 @@ func (d *Disk) Remount(opts ...string) error {
 func (d *Disk) teardown(t testing.TB, base string, mounted bool) {
 	t.Helper()
 	if mounted {
+		// Tests of the loop backend mount images stored on this disk;
+		// if they left any behind, the disk could only be unmounted
+		// lazily and its loop device would stay busy. Undo them first.
+		d.releaseNested(t)
 		lazy, err := unmount(d.Dir)
 		if err != nil {
 			t.Errorf("testdisk: %v", err)
@@ -177,6 +183,80 @@ func (d *Disk) teardown(t testing.TB, base string, mounted bool) {
 	if err := os.RemoveAll(base); err != nil {
 		t.Errorf("testdisk: remove %s: %v", base, err)
 	}
+}
+
+// releaseNested unmounts mounts below d.Dir (deepest first) and detaches
+// loop devices whose backing file is on the disk, logging each, so that a
+// test that forgot its own cleanup does not leak the disk.
+func (d *Disk) releaseNested(t testing.TB) {
+	t.Helper()
+	prefix := d.Dir + "/"
+	mounts, err := mountPoints()
+	if err != nil {
+		t.Errorf("testdisk: %v", err)
+	}
+	var nested []string
+	for _, m := range mounts {
+		if strings.HasPrefix(m, prefix) {
+			nested = append(nested, m)
+		}
+	}
+	sort.Slice(nested, func(i, j int) bool { return len(nested[i]) > len(nested[j]) })
+	for _, m := range nested {
+		t.Logf("testdisk: test left %s mounted on the disk; unmounting it", m)
+		if _, err := unmount(m); err != nil {
+			t.Errorf("testdisk: %v", err)
+		}
+	}
+	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, bf := range loops {
+		b, err := os.ReadFile(bf)
+		if err != nil || !strings.HasPrefix(string(b), prefix) {
+			continue
+		}
+		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(bf)))
+		t.Logf("testdisk: test left %s bound to %s; detaching it", dev, strings.TrimSpace(string(b)))
+		if _, err := run("losetup", "--detach", dev); err != nil {
+			t.Errorf("testdisk: %v", err)
+		}
+	}
+}
+
+// mountPoints lists the mount points of this process's mount namespace.
+func mountPoints() ([]string, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mountinfo: %w", err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		out = append(out, unescapeMountinfo(f[4]))
+	}
+	return out, nil
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for space and friends)
+// the kernel uses for mount points in mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var sb strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				sb.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		sb.WriteByte(s[i])
+	}
+	return sb.String()
 }
 
 // boundToImage reports whether sysfs names d.Image (or d.Image with the

@@ -75,6 +75,71 @@ func TestNew(t *testing.T) {
 	}
 }
 
+func TestUnescapeMountinfo(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"/mnt/plain", "/mnt/plain"},
+		{`/mnt/with\040space`, "/mnt/with space"},
+		{`/a\011tab\012nl\134bs`, "/a\ttab\nnl\\bs"},
+		{`/end\040`, "/end "},
+		{`/short\04`, `/short\04`},
+		{`/notoctal\9xx`, `/notoctal\9xx`},
+	}
+	for _, tc := range tests {
+		if got := unescapeMountinfo(tc.in); got != tc.want {
+			t.Errorf("unescapeMountinfo(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// A test that leaves a loop-mounted image on the disk (as loop-backend
+// tests might) must not make the disk leak: cleanup unmounts and detaches
+// what is nested in it.
+func TestCleanupReleasesNested(t *testing.T) {
+	var outer, inner *Disk
+	var innerDev string
+	t.Run("leaky", func(t *testing.T) {
+		outer = New(t, "ext4", 64<<20)
+		inner = &Disk{Image: filepath.Join(outer.Dir, "inner.img"), Dir: filepath.Join(outer.Dir, "inner mnt")}
+		if err := makeSparse(inner.Image, 8<<20); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := run("mkfs.ext4", "-q", "-F", inner.Image); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if err := os.Mkdir(inner.Dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		out, err := run("losetup", "--find", "--show", inner.Image)
+		if err != nil {
+			t.Fatal(err)
+		}
+		innerDev = strings.TrimSpace(out)
+		if _, err := run("mount", innerDev, inner.Dir); err != nil {
+			run("losetup", "--detach", innerDev)
+			t.Fatal(err)
+		}
+		// Deliberately no cleanup of the inner mount and device.
+	})
+	if outer == nil || t.Failed() {
+		return
+	}
+	mounts, err := mountPoints()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mounts {
+		if m == outer.Dir || m == inner.Dir {
+			t.Errorf("%s still mounted after cleanup", m)
+		}
+	}
+	if b, err := os.ReadFile("/sys/block/" + filepath.Base(innerDev) + "/loop/backing_file"); err == nil && strings.HasPrefix(string(b), outer.Dir) {
+		t.Errorf("%s still bound to %s after cleanup", innerDev, b)
+	}
+	if _, err := os.Stat(outer.Image); !os.IsNotExist(err) {
+		t.Errorf("outer image %s not removed: %v", outer.Image, err)
+	}
+}
+
 func TestRemountReadOnly(t *testing.T) {
 	d := New(t, "ext4", 32<<20)
 	if err := d.Remount("ro"); err != nil {

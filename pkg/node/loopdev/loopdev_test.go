@@ -475,7 +475,6 @@ func TestDetachFreeDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ctl.Close()
 	n := -1
 	for i := 200 + os.Getpid()%100; i < 400; i++ {
 		if _, _, e := unix.Syscall(unix.SYS_IOCTL, ctl.Fd(), unix.LOOP_CTL_ADD, uintptr(i)); e == 0 {
@@ -484,9 +483,15 @@ func TestDetachFreeDevice(t *testing.T) {
 		}
 	}
 	if n < 0 {
+		ctl.Close()
 		t.Fatal("LOOP_CTL_ADD found no free number in 200..399")
 	}
-	t.Cleanup(func() { unix.Syscall(unix.SYS_IOCTL, ctl.Fd(), unix.LOOP_CTL_REMOVE, uintptr(n)) })
+	t.Cleanup(func() {
+		defer ctl.Close()
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, ctl.Fd(), unix.LOOP_CTL_REMOVE, uintptr(n)); e != 0 {
+			t.Errorf("LOOP_CTL_REMOVE %d: %v", n, e)
+		}
+	})
 	dev, err := ensureNode(devDir, sysBlock, n)
 	if err != nil {
 		t.Fatal(err)
