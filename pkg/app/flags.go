@@ -1,0 +1,179 @@
+// Package app turns dhpp-driver's command line into a running driver: the
+// flags, the wiring of pools, CSI services, kubelet registration, the trash
+// purger and the HTTP endpoint. cmd/dhpp-driver only calls Parse and Run.
+package app
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/dhpp-io/dhpp/pkg/dhpp"
+	"github.com/dhpp-io/dhpp/pkg/node"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/klog/v2"
+)
+
+// Config is everything dhpp-driver runs with.
+type Config struct {
+	Endpoint          string
+	NodeID            string
+	Pools             []node.PoolConfig
+	TrashRetention    time.Duration
+	DefaultVolumeSize int64
+	MaxVolumesPerNode int64
+	MetricsAddress    string
+
+	KubeletRegistration     bool
+	KubeletRegistrationPath string
+	PluginRegistrationDir   string
+
+	ShowVersion bool
+}
+
+// poolFlag collects repeated --pool flags.
+type poolFlag struct{ pools *[]node.PoolConfig }
+
+func (f poolFlag) String() string {
+	if f.pools == nil {
+		return ""
+	}
+	var s []string
+	for _, p := range *f.pools {
+		s = append(s, fmt.Sprintf("%s=%s,backend=%s", p.Name, p.Path, p.Backend))
+	}
+	return strings.Join(s, " ")
+}
+
+func (f poolFlag) Set(v string) error {
+	p, err := ParsePool(v)
+	if err != nil {
+		return err
+	}
+	*f.pools = append(*f.pools, p)
+	return nil
+}
+
+// ParsePool parses "name=path[,backend=auto|btrfs|loop|dir]".
+func ParsePool(v string) (node.PoolConfig, error) {
+	parts := strings.Split(v, ",")
+	name, path, ok := strings.Cut(parts[0], "=")
+	if !ok || name == "" || path == "" {
+		return node.PoolConfig{}, fmt.Errorf("pool %q: want name=path[,backend=auto|btrfs|loop|dir]", v)
+	}
+	if err := node.ValidatePoolName(name); err != nil {
+		return node.PoolConfig{}, fmt.Errorf("pool %q: %v", v, err)
+	}
+	if !strings.HasPrefix(path, "/") {
+		return node.PoolConfig{}, fmt.Errorf("pool %q: path %q must be absolute", v, path)
+	}
+	pc := node.PoolConfig{Name: name, Path: path, Backend: node.BackendAuto}
+	for _, opt := range parts[1:] {
+		k, val, _ := strings.Cut(opt, "=")
+		switch k {
+		case "backend":
+			b, err := node.ParseBackendKind(val)
+			if err != nil {
+				return node.PoolConfig{}, fmt.Errorf("pool %q: %v", v, err)
+			}
+			pc.Backend = b
+		default:
+			return node.PoolConfig{}, fmt.Errorf("pool %q: unknown option %q (want backend=...)", v, k)
+		}
+	}
+	return pc, nil
+}
+
+// quantityFlag accepts Kubernetes quantities ("1Gi", "500M", "1073741824").
+type quantityFlag struct{ v *int64 }
+
+func (f quantityFlag) String() string {
+	if f.v == nil {
+		return ""
+	}
+	return resource.NewQuantity(*f.v, resource.BinarySI).String()
+}
+
+func (f quantityFlag) Set(s string) error {
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a size (e.g. 1Gi)", s)
+	}
+	if q.Sign() <= 0 {
+		return fmt.Errorf("%q must be positive", s)
+	}
+	*f.v = q.Value()
+	return nil
+}
+
+// Parse parses the command line. Errors are one line, suitable for stderr
+// before exiting with status 2; --help output goes to out.
+func Parse(args []string, out io.Writer, getenv func(string) string) (Config, error) {
+	c := Config{DefaultVolumeSize: node.DefaultVolumeSize}
+	fs := flag.NewFlagSet("dhpp-driver", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&c.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix socket) the sidecars and kubelet connect to")
+	fs.StringVar(&c.NodeID, "node-id", "", "this node's name (default: $NODE_NAME, then the hostname); must match the Kubernetes node name")
+	fs.Var(poolFlag{&c.Pools}, "pool", "a storage pool: name=path[,backend=auto|btrfs|loop|dir]; repeatable, the first is the default")
+	fs.DurationVar(&c.TrashRetention, "trash-retention", 15*time.Minute, "how long a deleted volume's data stays in the pool's trash before it is purged (> 0)")
+	fs.Var(quantityFlag{&c.DefaultVolumeSize}, "default-volume-size", "size of a volume whose claim names none (default 1Gi)")
+	fs.Int64Var(&c.MaxVolumesPerNode, "max-volumes-per-node", 0, "volumes the scheduler may place on this node (0 = no limit)")
+	fs.StringVar(&c.MetricsAddress, "metrics-address", ":9808", "address of the HTTP endpoint with /metrics, /healthz and /readyz (empty = off)")
+	fs.BoolVar(&c.KubeletRegistration, "kubelet-registration", true, "register with the kubelet's plugin watcher (turn off when running node-driver-registrar)")
+	fs.StringVar(&c.KubeletRegistrationPath, "kubelet-registration-path", "/var/lib/kubelet/plugins/"+dhpp.DriverName+"/csi.sock", "the CSI socket path as the kubelet sees it on the host")
+	fs.StringVar(&c.PluginRegistrationDir, "plugin-registration-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory (as mounted into this container)")
+	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
+	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(klogFlags)
+	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(out)
+			fmt.Fprintln(out, "Usage: dhpp-driver --pool=NAME=PATH[,backend=...] [flags]")
+			fs.PrintDefaults()
+		}
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q (all options are --flags)", fs.Arg(0))
+	}
+	if c.ShowVersion {
+		return c, nil
+	}
+	if c.NodeID == "" {
+		c.NodeID = getenv("NODE_NAME")
+	}
+	if c.NodeID == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return c, fmt.Errorf("--node-id not set, $NODE_NAME empty and hostname unknown: %v", err)
+		}
+		c.NodeID = h
+	}
+	return c, c.Validate()
+}
+
+// Validate checks a Config for the mistakes flags alone cannot catch.
+func (c Config) Validate() error {
+	if err := node.ValidateNodeID(c.NodeID); err != nil {
+		return fmt.Errorf("--node-id: %v", err)
+	}
+	if len(c.Pools) == 0 {
+		return errors.New("no --pool given: at least one pool (name=path) is required")
+	}
+	if c.TrashRetention <= 0 {
+		return fmt.Errorf("--trash-retention must be positive (got %s): deleted data always gets a grace period", c.TrashRetention)
+	}
+	if c.MaxVolumesPerNode < 0 {
+		return fmt.Errorf("--max-volumes-per-node must not be negative (got %d)", c.MaxVolumesPerNode)
+	}
+	if c.KubeletRegistration && !strings.HasPrefix(c.KubeletRegistrationPath, "/") {
+		return fmt.Errorf("--kubelet-registration-path %q must be absolute", c.KubeletRegistrationPath)
+	}
+	return nil
+}

@@ -1,0 +1,130 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dhpp-io/dhpp/pkg/dhpp"
+	"github.com/dhpp-io/dhpp/pkg/driver"
+	"github.com/dhpp-io/dhpp/pkg/node"
+	"github.com/dhpp-io/dhpp/pkg/registration"
+	"github.com/kubernetes-csi/csi-lib-utils/metrics"
+	"k8s.io/klog/v2"
+)
+
+// Run opens the pools, serves CSI, registers with the kubelet, purges the
+// trash and serves HTTP until ctx is done or a component fails.
+func Run(ctx context.Context, c Config) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	klog.InfoS("Starting dhpp-driver", "version", dhpp.Version, "node", c.NodeID, "pools", len(c.Pools))
+	start := time.Now()
+	mgr, err := node.New(node.Config{NodeID: c.NodeID, Pools: c.Pools, DefaultSize: c.DefaultVolumeSize})
+	if err != nil {
+		return err
+	}
+	defer mgr.Close()
+	klog.InfoS("Pools opened", "duration", time.Since(start))
+
+	cmm := metrics.NewCSIMetricsManagerForPlugin(dhpp.DriverName)
+	drv, err := driver.New(driver.Config{Manager: mgr, MaxVolumesPerNode: c.MaxVolumesPerNode, Metrics: cmm})
+	if err != nil {
+		return err
+	}
+	sock, err := driver.ParseEndpoint(c.Endpoint)
+	if err != nil {
+		return err
+	}
+	l, err := driver.Listen(sock)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", sock, err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		first   error
+		serving atomic.Bool
+	)
+	fail := func(name string, err error) {
+		if err != nil && ctx.Err() == nil {
+			errOnce.Do(func() { first = fmt.Errorf("%s: %w", name, err) })
+			cancel()
+		}
+	}
+	goRun := func(name string, f func() error) {
+		wg.Add(1)
+		go func() { defer wg.Done(); fail(name, f()) }()
+	}
+
+	serving.Store(true)
+	goRun("CSI server", func() error { return drv.Serve(ctx, l) })
+	goRun("trash purger", func() error { mgr.RunTrashPurger(ctx, c.TrashRetention); return nil })
+
+	var reg *registration.Server
+	if c.KubeletRegistration {
+		reg, err = registration.New(registration.Config{
+			DriverName: dhpp.DriverName, Endpoint: c.KubeletRegistrationPath, RegistrationDir: c.PluginRegistrationDir,
+		})
+		if err != nil {
+			cancel()
+			wg.Wait()
+			return err
+		}
+		goRun("kubelet registration", func() error { return reg.Run(ctx) })
+	}
+	if c.MetricsAddress != "" {
+		mux := http.NewServeMux()
+		cmm.RegisterToServer(mux, "/metrics")
+		// Liveness: the process serves CSI. A fenced disk does not make the
+		// driver unhealthy — restarting it would not repair the disk.
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			if !serving.Load() {
+				http.Error(w, "CSI server stopped", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ok")
+		})
+		// Readiness additionally needs the kubelet to have accepted us.
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if reg != nil {
+				if ok, err := reg.Status(); !ok {
+					http.Error(w, fmt.Sprintf("not registered with the kubelet: %v", err), http.StatusServiceUnavailable)
+					return
+				}
+			}
+			fmt.Fprintln(w, "ok")
+		})
+		hl, err := net.Listen("tcp", c.MetricsAddress)
+		if err != nil {
+			fail("metrics endpoint", err)
+		} else {
+			srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+			goRun("metrics endpoint", func() error {
+				go func() { <-ctx.Done(); _ = srv.Close() }()
+				if err := srv.Serve(hl); !errors.Is(err, http.ErrServerClosed) {
+					return err
+				}
+				return nil
+			})
+			klog.InfoS("Serving HTTP", "address", hl.Addr().String(), "paths", "/metrics /healthz /readyz")
+		}
+	}
+	<-ctx.Done()
+	serving.Store(false)
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	klog.InfoS("dhpp-driver stopped")
+	return nil
+}

@@ -1,0 +1,96 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+)
+
+// BackendKind names how a pool carves volumes and enforces their size.
+type BackendKind string
+
+const (
+	// BackendAuto picks the strongest backend the pool's filesystem supports.
+	BackendAuto BackendKind = "auto"
+	// BackendBtrfs: one subvolume per volume, size enforced by a qgroup limit.
+	BackendBtrfs BackendKind = "btrfs"
+	// BackendLoop: a sparse image file with its own filesystem on a loop
+	// device; size enforced on any host filesystem; serves volumeMode Block.
+	BackendLoop BackendKind = "loop"
+	// BackendDir: a plain directory; the size is recorded, NOT enforced.
+	BackendDir BackendKind = "dir"
+	// BackendXFS and BackendExt4 (project quota) are reserved for the
+	// project-quota backends; the seam is the backend interface below.
+)
+
+// ParseBackendKind validates a backend name from a flag.
+func ParseBackendKind(s string) (BackendKind, error) {
+	switch k := BackendKind(s); k {
+	case BackendAuto, BackendBtrfs, BackendLoop, BackendDir:
+		return k, nil
+	}
+	return "", fmt.Errorf("%w: unknown backend %q (want auto, btrfs, loop or dir)", ErrInvalid, s)
+}
+
+// Usage is a volume's space as its backend accounts for it. Inode figures
+// are zero where the backend has no inode accounting (btrfs).
+type Usage struct {
+	TotalBytes, UsedBytes, AvailableBytes int64
+	TotalInodes, UsedInodes, FreeInodes   int64
+	HasInodes                             bool
+}
+
+// volumeDir is a volume's directory inside a pool, as backends see it.
+type volumeDir struct {
+	pool *Pool
+	// rel is the directory relative to the pool root (e.g. "volumes/pvc-1").
+	rel string
+}
+
+// abs returns the absolute host path of a file in the volume directory.
+// Only used for APIs that need a path (mount, mkfs, loop); every lookup
+// through it was checked with the pool's os.Root first.
+func (d volumeDir) abs(name string) string { return d.pool.abs(d.rel + "/" + name) }
+
+// backend is what a pool needs from a way of carving volumes. Each method is
+// called with the volume's lock held.
+type backend interface {
+	Kind() BackendKind
+	// Enforced reports whether a volume cannot grow past its size.
+	Enforced() bool
+	// MinSize is the smallest volume the backend can make for the access type.
+	MinSize(AccessType) int64
+	// Supports reports whether the backend can serve the access type.
+	Supports(AccessType) bool
+	// Create carves the storage of v inside dir (which exists and is empty)
+	// and may fill backend fields of v (e.g. SubvolumeID).
+	Create(ctx context.Context, dir volumeDir, v *Volume) error
+	// Resize makes the volume's storage newSize bytes large; stagingPath is
+	// where the volume is staged on this node, if it is ("" otherwise).
+	Resize(ctx context.Context, dir volumeDir, v *Volume, newSize int64) error
+	// Allocated is how many bytes of the pool's filesystem the volume
+	// occupies now (qgroup referenced bytes, image blocks); 0 where the
+	// backend cannot tell (dir), which makes capacity conservative.
+	Allocated(dir volumeDir, v *Volume) (int64, error)
+	// Usage reports the volume's space from the backend's own accounting;
+	// volumePath is where the volume is published, if known.
+	Usage(dir volumeDir, v *Volume, volumePath string) (Usage, error)
+	// Destroy releases what a plain recursive removal cannot (subvolumes,
+	// loop devices) before a trashed volume is removed.
+	Destroy(ctx context.Context, dir volumeDir) error
+	// Stage prepares the volume on this node (loop: attach + mount) and
+	// returns what NodePublish binds: a directory or a block device.
+	Stage(ctx context.Context, dir volumeDir, v *Volume, stagingPath string, mountFlags []string) error
+	// Unstage undoes Stage.
+	Unstage(ctx context.Context, dir volumeDir, v *Volume, stagingPath string) error
+	// PublishSource is what NodePublish bind-mounts onto the target path.
+	PublishSource(dir volumeDir, v *Volume, stagingPath string) (string, error)
+}
+
+// fileOwner is used by backends to fix the mode of a new volume root.
+func chmodRoot(root *os.Root, rel string, mode os.FileMode) error {
+	if err := root.Chmod(rel, mode); err != nil {
+		return fmt.Errorf("chmod %s: %w", rel, err)
+	}
+	return nil
+}

@@ -1,0 +1,133 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+
+	"github.com/dhpp-io/dhpp/pkg/node/btrfs"
+	"k8s.io/klog/v2"
+)
+
+// btrfsBackend carves a volume as a btrfs subvolume whose qgroup has a
+// referenced-bytes limit: writes past the size fail with EDQUOT. Usage comes
+// from the qgroup (one ioctl), so stats cost the same for 1 or 10,000 volumes.
+type btrfsBackend struct{ pool *Pool }
+
+func (btrfsBackend) Kind() BackendKind          { return BackendBtrfs }
+func (btrfsBackend) Enforced() bool             { return true }
+func (btrfsBackend) MinSize(AccessType) int64   { return sizeGranularity }
+func (btrfsBackend) Supports(a AccessType) bool { return a == AccessMount }
+
+func newBtrfsBackend(p *Pool) (backend, error) {
+	ok, err := btrfs.IsBtrfs(p.Path)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: %s is not on a btrfs filesystem", ErrUnsupported, p.Path)
+	}
+	if err := btrfs.EnableQuota(p.rootFile); err != nil {
+		return nil, fmt.Errorf("enable btrfs quota on %s: %w", p.Path, err)
+	}
+	return btrfsBackend{pool: p}, nil
+}
+
+func (b btrfsBackend) Create(_ context.Context, dir volumeDir, v *Volume) error {
+	d, err := b.pool.root.Open(dir.rel)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := btrfs.CreateSubvolume(d, dataName); err != nil {
+		return err
+	}
+	rel := path.Join(dir.rel, dataName)
+	sv, err := b.pool.root.Open(rel)
+	if err != nil {
+		return err
+	}
+	defer sv.Close()
+	if v.SubvolumeID, err = btrfs.SubvolumeID(sv); err != nil {
+		return err
+	}
+	if err := btrfs.SetLimit(sv, uint64(v.CapacityBytes)); err != nil {
+		return err
+	}
+	return chmodRoot(b.pool.root, rel, v.Mode)
+}
+
+func (b btrfsBackend) Resize(_ context.Context, dir volumeDir, _ *Volume, newSize int64) error {
+	sv, err := b.pool.root.Open(path.Join(dir.rel, dataName))
+	if err != nil {
+		return err
+	}
+	defer sv.Close()
+	return btrfs.SetLimit(sv, uint64(newSize))
+}
+
+func (b btrfsBackend) Allocated(_ volumeDir, v *Volume) (int64, error) {
+	q, err := btrfs.QgroupUsage(b.pool.rootFile, v.SubvolumeID)
+	return int64(q.Referenced), err
+}
+
+// Usage reports the qgroup's referenced bytes against the volume's limit.
+// Qgroup figures are updated when btrfs commits a transaction (at most every
+// 30 s by default, or on sync), so they lag writes by that much.
+func (b btrfsBackend) Usage(_ volumeDir, v *Volume, _ string) (Usage, error) {
+	q, err := btrfs.QgroupUsage(b.pool.rootFile, v.SubvolumeID)
+	if err != nil {
+		return Usage{}, fmt.Errorf("volume %q: qgroup usage: %w", v.ID, err)
+	}
+	total := v.CapacityBytes
+	used := int64(q.Referenced)
+	avail := max(total-used, 0)
+	if free, err := b.pool.free(); err == nil {
+		avail = min(avail, free) // a full disk is full for every volume
+	}
+	return Usage{TotalBytes: total, UsedBytes: used, AvailableBytes: avail}, nil
+}
+
+// Destroy deletes the data subvolume (a recursive removal cannot) and its
+// qgroup, so the trash entry can be removed as a plain directory.
+func (b btrfsBackend) Destroy(_ context.Context, dir volumeDir) error {
+	rel := path.Join(dir.rel, dataName)
+	sv, err := b.pool.root.Open(rel)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	isSub, err := btrfs.IsSubvolume(sv)
+	var id uint64
+	if err == nil && isSub {
+		id, err = btrfs.SubvolumeID(sv)
+	}
+	sv.Close()
+	if err != nil || !isSub {
+		return err
+	}
+	d, err := b.pool.root.Open(dir.rel)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := btrfs.DeleteSubvolume(d, dataName); err != nil {
+		return err
+	}
+	if err := btrfs.DestroyQgroup(b.pool.rootFile, id); err != nil {
+		// The kernel may still be cleaning the subvolume; a stale qgroup costs
+		// a few bytes of metadata and `btrfs qgroup clear-stale` removes it.
+		klog.V(2).InfoS("Could not destroy the qgroup of a deleted subvolume", "pool", b.pool.Name, "qgroup", fmt.Sprintf("0/%d", id), "err", err)
+	}
+	return nil
+}
+
+func (btrfsBackend) Stage(context.Context, volumeDir, *Volume, string, []string) error { return nil }
+func (btrfsBackend) Unstage(context.Context, volumeDir, *Volume, string) error         { return nil }
+
+func (b btrfsBackend) PublishSource(dir volumeDir, _ *Volume, _ string) (string, error) {
+	return checkedDir(b.pool, path.Join(dir.rel, dataName))
+}

@@ -1,0 +1,381 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+	"syscall"
+
+	"github.com/dhpp-io/dhpp/pkg/node/loopdev"
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+)
+
+// loopBackend carves a volume as a sparse image file. A Filesystem volume
+// gets its own filesystem (ext4 by default, xfs on request) made at
+// creation; NodeStage attaches the image to a loop device and mounts it at
+// the staging path. A Block volume is the loop device itself. The size is
+// enforced by the image's size on any host filesystem.
+type loopBackend struct{ pool *Pool }
+
+// Default and accepted filesystems inside loop images.
+const defaultLoopFsType = "ext4"
+
+var loopFsTypes = map[string]struct {
+	minSize int64
+	mkfs    []string // arguments before the image path
+}{
+	// -m 0: no root reserve, the volume has one consumer. Lazy init keeps
+	// creation fast; the kernel zeroes inode tables in the background.
+	"ext4": {16 << 20, []string{"mkfs.ext4", "-F", "-q", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"}},
+	// xfsprogs >= 5.19 refuses filesystems below 300 MiB.
+	"xfs": {300 << 20, []string{"mkfs.xfs", "-f", "-q", "-K"}},
+}
+
+func newLoopBackend(p *Pool) (backend, error) {
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		return nil, fmt.Errorf("%w: loop devices are not available (/dev/loop-control: %v)", ErrUnsupported, err)
+	}
+	return loopBackend{pool: p}, nil
+}
+
+func (loopBackend) Kind() BackendKind        { return BackendLoop }
+func (loopBackend) Enforced() bool           { return true }
+func (loopBackend) Supports(AccessType) bool { return true }
+
+func (loopBackend) MinSize(a AccessType) int64 {
+	if a == AccessBlock {
+		return sizeGranularity
+	}
+	return loopFsTypes[defaultLoopFsType].minSize
+}
+
+// ValidateLoopFsType checks a filesystem type requested for a loop volume.
+func ValidateLoopFsType(fsType string) error {
+	if _, ok := loopFsTypes[fsType]; !ok {
+		return fmt.Errorf("%w: fsType %q is not supported by the loop backend (want ext4 or xfs)", ErrInvalid, fsType)
+	}
+	return nil
+}
+
+func (b loopBackend) Create(ctx context.Context, dir volumeDir, v *Volume) error {
+	rel := path.Join(dir.rel, imageName)
+	f, err := b.pool.root.OpenFile(rel, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(v.CapacityBytes)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("size image: %w", err)
+	}
+	if v.AccessType == AccessBlock {
+		return nil
+	}
+	if v.FsType == "" {
+		v.FsType = defaultLoopFsType
+	}
+	spec, ok := loopFsTypes[v.FsType]
+	if !ok {
+		return ValidateLoopFsType(v.FsType)
+	}
+	if v.CapacityBytes < spec.minSize {
+		return fmt.Errorf("%w: a %s loop volume needs at least %d bytes", ErrOutOfRange, v.FsType, spec.minSize)
+	}
+	args := append(append([]string{}, spec.mkfs[1:]...), dir.abs(imageName))
+	if out, err := b.pool.env.exec.CommandContext(ctx, spec.mkfs[0], args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %w: %s", spec.mkfs[0], err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Resize grows the image; if it is attached, the loop device learns the new
+// size and a mounted filesystem is grown online. A volume that is not staged
+// has its filesystem grown at the next Stage.
+func (b loopBackend) Resize(_ context.Context, dir volumeDir, v *Volume, newSize int64) error {
+	rel := path.Join(dir.rel, imageName)
+	f, err := b.pool.root.OpenFile(rel, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	st, err := f.Stat()
+	if err == nil && st.Size() < newSize {
+		err = f.Truncate(newSize)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("grow image: %w", err)
+	}
+	devs, err := loopdev.Find(dir.abs(imageName))
+	if err != nil {
+		return err
+	}
+	for _, dev := range devs {
+		if err := loopdev.Refresh(dev); err != nil {
+			return err
+		}
+		if v.AccessType == AccessMount {
+			if mp := b.mountPointOf(dev); mp != "" {
+				if err := b.growFs(dev, mp); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (b loopBackend) growFs(dev, mountPoint string) error {
+	need, err := b.needsGrow(dev)
+	if err != nil || !need {
+		return err
+	}
+	if _, err := mount.NewResizeFs(b.pool.env.exec).Resize(dev, mountPoint); err != nil {
+		// ext4 online growth (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE;
+		// without it the filesystem still grows offline at the next Stage.
+		return fmt.Errorf("grow filesystem on %s mounted at %s (online ext4 growth needs CAP_SYS_RESOURCE; it also happens offline at the next stage): %w", dev, mountPoint, err)
+	}
+	return nil
+}
+
+// needsGrow reports whether the device is larger than its filesystem.
+func (b loopBackend) needsGrow(dev string) (bool, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	devBytes, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return false, err
+	}
+	fsType := b.fsTypeOf(f)
+	if fsType == "" {
+		return false, nil // block volume or unknown: nothing to grow
+	}
+	fsBytes, err := filesystemBytes(f, fsType)
+	if err != nil {
+		return false, err
+	}
+	return fsBytes < devBytes, nil
+}
+
+func (loopBackend) fsTypeOf(r io.ReaderAt) string {
+	for t := range loopFsTypes {
+		if _, err := filesystemBytes(r, t); err == nil {
+			return t
+		}
+	}
+	return ""
+}
+
+// growOffline grows an unmounted ext4 filesystem: e2fsck then resize2fs,
+// which (unlike online growth) needs no CAP_SYS_RESOURCE. xfs can only grow
+// mounted, so it is left to growFs after the mount.
+func (b loopBackend) growOffline(ctx context.Context, dev, fsType string) error {
+	if fsType != "ext4" {
+		return nil
+	}
+	need, err := b.needsGrow(dev)
+	if err != nil || !need {
+		return err
+	}
+	// e2fsck -p exits 1 when it fixed something, which is fine here.
+	if out, err := b.pool.env.exec.CommandContext(ctx, "e2fsck", "-f", "-p", dev).CombinedOutput(); err != nil {
+		if ee, ok := err.(utilexec.ExitError); !ok || ee.ExitStatus() > 1 {
+			return fmt.Errorf("e2fsck %s before growing: %w: %s", dev, err, strings.TrimSpace(string(out)))
+		}
+	}
+	if out, err := b.pool.env.exec.CommandContext(ctx, "resize2fs", dev).CombinedOutput(); err != nil {
+		return fmt.Errorf("resize2fs %s: %w: %s", dev, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// mountPointOf finds where a loop device is mounted, if anywhere.
+func (b loopBackend) mountPointOf(dev string) string {
+	infos, err := mount.ParseMountInfo(b.pool.env.mountInfoPath)
+	if err != nil {
+		return ""
+	}
+	for _, mi := range infos {
+		if mi.Source == dev {
+			return mi.MountPoint
+		}
+	}
+	return ""
+}
+
+// Allocated is the image's allocated blocks: sparse images occupy only
+// what their filesystem has written.
+func (b loopBackend) Allocated(dir volumeDir, _ *Volume) (int64, error) {
+	st, err := b.pool.root.Lstat(path.Join(dir.rel, imageName))
+	if err != nil {
+		return 0, err
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		return sys.Blocks * 512, nil
+	}
+	return 0, nil
+}
+
+func (b loopBackend) Usage(dir volumeDir, v *Volume, volumePath string) (Usage, error) {
+	if v.AccessType == AccessBlock || volumePath == "" {
+		return Usage{TotalBytes: v.CapacityBytes}, nil
+	}
+	return statfsUsage(volumePath)
+}
+
+func (b loopBackend) Destroy(_ context.Context, dir volumeDir) error {
+	img := dir.abs(imageName)
+	if _, err := b.pool.root.Lstat(path.Join(dir.rel, imageName)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	devs, err := loopdev.Find(img)
+	if err != nil {
+		return err
+	}
+	if len(devs) > 0 {
+		return fmt.Errorf("%w: image %s is still attached to %s", ErrInUse, img, strings.Join(devs, ", "))
+	}
+	return nil
+}
+
+func (b loopBackend) attached(dir volumeDir) (string, error) {
+	devs, err := loopdev.Find(dir.abs(imageName))
+	if err != nil || len(devs) == 0 {
+		return "", err
+	}
+	return devs[0], nil
+}
+
+func (b loopBackend) Stage(ctx context.Context, dir volumeDir, v *Volume, stagingPath string, mountFlags []string) error {
+	if _, err := b.pool.root.Lstat(path.Join(dir.rel, imageName)); err != nil {
+		return err
+	}
+	img := dir.abs(imageName)
+	if v.AccessType == AccessBlock {
+		if dev, err := b.attached(dir); err != nil || dev != "" {
+			return err
+		}
+		_, err := loopdev.Attach(img, loopdev.Options{DirectIO: true})
+		return err
+	}
+	m := b.pool.env.mounter
+	if err := os.MkdirAll(stagingPath, 0o750); err != nil {
+		return err
+	}
+	notMnt, err := m.IsLikelyNotMountPoint(stagingPath)
+	if err != nil {
+		return err
+	}
+	if notMnt {
+		// AutoClear: the device detaches itself when the filesystem is
+		// unmounted, so a crash between unmount and detach leaks nothing.
+		// The open descriptor keeps the device bound until the mount holds it.
+		f, err := loopdev.AttachOpen(img, loopdev.Options{DirectIO: true, AutoClear: true})
+		if err != nil {
+			return err
+		}
+		dev := f.Name()
+		err = b.growOffline(ctx, dev, v.FsType)
+		if err == nil {
+			err = m.Mount(dev, stagingPath, v.FsType, mountFlags)
+		}
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("mount %s (%s) at %s: %w", img, dev, stagingPath, err)
+		}
+		if err := b.initRoot(stagingPath, v); err != nil {
+			return err
+		}
+	}
+	if dev := b.sourceOf(stagingPath); dev != "" {
+		return b.growFs(dev, stagingPath) // catches up with an offline expand
+	}
+	return nil
+}
+
+// initRoot applies the volume's mode to the root of a filesystem that has
+// never been used (mkfs leaves it 0755 with only lost+found), and leaves
+// it alone afterwards: after first use the pod owns the permissions.
+func (b loopBackend) initRoot(mountPoint string, v *Volume) error {
+	entries, err := os.ReadDir(mountPoint)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.Name() != "lost+found" {
+			return nil
+		}
+	}
+	return os.Chmod(mountPoint, v.Mode)
+}
+
+func (b loopBackend) sourceOf(mountPoint string) string {
+	infos, err := mount.ParseMountInfo(b.pool.env.mountInfoPath)
+	if err != nil {
+		return ""
+	}
+	for _, mi := range infos {
+		if mi.MountPoint == mountPoint && strings.HasPrefix(mi.Source, "/dev/loop") {
+			return mi.Source
+		}
+	}
+	return ""
+}
+
+func (b loopBackend) Unstage(_ context.Context, dir volumeDir, v *Volume, stagingPath string) error {
+	if v.AccessType == AccessMount && stagingPath != "" {
+		notMnt, err := b.pool.env.mounter.IsLikelyNotMountPoint(stagingPath)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if err == nil && !notMnt {
+			if err := b.pool.env.mounter.Unmount(stagingPath); err != nil {
+				return err
+			}
+		}
+	}
+	devs, err := loopdev.Find(dir.abs(imageName))
+	if err != nil {
+		return err
+	}
+	for _, dev := range devs {
+		if b.mountPointOf(dev) != "" {
+			continue // still mounted elsewhere; AutoClear detaches it later
+		}
+		if err := loopdev.Detach(dev); err != nil {
+			klog.ErrorS(err, "Detaching loop device", "volume", v.ID, "device", dev)
+		}
+	}
+	return nil
+}
+
+func (b loopBackend) PublishSource(dir volumeDir, v *Volume, stagingPath string) (string, error) {
+	if v.AccessType == AccessBlock {
+		dev, err := b.attached(dir)
+		if err != nil {
+			return "", err
+		}
+		if dev == "" {
+			return "", fmt.Errorf("%w: block volume %q is not staged on this node (no loop device)", ErrNotStaged, v.ID)
+		}
+		return dev, nil
+	}
+	notMnt, err := b.pool.env.mounter.IsLikelyNotMountPoint(stagingPath)
+	if err != nil || notMnt {
+		return "", fmt.Errorf("%w: volume %q is not staged at %q", ErrNotStaged, v.ID, stagingPath)
+	}
+	return stagingPath, nil
+}

@@ -1,0 +1,30 @@
+package node
+
+import "errors"
+
+// Sentinel errors of pkg/node. Every error this package returns wraps at most
+// one of them; pkg/driver maps them to gRPC status codes (NotFound,
+// AlreadyExists, ...) and keeps the message, which always names the volume,
+// pool or field at fault so an operator can act on it.
+var (
+	// ErrInvalid: the request is malformed (bad ID, name, parameter).
+	ErrInvalid = errors.New("invalid argument")
+	// ErrNotFound: the volume or pool does not exist on this node.
+	ErrNotFound = errors.New("not found")
+	// ErrAlreadyExists: a volume of that name exists with incompatible properties.
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrOutOfRange: the size can never be satisfied (beyond the pool, below the minimum).
+	ErrOutOfRange = errors.New("out of range")
+	// ErrNoSpace: the size does not fit into what the pool has free right now.
+	ErrNoSpace = errors.New("insufficient capacity")
+	// ErrBusy: another operation on the same volume is in progress.
+	ErrBusy = errors.New("operation in progress")
+	// ErrInUse: the volume is still mounted somewhere and cannot be deleted.
+	ErrInUse = errors.New("in use")
+	// ErrNotStaged: a publish found no staged volume where it must be.
+	ErrNotStaged = errors.New("not staged")
+	// ErrWrongNode: the volume ID names another node; nothing here may touch it.
+	ErrWrongNode = errors.New("volume is on another node")
+	// ErrUnsupported: the pool's backend cannot do what was asked (e.g. Block on btrfs).
+	ErrUnsupported = errors.New("unsupported")
+)

@@ -1,0 +1,524 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+)
+
+// DefaultVolumeSize is the size of a volume whose request names no size.
+const DefaultVolumeSize = 1 << 30
+
+// Config configures a Manager.
+type Config struct {
+	// NodeID is this node's name; it is the first part of every volume ID.
+	NodeID string
+	// Pools in order; the first is the default pool.
+	Pools []PoolConfig
+	// DefaultSize for requests without a capacity range (DefaultVolumeSize if 0).
+	DefaultSize int64
+	// Mounter, Exec and MountInfoPath are for tests; zero values mean the real ones.
+	Mounter       mount.Interface
+	Exec          utilexec.Interface
+	MountInfoPath string
+	Now           func() time.Time
+}
+
+// env is what pools and backends share: the node's tools.
+type env struct {
+	mounter       mount.Interface
+	exec          utilexec.Interface
+	mountInfoPath string
+	now           func() time.Time
+}
+
+// Manager owns the node's pools and is the only way to change them. Each
+// operation on a volume holds that volume's lock (by name, so a create and
+// a delete of the same name in different pools also exclude each other).
+type Manager struct {
+	nodeID      string
+	pools       []*Pool
+	byName      map[string]*Pool
+	env         *env
+	defaultSize int64
+	locks       keyLocks
+}
+
+// New opens every pool, selects its backend and rebuilds the volume index
+// from disk. It fails if any pool cannot be opened: a node that silently
+// runs without one of its disks would send volumes elsewhere unexplained.
+func New(cfg Config) (*Manager, error) {
+	if err := ValidateNodeID(cfg.NodeID); err != nil {
+		return nil, err
+	}
+	if len(cfg.Pools) == 0 {
+		return nil, fmt.Errorf("%w: no pool configured", ErrInvalid)
+	}
+	e := &env{mounter: cfg.Mounter, exec: cfg.Exec, mountInfoPath: cfg.MountInfoPath, now: cfg.Now}
+	if e.exec == nil {
+		e.exec = utilexec.New()
+	}
+	if e.mounter == nil {
+		e.mounter = mount.New("")
+	}
+	if e.mountInfoPath == "" {
+		e.mountInfoPath = "/proc/self/mountinfo"
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	m := &Manager{nodeID: cfg.NodeID, byName: map[string]*Pool{}, env: e, defaultSize: cfg.DefaultSize}
+	if m.defaultSize == 0 {
+		m.defaultSize = DefaultVolumeSize
+	}
+	seenPath := map[string]string{}
+	for _, pc := range cfg.Pools {
+		if _, dup := m.byName[pc.Name]; dup {
+			m.Close()
+			return nil, fmt.Errorf("%w: pool %q is configured twice", ErrInvalid, pc.Name)
+		}
+		if other, dup := seenPath[filepath.Clean(pc.Path)]; dup {
+			m.Close()
+			return nil, fmt.Errorf("%w: pools %q and %q share the directory %s", ErrInvalid, other, pc.Name, pc.Path)
+		}
+		start := time.Now()
+		p, err := openPool(pc, e)
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+		klog.InfoS("Pool ready", "pool", p.Name, "volumes", p.VolumeCount(), "recovery", time.Since(start))
+		seenPath[p.Path] = p.Name
+		m.pools = append(m.pools, p)
+		m.byName[p.Name] = p
+	}
+	return m, nil
+}
+
+// Close releases the pools.
+func (m *Manager) Close() {
+	for _, p := range m.pools {
+		p.Close()
+	}
+}
+
+// NodeID is this node's ID.
+func (m *Manager) NodeID() string { return m.nodeID }
+
+// Pools lists the pools in configuration order.
+func (m *Manager) Pools() []*Pool { return append([]*Pool(nil), m.pools...) }
+
+// Pool returns the named pool; "" is the default (first) pool.
+func (m *Manager) Pool(name string) (*Pool, error) {
+	if name == "" {
+		return m.pools[0], nil
+	}
+	if p, ok := m.byName[name]; ok {
+		return p, nil
+	}
+	return nil, fmt.Errorf("%w: pool %q is not configured on node %q (pools: %s)", ErrNotFound, name, m.nodeID, strings.Join(m.poolNames(), ", "))
+}
+
+func (m *Manager) poolNames() []string {
+	names := make([]string, len(m.pools))
+	for i, p := range m.pools {
+		names[i] = p.Name
+	}
+	return names
+}
+
+func (m *Manager) lock(name string) (func(), error) {
+	if !m.locks.tryLock(name) {
+		return nil, fmt.Errorf("%w: another operation on volume %q is in progress", ErrBusy, name)
+	}
+	return func() { m.locks.unlock(name) }, nil
+}
+
+// CreateRequest asks for a new volume.
+type CreateRequest struct {
+	Name                      string
+	Pool                      string // "" = default pool
+	RequiredBytes, LimitBytes int64
+	AccessType                AccessType
+	FsType                    string // loop Filesystem volumes: ext4 (default) or xfs
+	Mode                      fs.FileMode
+	Labels                    map[string]string
+}
+
+// CreateVolume makes a volume, or returns the existing one of that name if
+// it is compatible (CSI idempotency); an incompatible one is ErrAlreadyExists.
+func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume, error) {
+	if err := ValidateVolumeName(req.Name); err != nil {
+		return nil, err
+	}
+	p, err := m.Pool(req.Pool)
+	if err != nil {
+		return nil, fmt.Errorf("%w: parameter pool: %v", ErrInvalid, err)
+	}
+	if req.AccessType == "" {
+		req.AccessType = AccessMount
+	}
+	id := VolumeID{Node: m.nodeID, Pool: p.Name, Name: req.Name}
+	if err := id.Validate(); err != nil {
+		return nil, err
+	}
+	unlock, err := m.lock(req.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	for _, other := range m.pools {
+		if v := other.get(req.Name); v != nil {
+			return v, compatible(v, p.Name, req)
+		}
+	}
+	b := p.backend
+	if !b.Supports(req.AccessType) {
+		return nil, fmt.Errorf("%w: pool %q (backend %s) cannot serve %s volumes; use a pool with the loop backend", ErrUnsupported, p.Name, b.Kind(), req.AccessType)
+	}
+	minSize := b.MinSize(req.AccessType)
+	if b.Kind() == BackendLoop && req.AccessType == AccessMount {
+		if req.FsType == "" {
+			req.FsType = defaultLoopFsType
+		}
+		if err := ValidateLoopFsType(req.FsType); err != nil {
+			return nil, err
+		}
+		minSize = loopFsTypes[req.FsType].minSize
+	} else {
+		req.FsType = "" // the fs is the pool's own
+	}
+	size, err := ResolveSize(req.RequiredBytes, req.LimitBytes, m.defaultSize, minSize)
+	if err != nil {
+		return nil, err
+	}
+	v := &Volume{
+		ID: id.String(), Name: req.Name, Pool: p.Name, Backend: b.Kind(),
+		CapacityBytes: size, AccessType: req.AccessType, FsType: req.FsType,
+		Mode: req.Mode.Perm(), Phase: PhaseCreating, Labels: req.Labels, CreatedAt: m.env.now().UTC(),
+	}
+	start := time.Now()
+	if err := p.create(ctx, v); err != nil {
+		return nil, err
+	}
+	klog.V(2).InfoS("Volume created", "volume", v.ID, "bytes", v.CapacityBytes, "backend", v.Backend, "duration", time.Since(start))
+	return v.clone(), nil
+}
+
+func compatible(v *Volume, pool string, req CreateRequest) error {
+	switch {
+	case v.Pool != pool:
+		return fmt.Errorf("%w: volume %q exists in pool %q, not %q", ErrAlreadyExists, req.Name, v.Pool, pool)
+	case v.AccessType != req.AccessType:
+		return fmt.Errorf("%w: volume %q exists as a %s volume, %s was requested", ErrAlreadyExists, req.Name, v.AccessType, req.AccessType)
+	case !FitsRange(v.CapacityBytes, req.RequiredBytes, req.LimitBytes):
+		return fmt.Errorf("%w: volume %q exists with %d bytes, outside the requested range [%d, %d]", ErrAlreadyExists, req.Name, v.CapacityBytes, req.RequiredBytes, req.LimitBytes)
+	case req.FsType != "" && v.FsType != "" && req.FsType != v.FsType:
+		return fmt.Errorf("%w: volume %q exists with filesystem %s, %s was requested", ErrAlreadyExists, req.Name, v.FsType, req.FsType)
+	case req.Mode.Perm() != v.Mode:
+		return fmt.Errorf("%w: volume %q exists with mode %#o, %#o was requested", ErrAlreadyExists, req.Name, v.Mode, req.Mode.Perm())
+	}
+	return nil
+}
+
+// resolve parses a volume ID and finds the pool it names on this node.
+func (m *Manager) resolve(id string) (VolumeID, *Pool, error) {
+	vid, err := ParseVolumeID(id)
+	if err != nil {
+		return VolumeID{}, nil, err
+	}
+	if vid.Node != m.nodeID {
+		return vid, nil, fmt.Errorf("%w: volume %q is on node %q, this is node %q", ErrWrongNode, id, vid.Node, m.nodeID)
+	}
+	p, ok := m.byName[vid.Pool]
+	if !ok {
+		return vid, nil, fmt.Errorf("%w: volume %q is in pool %q, which is not configured on node %q (pools: %s); its data, if any, is untouched",
+			ErrWrongNode, id, vid.Pool, m.nodeID, strings.Join(m.poolNames(), ", "))
+	}
+	return vid, p, nil
+}
+
+// GetVolume returns a live volume.
+func (m *Manager) GetVolume(id string) (*Volume, error) {
+	vid, p, err := m.resolve(id)
+	if err != nil {
+		if errors.Is(err, ErrWrongNode) {
+			return nil, fmt.Errorf("%w: %v", ErrNotFound, err)
+		}
+		return nil, err
+	}
+	v := p.get(vid.Name)
+	if v == nil {
+		return nil, fmt.Errorf("%w: volume %q does not exist", ErrNotFound, id)
+	}
+	return v, nil
+}
+
+// DeleteVolume moves a volume to its pool's trash. Deleting a volume that
+// does not exist succeeds (CSI idempotency). A volume ID of another node or
+// of a pool not configured here is refused with ErrWrongNode rather than
+// "succeeding": that would let Kubernetes forget a volume whose data lives on.
+func (m *Manager) DeleteVolume(ctx context.Context, id string) error {
+	vid, p, err := m.resolve(id)
+	if err != nil {
+		return err
+	}
+	unlock, err := m.lock(vid.Name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	v := p.get(vid.Name)
+	if v == nil {
+		return nil
+	}
+	return p.remove(ctx, v)
+}
+
+// ResolveExpansion checks an expand request and returns the size it leads
+// to, without changing anything. Volumes of other nodes pass syntactically:
+// the owning node's NodeExpandVolume does the work (see pkg/driver).
+func (m *Manager) ResolveExpansion(id string, required, limit int64) (int64, *Volume, error) {
+	vid, p, err := m.resolve(id)
+	if errors.Is(err, ErrWrongNode) {
+		size, err := ResolveSize(required, limit, required, sizeGranularity)
+		return size, nil, err
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	v := p.get(vid.Name)
+	if v == nil {
+		return 0, nil, fmt.Errorf("%w: volume %q does not exist", ErrNotFound, id)
+	}
+	if required == 0 {
+		return 0, nil, fmt.Errorf("%w: capacity_range.required_bytes must be set to expand", ErrInvalid)
+	}
+	size, err := ResolveSize(required, limit, v.CapacityBytes, sizeGranularity)
+	if err != nil {
+		return 0, nil, err
+	}
+	if size <= v.CapacityBytes {
+		return v.CapacityBytes, v, nil // shrinking is not expanding: keep the size
+	}
+	if err := p.checkFits(size, size-v.ReservedBytes()); err != nil {
+		return 0, nil, err
+	}
+	return size, v, nil
+}
+
+// ExpandVolume grows a volume on this node to at least required bytes.
+func (m *Manager) ExpandVolume(ctx context.Context, id string, required, limit int64) (*Volume, error) {
+	vid, p, err := m.resolve(id)
+	if err != nil {
+		if errors.Is(err, ErrWrongNode) {
+			return nil, fmt.Errorf("%w: %v", ErrNotFound, err)
+		}
+		return nil, err
+	}
+	unlock, err := m.lock(vid.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	size, v, err := m.ResolveExpansion(id, required, limit)
+	if err != nil {
+		return nil, err
+	}
+	if size <= v.CapacityBytes && v.Phase == PhaseReady {
+		return v, nil
+	}
+	if v.Phase == PhaseResizing && v.TargetBytes > size {
+		size = v.TargetBytes // finish what an interrupted resize started
+	}
+	return p.expand(ctx, v, size)
+}
+
+// ListVolumes returns every live volume of the node, sorted by ID (the
+// order ListVolumes pagination relies on).
+func (m *Manager) ListVolumes() []*Volume {
+	var out []*Volume
+	for _, p := range m.pools {
+		out = append(out, p.list()...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// VolumeUsage reports a volume's space from its backend's accounting.
+func (m *Manager) VolumeUsage(id, volumePath string) (Usage, error) {
+	v, err := m.GetVolume(id)
+	if err != nil {
+		return Usage{}, err
+	}
+	p := m.byName[v.Pool]
+	b, err := p.backendFor(v.Backend)
+	if err != nil {
+		return Usage{}, err
+	}
+	return b.Usage(volumeDir{pool: p, rel: path.Join(dirVolumes, v.Name)}, v, volumePath)
+}
+
+// volumeOp looks a volume up and returns it with its backend and directory.
+func (m *Manager) volumeOp(id string) (*Volume, backend, volumeDir, error) {
+	v, err := m.GetVolume(id)
+	if err != nil {
+		return nil, nil, volumeDir{}, err
+	}
+	p := m.byName[v.Pool]
+	b, err := p.backendFor(v.Backend)
+	if err != nil {
+		return nil, nil, volumeDir{}, err
+	}
+	return v, b, volumeDir{pool: p, rel: path.Join(dirVolumes, v.Name)}, nil
+}
+
+// StageVolume prepares a volume on this node (loop: attach and mount at
+// stagingPath; other backends need nothing). Idempotent.
+func (m *Manager) StageVolume(ctx context.Context, id, stagingPath string, mountFlags []string) error {
+	v, b, dir, err := m.volumeOp(id)
+	if err != nil {
+		return err
+	}
+	unlock, err := m.lock(v.Name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return b.Stage(ctx, dir, v, stagingPath, mountFlags)
+}
+
+// UnstageVolume undoes StageVolume. Idempotent; a volume that no longer
+// exists has nothing staged.
+func (m *Manager) UnstageVolume(ctx context.Context, id, stagingPath string) error {
+	v, b, dir, err := m.volumeOp(id)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	unlock, err := m.lock(v.Name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return b.Unstage(ctx, dir, v, stagingPath)
+}
+
+// PublishRequest asks to make a volume visible at a target path.
+type PublishRequest struct {
+	VolumeID, StagingPath, TargetPath string
+	AccessType                        AccessType
+	ReadOnly                          bool
+	MountFlags                        []string
+}
+
+// PublishVolume bind-mounts the volume (directory or block device) onto the
+// target path, read-only if asked. Idempotent: an existing mount at the
+// target is kept. Publishes of one volume to different targets (several pods
+// on this node) may run concurrently, so this takes no volume lock.
+func (m *Manager) PublishVolume(_ context.Context, req PublishRequest) error {
+	v, b, dir, err := m.volumeOp(req.VolumeID)
+	if err != nil {
+		return err
+	}
+	if req.AccessType != v.AccessType {
+		return fmt.Errorf("%w: volume %q is a %s volume and cannot be published as %s", ErrInvalid, v.ID, v.AccessType, req.AccessType)
+	}
+	source, err := b.PublishSource(dir, v, req.StagingPath)
+	if err != nil {
+		return err
+	}
+	if err := m.makeTarget(req.TargetPath, v.AccessType); err != nil {
+		return err
+	}
+	notMnt, err := m.env.mounter.IsLikelyNotMountPoint(req.TargetPath)
+	if err != nil {
+		return fmt.Errorf("check target %s: %w", req.TargetPath, err)
+	}
+	if !notMnt {
+		return nil
+	}
+	opts := []string{"bind"}
+	if req.ReadOnly {
+		opts = append(opts, "ro")
+	}
+	opts = append(opts, req.MountFlags...)
+	if err := m.env.mounter.Mount(source, req.TargetPath, "", opts); err != nil {
+		return fmt.Errorf("bind-mount volume %q at %s: %w", v.ID, req.TargetPath, err)
+	}
+	return nil
+}
+
+func (m *Manager) makeTarget(target string, a AccessType) error {
+	if a == AccessMount {
+		return os.MkdirAll(target, 0o750)
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY, 0o640)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// UnpublishVolume unmounts the target and removes it. Idempotent; it works
+// even for volumes unknown here, since the target is the CO's to clean.
+func (m *Manager) UnpublishVolume(_ context.Context, id, target string) error {
+	if _, err := ParseVolumeID(id); err != nil {
+		return err
+	}
+	if err := mount.CleanupMountPoint(target, m.env.mounter, false); err != nil {
+		return fmt.Errorf("unpublish volume %q from %s: %w", id, target, err)
+	}
+	return nil
+}
+
+// PurgeTrash purges every pool's trash of entries older than retention.
+func (m *Manager) PurgeTrash(ctx context.Context, retention time.Duration) (int, error) {
+	total := 0
+	var errs []error
+	for _, p := range m.pools {
+		n, err := p.PurgeTrash(ctx, retention)
+		total += n
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return total, errors.Join(errs...)
+}
+
+// RunTrashPurger purges the trash periodically until ctx is done. It checks
+// a few times per retention period so entries go soon after they expire.
+func (m *Manager) RunTrashPurger(ctx context.Context, retention time.Duration) {
+	every := min(max(retention/4, time.Second), time.Minute)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if n, err := m.PurgeTrash(ctx, retention); err != nil {
+			klog.ErrorS(err, "Purging trash; will retry", "purged", n)
+		} else if n > 0 {
+			klog.InfoS("Purged trashed volumes", "count", n, "retention", retention)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,523 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// On-disk layout of a pool directory. Everything dhpp creates lives here and
+// every path below is resolved through the pool's os.Root, so no symlink or
+// ".." planted on the disk can make dhpp create, change or remove anything
+// outside the pool.
+const (
+	dirVolumes  = "volumes"      // volumes/<name>/{volume.json,data|disk.img}
+	dirInternal = ".dhpp"        // driver-private, mode 0700
+	dirTmp      = ".dhpp/tmp"    // volumes being created (phase Creating)
+	dirTrash    = ".dhpp/trash"  // deleted volumes: <name>@<unix-nanos>
+	HealthFile  = ".dhpp/health" // the health prober's file (pkg/health)
+	dataName    = "data"         // a volume's root directory or subvolume
+	imageName   = "disk.img"     // a loop volume's image
+)
+
+// PoolConfig names a pool and where its directory is.
+type PoolConfig struct {
+	Name    string
+	Path    string
+	Backend BackendKind
+}
+
+// Pool is a directory on a node's data disk from which volumes are carved.
+type Pool struct {
+	Name string
+	// Path is the absolute, clean path of the pool directory.
+	Path string
+	env  *env
+
+	root     *os.Root // the pool directory, for traversal-safe path operations
+	rootFile *os.File // an open fd on it, for statfs and ioctls
+	backend  backend  // carves new volumes
+	// backends serves existing volumes by the backend that made them.
+	backends map[BackendKind]backend
+
+	mu          sync.RWMutex
+	volumes     map[string]*Volume // live volumes by name
+	provisioned int64
+	// promisedBytes caches Capacity.Promised, computed at promisedAt.
+	promisedBytes int64
+	promisedAt    time.Time
+}
+
+func openPool(cfg PoolConfig, e *env) (*Pool, error) {
+	if err := ValidatePoolName(cfg.Name); err != nil {
+		return nil, err
+	}
+	if !filepath.IsAbs(cfg.Path) {
+		return nil, fmt.Errorf("%w: pool %q: path %q is not absolute", ErrInvalid, cfg.Name, cfg.Path)
+	}
+	p := &Pool{Name: cfg.Name, Path: filepath.Clean(cfg.Path), env: e, volumes: map[string]*Volume{}}
+	// The pool directory must exist: creating it would hide an unmounted
+	// data disk and fill the root filesystem instead.
+	st, err := os.Stat(p.Path)
+	if err != nil {
+		return nil, fmt.Errorf("pool %q: %w (is the data disk mounted? dhpp does not create pool directories)", cfg.Name, err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("%w: pool %q: %s is not a directory", ErrInvalid, cfg.Name, p.Path)
+	}
+	if p.root, err = os.OpenRoot(p.Path); err != nil {
+		return nil, fmt.Errorf("pool %q: %w", cfg.Name, err)
+	}
+	if p.rootFile, err = p.root.Open("."); err != nil {
+		p.root.Close()
+		return nil, fmt.Errorf("pool %q: %w", cfg.Name, err)
+	}
+	if err := p.init(cfg.Backend); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Pool) init(kind BackendKind) error {
+	for _, d := range []struct {
+		rel  string
+		mode fs.FileMode
+	}{{dirInternal, 0o700}, {dirTmp, 0o700}, {dirTrash, 0o700}, {dirVolumes, 0o711}} {
+		if err := p.root.Mkdir(d.rel, d.mode); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("pool %q: create %s: %w", p.Name, d.rel, err)
+		}
+	}
+	b, why, err := selectBackend(p, kind)
+	if err != nil {
+		return fmt.Errorf("pool %q: %w", p.Name, err)
+	}
+	klog.InfoS("Pool backend selected", "pool", p.Name, "path", p.Path, "backend", b.Kind(), "sizeEnforced", b.Enforced(), "reason", why)
+	p.backend = b
+	p.backends = map[BackendKind]backend{b.Kind(): b}
+	return p.recover()
+}
+
+// backendFor returns the backend that serves an existing volume.
+func (p *Pool) backendFor(kind BackendKind) (backend, error) {
+	if b, ok := p.backends[kind]; ok {
+		return b, nil
+	}
+	b, err := newBackend(p, kind)
+	if err != nil {
+		return nil, fmt.Errorf("pool %q has volumes of backend %q but cannot serve them: %w", p.Name, kind, err)
+	}
+	p.backends[kind] = b
+	return b, nil
+}
+
+// Backend is the kind of backend that carves this pool's new volumes.
+func (p *Pool) Backend() BackendKind { return p.backend.Kind() }
+
+// SizeEnforced reports whether the pool's new volumes have enforced sizes.
+func (p *Pool) SizeEnforced() bool { return p.backend.Enforced() }
+
+// Close releases the pool's file descriptors.
+func (p *Pool) Close() {
+	if p.rootFile != nil {
+		p.rootFile.Close()
+	}
+	if p.root != nil {
+		p.root.Close()
+	}
+}
+
+func (p *Pool) abs(rel string) string { return filepath.Join(p.Path, filepath.FromSlash(rel)) }
+
+// recover rebuilds the pool's state from its directory: volumes/ holds the
+// live volumes, anything left in tmp/ is an interrupted creation (it moves to
+// the trash, never straight to deletion), and the trash is purged later.
+func (p *Pool) recover() error {
+	tmp, err := p.readDirNames(dirTmp)
+	if err != nil {
+		return err
+	}
+	for _, name := range tmp {
+		volName := name
+		if i := strings.LastIndexByte(name, '.'); i > 0 {
+			volName = name[:i]
+		}
+		dst := path.Join(dirTrash, trashName(volName, p.env.now()))
+		klog.InfoS("Moving an interrupted volume creation to the trash", "pool", p.Name, "entry", name, "trash", dst)
+		if err := p.root.Rename(path.Join(dirTmp, name), dst); err != nil {
+			return fmt.Errorf("pool %q: recover %s: %w", p.Name, name, err)
+		}
+	}
+	names, err := p.readDirNames(dirVolumes)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if ValidateVolumeName(name) != nil {
+			klog.ErrorS(nil, "Ignoring a foreign entry in the pool's volumes directory", "pool", p.Name, "entry", name)
+			continue
+		}
+		v, err := readRecord(p.root, path.Join(dirVolumes, name), name)
+		if err != nil {
+			// Never guess and never delete: leave it for an operator.
+			klog.ErrorS(err, "Ignoring a volume whose record cannot be read; it stays on disk untouched", "pool", p.Name, "volume", name)
+			continue
+		}
+		if v.Phase == PhaseResizing {
+			klog.InfoS("Volume was being resized when the driver stopped; the next expand request completes it", "volume", v.ID, "from", v.CapacityBytes, "to", v.TargetBytes)
+		}
+		p.volumes[name] = v
+		p.provisioned += v.ReservedBytes()
+	}
+	return nil
+}
+
+func (p *Pool) readDirNames(rel string) ([]string, error) {
+	d, err := p.root.Open(rel)
+	if err != nil {
+		return nil, fmt.Errorf("pool %q: %w", p.Name, err)
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("pool %q: read %s: %w", p.Name, rel, err)
+	}
+	return names, nil
+}
+
+// free is the pool filesystem's size and space available to writers.
+func (p *Pool) statfs() (total, free int64, err error) {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(p.rootFile.Fd()), &st); err != nil {
+		return 0, 0, fmt.Errorf("pool %q: statfs: %w", p.Name, err)
+	}
+	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize, nil
+}
+
+func (p *Pool) free() (int64, error) {
+	_, free, err := p.statfs()
+	return free, err
+}
+
+// promisedTTL bounds how stale the promised-bytes figure may be. Summing it
+// costs one cheap call per volume; create, expand and delete adjust the
+// cached value, so only writes into volumes make it drift, and only for
+// this long.
+const promisedTTL = time.Second
+
+// Capacity reports the pool's space (see Capacity for the arithmetic).
+func (p *Pool) Capacity() (Capacity, error) {
+	total, free, err := p.statfs()
+	if err != nil {
+		return Capacity{}, err
+	}
+	promised, err := p.promised()
+	if err != nil {
+		return Capacity{}, err
+	}
+	p.mu.RLock()
+	prov := p.provisioned
+	p.mu.RUnlock()
+	return computeCapacity(total, free, prov, promised), nil
+}
+
+// promised sums, over live volumes, the reserved bytes not yet written.
+func (p *Pool) promised() (int64, error) {
+	p.mu.RLock()
+	if !p.promisedAt.IsZero() && time.Since(p.promisedAt) < promisedTTL {
+		defer p.mu.RUnlock()
+		return p.promisedBytes, nil
+	}
+	vols := make([]*Volume, 0, len(p.volumes))
+	for _, v := range p.volumes {
+		vols = append(vols, v)
+	}
+	p.mu.RUnlock()
+	var sum int64
+	for _, v := range vols {
+		used := int64(0)
+		if b, err := p.backendFor(v.Backend); err == nil {
+			if u, err := b.Allocated(volumeDir{pool: p, rel: path.Join(dirVolumes, v.Name)}, v); err == nil {
+				used = u
+			}
+		}
+		sum += max(v.ReservedBytes()-used, 0)
+	}
+	p.mu.Lock()
+	p.promisedBytes, p.promisedAt = sum, time.Now()
+	p.mu.Unlock()
+	return sum, nil
+}
+
+// VolumeCount is the number of live volumes in the pool.
+func (p *Pool) VolumeCount() int {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return len(p.volumes)
+}
+
+func (p *Pool) get(name string) *Volume {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if v, ok := p.volumes[name]; ok {
+		return v.clone()
+	}
+	return nil
+}
+
+func (p *Pool) put(v *Volume) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delta := v.ReservedBytes()
+	if old, ok := p.volumes[v.Name]; ok {
+		delta -= old.ReservedBytes()
+	}
+	p.volumes[v.Name] = v.clone()
+	p.provisioned += delta
+	// New or grown reservations are unwritten at first.
+	p.promisedBytes = max(p.promisedBytes+delta, 0)
+}
+
+func (p *Pool) drop(name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if old, ok := p.volumes[name]; ok {
+		p.provisioned -= old.ReservedBytes()
+		delete(p.volumes, name)
+		p.promisedAt = time.Time{} // its unwritten part is unknown here: recount
+	}
+}
+
+func (p *Pool) list() []*Volume {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	out := make([]*Volume, 0, len(p.volumes))
+	for _, v := range p.volumes {
+		out = append(out, v.clone())
+	}
+	return out
+}
+
+// checkFits refuses a size the pool can never hold (ErrOutOfRange) or cannot
+// hold now (ErrNoSpace); extra is the growth being asked for.
+func (p *Pool) checkFits(size, extra int64) error {
+	c, err := p.Capacity()
+	if err != nil {
+		return err
+	}
+	if size > c.Total {
+		return fmt.Errorf("%w: %d bytes requested, pool %q is only %d bytes in total", ErrOutOfRange, size, p.Name, c.Total)
+	}
+	if extra > c.Available {
+		return fmt.Errorf("%w: %d bytes requested, pool %q has %d bytes available (%d total, %d free on disk, %d provisioned of which %d not yet written)",
+			ErrNoSpace, extra, p.Name, c.Available, c.Total, c.Free, c.Provisioned, c.Promised)
+	}
+	return nil
+}
+
+// create carves a new volume. The volume is built in .dhpp/tmp and renamed
+// into volumes/ only when complete, so a crash at any point leaves either no
+// volume (recovery trashes the remains) or a complete one.
+func (p *Pool) create(ctx context.Context, v *Volume) error {
+	b := p.backend
+	if err := p.checkFits(v.CapacityBytes, v.CapacityBytes); err != nil {
+		return err
+	}
+	tmp := path.Join(dirTmp, v.Name+"."+nonce())
+	if err := p.root.Mkdir(tmp, 0o711); err != nil {
+		return fmt.Errorf("pool %q: %w", p.Name, err)
+	}
+	dir := volumeDir{pool: p, rel: tmp}
+	fail := func(err error) error {
+		if derr := b.Destroy(ctx, dir); derr == nil {
+			derr = p.root.RemoveAll(tmp)
+			if derr != nil {
+				klog.ErrorS(derr, "Cleaning up a failed volume creation; recovery will trash it", "pool", p.Name, "dir", tmp)
+			}
+		}
+		return err
+	}
+	if err := b.Create(ctx, dir, v); err != nil {
+		return fail(fmt.Errorf("pool %q: create volume %q: %w", p.Name, v.Name, err))
+	}
+	if err := Transition(PhaseCreating, PhaseReady); err != nil {
+		return fail(err)
+	}
+	v.Phase = PhaseReady
+	if err := writeRecord(p.root, tmp, v); err != nil {
+		return fail(err)
+	}
+	if err := p.root.Rename(tmp, path.Join(dirVolumes, v.Name)); err != nil {
+		return fail(fmt.Errorf("pool %q: publish volume %q: %w", p.Name, v.Name, err))
+	}
+	if err := syncDir(p.root, dirVolumes); err != nil {
+		return err
+	}
+	p.put(v)
+	return nil
+}
+
+// remove moves a volume to the trash. The data stays on disk until the
+// retention has passed, so a mistaken delete can be undone by moving the
+// directory back (see docs).
+func (p *Pool) remove(ctx context.Context, v *Volume) error {
+	if err := Transition(v.Phase, PhaseDeleted); err != nil {
+		return err
+	}
+	rel := path.Join(dirVolumes, v.Name)
+	if users, err := p.usersOf(ctx, v, rel); err != nil {
+		return err
+	} else if len(users) > 0 {
+		return fmt.Errorf("%w: volume %q is still mounted at %s; unpublish it first", ErrInUse, v.ID, strings.Join(users, ", "))
+	}
+	dst := path.Join(dirTrash, trashName(v.Name, p.env.now()))
+	if err := p.root.Rename(rel, dst); err != nil {
+		return fmt.Errorf("pool %q: move volume %q to the trash: %w", p.Name, v.Name, err)
+	}
+	if err := syncDir(p.root, dirVolumes); err != nil {
+		return err
+	}
+	if err := syncDir(p.root, dirTrash); err != nil {
+		return err
+	}
+	p.drop(v.Name)
+	klog.V(2).InfoS("Volume moved to the trash", "volume", v.ID, "trash", dst)
+	return nil
+}
+
+// expand grows a volume to newSize. The record first says Resizing with the
+// target, then the backend applies it, then the record says Ready: a crash
+// in between leaves a Resizing volume that the retried expand completes.
+func (p *Pool) expand(ctx context.Context, v *Volume, newSize int64) (*Volume, error) {
+	b, err := p.backendFor(v.Backend)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.checkFits(newSize, newSize-v.ReservedBytes()); err != nil {
+		return nil, err
+	}
+	rel := path.Join(dirVolumes, v.Name)
+	next := v.clone()
+	if err := Transition(v.Phase, PhaseResizing); err != nil {
+		return nil, err
+	}
+	next.Phase, next.TargetBytes = PhaseResizing, newSize
+	if err := writeRecord(p.root, rel, next); err != nil {
+		return nil, err
+	}
+	p.put(next)
+	if err := b.Resize(ctx, volumeDir{pool: p, rel: rel}, next, newSize); err != nil {
+		return nil, fmt.Errorf("pool %q: resize volume %q to %d bytes: %w", p.Name, v.Name, newSize, err)
+	}
+	next.Phase, next.CapacityBytes, next.TargetBytes = PhaseReady, newSize, 0
+	if err := writeRecord(p.root, rel, next); err != nil {
+		return nil, err
+	}
+	p.put(next)
+	return next.clone(), nil
+}
+
+func trashName(name string, t time.Time) string {
+	return name + "@" + strconv.FormatInt(t.UnixNano(), 10)
+}
+
+func parseTrashName(entry string) (name string, deleted time.Time, ok bool) {
+	i := strings.LastIndexByte(entry, '@')
+	if i <= 0 {
+		return "", time.Time{}, false
+	}
+	ns, err := strconv.ParseInt(entry[i+1:], 10, 64)
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	return entry[:i], time.Unix(0, ns), true
+}
+
+// PurgeTrash removes trashed volumes older than retention and returns how
+// many it removed. A trash entry that is still mounted or attached anywhere
+// is kept and reported: purging it would delete data a pod still sees.
+func (p *Pool) PurgeTrash(ctx context.Context, retention time.Duration) (int, error) {
+	entries, err := p.readDirNames(dirTrash)
+	if err != nil {
+		return 0, err
+	}
+	sort.Strings(entries)
+	purged := 0
+	var errs []error
+	for _, entry := range entries {
+		if ctx.Err() != nil {
+			break
+		}
+		_, deleted, ok := parseTrashName(entry)
+		if !ok {
+			klog.ErrorS(nil, "Leaving an unrecognised trash entry alone", "pool", p.Name, "entry", entry)
+			continue
+		}
+		if p.env.now().Sub(deleted) < retention {
+			continue
+		}
+		if err := p.purge(ctx, path.Join(dirTrash, entry)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		purged++
+	}
+	return purged, errors.Join(errs...)
+}
+
+func (p *Pool) purge(ctx context.Context, rel string) error {
+	dir := volumeDir{pool: p, rel: rel}
+	// The record says which backend made the volume; without one (a crash
+	// during creation), every backend that could have left state is asked.
+	kinds := []BackendKind{BackendBtrfs, BackendLoop}
+	v, err := readTrashedRecord(p.root, rel)
+	if err == nil {
+		kinds = []BackendKind{v.Backend}
+	} else {
+		v = &Volume{Name: path.Base(rel)}
+	}
+	if users, err := p.usersOf(ctx, v, rel); err != nil {
+		return err
+	} else if len(users) > 0 {
+		return fmt.Errorf("pool %q: not purging %s: still in use at %s", p.Name, rel, strings.Join(users, ", "))
+	}
+	for _, k := range kinds {
+		b, err := newBackend(p, k)
+		if err != nil {
+			continue // e.g. no btrfs here: nothing of that kind to release
+		}
+		if err := b.Destroy(ctx, dir); err != nil {
+			return fmt.Errorf("pool %q: purge %s: %w", p.Name, rel, err)
+		}
+	}
+	if err := p.root.RemoveAll(rel); err != nil {
+		return fmt.Errorf("pool %q: purge %s: %w", p.Name, rel, err)
+	}
+	klog.V(2).InfoS("Purged a trashed volume", "pool", p.Name, "entry", rel)
+	return nil
+}
+
+func readTrashedRecord(root *os.Root, rel string) (*Volume, error) {
+	name, _, _ := parseTrashName(path.Base(rel))
+	return readRecord(root, rel, name)
+}
+
+func nonce() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

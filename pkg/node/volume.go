@@ -1,0 +1,142 @@
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"time"
+)
+
+// AccessType is how a volume is consumed: a filesystem or a raw block device.
+type AccessType string
+
+const (
+	AccessMount AccessType = "mount"
+	AccessBlock AccessType = "block"
+)
+
+// recordVersion is bumped when the on-disk record changes incompatibly.
+const recordVersion = 1
+
+// Volume is a volume's record. It is stored as JSON in
+// volumes/<name>/volume.json, next to the data it describes, so a disk is
+// self-describing: the driver rebuilds its whole state by reading these.
+type Volume struct {
+	Version int    `json:"version"`
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	Pool    string `json:"pool"`
+	// Backend that carved the volume; it never changes for a volume even if
+	// the pool's configured backend does.
+	Backend       BackendKind `json:"backend"`
+	CapacityBytes int64       `json:"capacityBytes"`
+	// TargetBytes is the size being applied while Phase is Resizing.
+	TargetBytes int64      `json:"targetBytes,omitempty"`
+	AccessType  AccessType `json:"accessType"`
+	// FsType of the filesystem inside a loop image (empty for other backends).
+	FsType string      `json:"fsType,omitempty"`
+	Mode   fs.FileMode `json:"mode"`
+	Phase  Phase       `json:"phase"`
+	// SubvolumeID is the btrfs subvolume (and level-0 qgroup) id.
+	SubvolumeID uint64 `json:"subvolumeID,omitempty"`
+	// Labels records who asked for the volume (PVC namespace/name, PV name
+	// from the provisioner's --extra-create-metadata), for operators reading
+	// the disk without a cluster.
+	Labels    map[string]string `json:"labels,omitempty"`
+	CreatedAt time.Time         `json:"createdAt"`
+}
+
+// ReservedBytes is what the volume counts against its pool: the larger of
+// its size and a size being applied.
+func (v *Volume) ReservedBytes() int64 { return max(v.CapacityBytes, v.TargetBytes) }
+
+// VolumeID returns the parsed ID.
+func (v *Volume) VolumeID() VolumeID {
+	id, _ := ParseVolumeID(v.ID)
+	return id
+}
+
+func (v *Volume) clone() *Volume {
+	c := *v
+	if v.Labels != nil {
+		c.Labels = make(map[string]string, len(v.Labels))
+		for k, val := range v.Labels {
+			c.Labels[k] = val
+		}
+	}
+	return &c
+}
+
+const recordFile = "volume.json"
+
+// writeRecord stores v as dir/volume.json atomically and durably: write a
+// temporary file, fsync it, rename it over the record, fsync the directory.
+// A crash leaves either the old or the new record, never a torn one.
+func writeRecord(root *os.Root, dir string, v *Volume) error {
+	v.Version = recordVersion
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	tmp := path.Join(dir, recordFile+".tmp")
+	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write volume record: %w", err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write volume record %s: %w", tmp, err)
+	}
+	if err := root.Rename(tmp, path.Join(dir, recordFile)); err != nil {
+		return fmt.Errorf("write volume record: %w", err)
+	}
+	return syncDir(root, dir)
+}
+
+// readRecord loads dir/volume.json and checks that it is one this driver
+// understands and that it names the directory it lives in.
+func readRecord(root *os.Root, dir, wantName string) (*Volume, error) {
+	data, err := root.ReadFile(path.Join(dir, recordFile))
+	if err != nil {
+		return nil, err
+	}
+	v := &Volume{}
+	if err := json.Unmarshal(data, v); err != nil {
+		return nil, fmt.Errorf("volume record %s is corrupt: %w", path.Join(dir, recordFile), err)
+	}
+	switch {
+	case v.Version != recordVersion:
+		return nil, fmt.Errorf("volume record %s has version %d, this driver reads %d", path.Join(dir, recordFile), v.Version, recordVersion)
+	case v.Name != wantName:
+		return nil, fmt.Errorf("volume record %s names volume %q, expected %q", path.Join(dir, recordFile), v.Name, wantName)
+	case !v.Phase.Live():
+		return nil, fmt.Errorf("volume record %s has phase %q", path.Join(dir, recordFile), v.Phase)
+	}
+	return v, nil
+}
+
+// syncDir makes directory entry changes (create, rename) in dir durable.
+func syncDir(root *os.Root, dir string) error {
+	d, err := root.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil && !errors.Is(err, os.ErrInvalid) {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}
