@@ -85,6 +85,9 @@ func TestIsBtrfs(t *testing.T) {
 	if _, err := QuotaEnabled(open(t, e.Dir)); !errors.Is(err, ErrNotBtrfs) {
 		t.Errorf("QuotaEnabled on ext4: %v, want ErrNotBtrfs", err)
 	}
+	if _, err := SubvolumeID(open(t, e.Dir)); !errors.Is(err, ErrNotBtrfs) {
+		t.Errorf("SubvolumeID on ext4: %v, want ErrNotBtrfs", err)
+	}
 	if ok, err := IsSubvolume(open(t, e.Dir)); ok || err != nil {
 		t.Errorf("IsSubvolume on ext4 = %v, %v; want false, nil", ok, err)
 	}

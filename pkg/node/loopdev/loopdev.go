@@ -139,11 +139,11 @@ func bind(dev, backing *os.File, opts Options, configure bool) error {
 		}
 		setFileName(&cfg.Info, backing.Name())
 		err := unix.IoctlLoopConfigure(int(dev.Fd()), cfg)
-		if err == nil || !(errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTTY)) {
-			if err != nil {
-				return fmt.Errorf("LOOP_CONFIGURE: %w", err)
-			}
+		switch {
+		case err == nil:
 			return nil
+		case !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOTTY):
+			return fmt.Errorf("LOOP_CONFIGURE: %w", err)
 		}
 		// Kernels before 5.8 do not know LOOP_CONFIGURE.
 		klog.V(4).InfoS("LOOP_CONFIGURE unsupported, using LOOP_SET_FD", "device", dev.Name(), "err", err)
