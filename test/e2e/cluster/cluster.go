@@ -92,8 +92,14 @@ func tailLines(s string, n int) string {
 // BuildImages runs hack/images into the output directory and returns the
 // tarballs it wrote.
 func BuildImages(ctx context.Context, cfg Config) ([]string, error) {
-	cmd := exec.CommandContext(ctx, "go", "run", "./hack/images", "-out", cfg.imagesDir(),
-		"-provisioner", cfg.provisionerBin(), "-resizer", cfg.resizerBin())
+	args := []string{"run", "./hack/images", "-out", cfg.imagesDir()}
+	// Sidecar images are built when their tools are (up always builds them).
+	for flag, bin := range map[string]string{"-provisioner": cfg.provisionerBin(), "-resizer": cfg.resizerBin()} {
+		if _, err := os.Stat(bin); err == nil {
+			args = append(args, flag, bin)
+		}
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = cfg.RepoRoot
 	cmd.Env = append(hostEnv(), "GOTOOLCHAIN=local")
 	var stderr strings.Builder

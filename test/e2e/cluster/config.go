@@ -124,6 +124,10 @@ func DefaultConfig() (Config, error) {
 // FindRepoRoot walks up from dir to the directory whose go.mod declares the
 // dhpp module (nested tool modules under hack/tools are skipped).
 func FindRepoRoot(dir string) (string, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("absolute path of %s: %w", dir, err)
+	}
 	for d := dir; ; d = filepath.Dir(d) {
 		b, err := os.ReadFile(filepath.Join(d, "go.mod"))
 		if err == nil && strings.Contains(string(b), "module github.com/dhpp-io/dhpp\n") {
