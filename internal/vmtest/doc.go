@@ -41,7 +41,7 @@
 // the running test binary and a run script. qemu boots with
 //
 //	-machine q35 -accel tcg -smp 1 -m 512 -nodefaults -display none
-//	-serial stdio -no-reboot -kernel vmlinux -initrd initramfs.cpio
+//	-serial stdio -no-reboot -bios qboot.rom -kernel vmlinux -initrd initramfs.cpio
 //	-append "console=ttyS0 panic=-1 quiet" -device virtio-rng-pci
 //	-virtfs local,path=<share>,mount_tag=work,security_model=none
 //	-virtfs local,path=<package dir>,mount_tag=src,security_model=none,readonly=on
@@ -73,6 +73,8 @@
 //     parsed from the console.
 //   - cache=unsafe sparse raw disks: nothing on them outlives the test, and
 //     they cost no space until written.
+//   - qboot (from qemu-system-data) instead of SeaBIOS when present: it
+//     jumps straight to the PVH kernel and saves a second or more per boot.
 //   - virtio-rng: Go's crypto/rand and mkfs UUIDs need entropy early.
 //
 // # Inside the guest

@@ -370,7 +370,7 @@ func TestVMHarnessFailures(t *testing.T) {
 	}
 	tests := []struct{ mode, want string }{
 		{"fail", "the test failed inside the VM with exit code 1"},
-		{"hang", "did not finish within 20s and was killed"},
+		{"hang", "did not finish within 15s and was killed"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.mode, func(t *testing.T) {
@@ -400,7 +400,7 @@ func TestVMSelfTestTarget(t *testing.T) {
 	}
 	cfg := Config{Env: map[string]string{"VMTEST_SELFTEST": mode}}
 	if mode == "hang" {
-		cfg.Timeout = 20 * time.Second
+		cfg.Timeout = 15 * time.Second
 	}
 	if !Run(t, cfg) {
 		return
