@@ -100,6 +100,8 @@
 // that imports neither net nor os/user) always does; a cgo-linked one only
 // if every library it needs is already in the initramfs, which Run checks,
 // failing with "build it static: CGO_ENABLED=0 go test ..." otherwise.
+// glibc and its loader are in the initramfs (the tools need them), so the
+// usual cgo binary, linked against libc alone, runs too.
 //
 // # Privileges
 //

@@ -267,3 +267,31 @@ func TestIsDynamic(t *testing.T) {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func TestCheckBinary(t *testing.T) {
+	libc := map[string]bool{"/lib/x86_64-linux-gnu/libc.so.6": true, "/lib64/ld-linux-x86-64.so.2": true}
+	tests := []struct {
+		name    string
+		binary  string
+		libs    map[string]bool
+		wantErr string
+	}{
+		{"dynamic, no libraries in the VM", "/bin/sh", map[string]bool{}, "CGO_ENABLED=0"},
+		{"dynamic, libraries in the VM", "/bin/sh", libc, ""},
+		{"static", "/bin/busybox", map[string]bool{}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if !fileExists(tc.binary) {
+				t.Skipf("%s is not on this host", tc.binary)
+			}
+			err := (&hostSetup{libs: tc.libs}).checkBinary(tc.binary)
+			if tc.wantErr == "" && err != nil {
+				t.Fatalf("checkBinary(%s): %v", tc.binary, err)
+			}
+			if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("checkBinary(%s) = %v, want an error containing %q", tc.binary, err, tc.wantErr)
+			}
+		})
+	}
+}
