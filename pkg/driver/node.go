@@ -63,6 +63,25 @@ func checkPath(field, p string) error {
 	return nil
 }
 
+// checkVolumePath validates the volume_path of NodeGetVolumeStats and
+// NodeExpandVolume. The spec's error for "no volume at this path" is
+// NotFound, so only a missing field or a NUL byte is InvalidArgument; a
+// relative or absent path is a path where the volume is not.
+func checkVolumePath(p string) error {
+	switch {
+	case p == "":
+		return required("volume_path")
+	case strings.ContainsRune(p, 0):
+		return status.Error(codes.InvalidArgument, "volume_path contains a NUL byte")
+	case !filepath.IsAbs(p):
+		return status.Errorf(codes.NotFound, "volume_path %q is not an absolute path, so no volume is published there", p)
+	}
+	if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+		return status.Errorf(codes.NotFound, "volume_path %q does not exist", p)
+	}
+	return nil
+}
+
 func mountFlags(c *csi.VolumeCapability) []string {
 	if m := c.GetMount(); m != nil {
 		return m.GetMountFlags()
@@ -131,6 +150,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	err = d.nodes.PublishVolume(ctx, node.PublishRequest{
 		VolumeID: req.GetVolumeId(), StagingPath: req.GetStagingTargetPath(), TargetPath: req.GetTargetPath(),
 		AccessType: access, ReadOnly: req.GetReadonly() || isReadOnlyMode(c), MountFlags: mountFlags(c),
+		SingleWriter: c.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
 	})
 	if err != nil {
 		return nil, toStatus(err)
@@ -158,15 +178,15 @@ func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeSta
 	if req.GetVolumeId() == "" {
 		return nil, required("volume_id")
 	}
-	if err := checkPath("volume_path", req.GetVolumePath()); err != nil {
-		return nil, err
+	if req.GetVolumePath() == "" {
+		return nil, required("volume_path")
 	}
 	v, err := d.nodes.GetVolume(req.GetVolumeId())
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if _, err := os.Stat(req.GetVolumePath()); errors.Is(err, fs.ErrNotExist) {
-		return nil, status.Errorf(codes.NotFound, "volume_path %q does not exist", req.GetVolumePath())
+	if err := checkVolumePath(req.GetVolumePath()); err != nil {
+		return nil, err
 	}
 	u, err := d.nodes.VolumeUsage(v.ID, req.GetVolumePath())
 	if err != nil {
@@ -187,29 +207,32 @@ func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeSta
 }
 
 // NodeExpandVolume grows the volume on the node that holds it: the btrfs
-// limit, the loop image and its filesystem (online if mounted).
+// limit, the loop image and its filesystem (online if mounted). Without a
+// capacity_range (it is optional) there is no new size to apply, and the
+// current size is reported.
 func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, required("volume_id")
 	}
-	if err := checkPath("volume_path", req.GetVolumePath()); err != nil {
-		return nil, err
-	}
-	if req.GetCapacityRange() == nil {
-		return nil, required("capacity_range")
+	if req.GetVolumePath() == "" {
+		return nil, required("volume_path")
 	}
 	if c := req.GetVolumeCapability(); c != nil {
 		if _, _, err := checkCapability(c); err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "volume_capability: %v", err)
 		}
 	}
-	if _, err := d.nodes.GetVolume(req.GetVolumeId()); err != nil {
+	v, err := d.nodes.GetVolume(req.GetVolumeId())
+	if err != nil {
 		return nil, toStatus(err)
 	}
-	if _, err := os.Stat(req.GetVolumePath()); errors.Is(err, fs.ErrNotExist) {
-		return nil, status.Errorf(codes.NotFound, "volume_path %q does not exist", req.GetVolumePath())
+	if err := checkVolumePath(req.GetVolumePath()); err != nil {
+		return nil, err
 	}
-	v, err := d.nodes.ExpandVolume(ctx, req.GetVolumeId(), req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
+	if req.GetCapacityRange() == nil {
+		return &csi.NodeExpandVolumeResponse{CapacityBytes: v.CapacityBytes}, nil
+	}
+	v, err = d.nodes.ExpandVolume(ctx, req.GetVolumeId(), req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
 	if err != nil {
 		return nil, toStatus(err)
 	}

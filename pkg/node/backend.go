@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+
+	mount "k8s.io/mount-utils"
 )
 
 // BackendKind names how a pool carves volumes and enforces their size.
@@ -83,6 +85,9 @@ type backend interface {
 	Stage(ctx context.Context, dir volumeDir, v *Volume, stagingPath string, mountFlags []string) error
 	// Unstage undoes Stage.
 	Unstage(ctx context.Context, dir volumeDir, v *Volume, stagingPath string) error
+	// Publications lists the target paths the volume is published at on
+	// this node (not counting its staging mount), from the mount table.
+	Publications(dir volumeDir, v *Volume, stagingPath string, infos []mount.MountInfo) []string
 	// PublishSource is what NodePublish bind-mounts onto the target path.
 	PublishSource(dir volumeDir, v *Volume, stagingPath string) (string, error)
 }

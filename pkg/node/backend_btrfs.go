@@ -9,6 +9,7 @@ import (
 
 	"github.com/dhpp-io/dhpp/pkg/node/btrfs"
 	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
 )
 
 // btrfsBackend carves a volume as a btrfs subvolume whose qgroup has a
@@ -117,6 +118,8 @@ func (b btrfsBackend) Destroy(_ context.Context, dir volumeDir) error {
 	if err := btrfs.DeleteSubvolume(d, dataName); err != nil {
 		return err
 	}
+	// Committing lets the kernel drop the subvolume now, so its qgroup can go too.
+	_ = btrfs.Sync(b.pool.rootFile)
 	if err := btrfs.DestroyQgroup(b.pool.rootFile, id); err != nil {
 		// The kernel may still be cleaning the subvolume; a stale qgroup costs
 		// a few bytes of metadata and `btrfs qgroup clear-stale` removes it.
@@ -127,6 +130,10 @@ func (b btrfsBackend) Destroy(_ context.Context, dir volumeDir) error {
 
 func (btrfsBackend) Stage(context.Context, volumeDir, *Volume, string, []string) error { return nil }
 func (btrfsBackend) Unstage(context.Context, volumeDir, *Volume, string) error         { return nil }
+
+func (b btrfsBackend) Publications(dir volumeDir, _ *Volume, _ string, infos []mount.MountInfo) []string {
+	return mountUsers(infos, b.pool.Path, dir.abs(dataName))
+}
 
 func (b btrfsBackend) PublishSource(dir volumeDir, _ *Volume, _ string) (string, error) {
 	return checkedDir(b.pool, path.Join(dir.rel, dataName))

@@ -6,6 +6,7 @@ import (
 	"path"
 
 	"golang.org/x/sys/unix"
+	mount "k8s.io/mount-utils"
 )
 
 // dirBackend carves a volume as a plain directory. Nothing stops a pod from
@@ -40,6 +41,10 @@ func (b dirBackend) Usage(dir volumeDir, v *Volume, _ string) (Usage, error) {
 
 func (dirBackend) Stage(context.Context, volumeDir, *Volume, string, []string) error { return nil }
 func (dirBackend) Unstage(context.Context, volumeDir, *Volume, string) error         { return nil }
+
+func (b dirBackend) Publications(dir volumeDir, _ *Volume, _ string, infos []mount.MountInfo) []string {
+	return mountUsers(infos, b.pool.Path, dir.abs(dataName))
+}
 
 func (b dirBackend) PublishSource(dir volumeDir, _ *Volume, _ string) (string, error) {
 	return checkedDir(b.pool, path.Join(dir.rel, dataName))

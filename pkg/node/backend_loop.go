@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -355,11 +356,34 @@ func (b loopBackend) Unstage(_ context.Context, dir volumeDir, v *Volume, stagin
 		if b.mountPointOf(dev) != "" {
 			continue // still mounted elsewhere; AutoClear detaches it later
 		}
-		if err := loopdev.Detach(dev); err != nil {
+		// DetachFile checks the binding on the same descriptor it detaches
+		// through, so a device number reused by someone else is left alone.
+		if err := loopdev.DetachFile(dev, dir.abs(imageName)); err != nil && !errors.Is(err, loopdev.ErrOtherBacking) {
 			klog.ErrorS(err, "Detaching loop device", "volume", v.ID, "device", dev)
 		}
 	}
 	return nil
+}
+
+// Publications of a loop volume are mounts of its loop device other than
+// the staging mount: binds of the mounted filesystem (same source device)
+// or, for Block, binds of the device node itself (root "/loopN" on /dev).
+func (b loopBackend) Publications(dir volumeDir, v *Volume, stagingPath string, infos []mount.MountInfo) []string {
+	dev, err := b.attached(dir)
+	if err != nil || dev == "" {
+		return nil
+	}
+	var out []string
+	for _, mi := range infos {
+		switch {
+		case mi.MountPoint == stagingPath:
+		case v.AccessType == AccessMount && mi.Source == dev:
+			out = append(out, mi.MountPoint)
+		case v.AccessType == AccessBlock && mi.Root == "/"+filepath.Base(dev) && strings.Contains(mi.FsType, "tmpfs"):
+			out = append(out, mi.MountPoint)
+		}
+	}
+	return out
 }
 
 func (b loopBackend) PublishSource(dir volumeDir, v *Volume, stagingPath string) (string, error) {

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"regexp"
 	"strings"
@@ -110,4 +112,19 @@ func ValidateNodeID(id string) error {
 		return fmt.Errorf("%w: node ID %q must be a DNS subdomain (letters, digits, '-', '.')", ErrInvalid, id)
 	}
 	return nil
+}
+
+// volumeKey is the name a volume has on disk and in its ID. It is the CSI
+// name itself when "<node>/<pool>/<name>" fits the spec's 128 bytes, which is
+// the case for every name csi-provisioner makes ("pvc-<uuid>"); a longer
+// name (the spec allows 128 bytes for the name alone) becomes "h-" and 40
+// hex digits of its SHA-256. The mapping is a pure function of the request,
+// so a repeated CreateVolume finds the same volume; the record keeps the
+// original name.
+func volumeKey(node, pool, name string) string {
+	if len(node)+len(pool)+len(name)+2 <= MaxIDLength {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	return "h-" + hex.EncodeToString(sum[:20])
 }

@@ -80,3 +80,29 @@ func FuzzParseVolumeID(f *testing.F) {
 		}
 	})
 }
+
+func TestVolumeKey(t *testing.T) {
+	long := strings.Repeat("a", 128)
+	tests := []struct {
+		node, pool, name string
+		wantHashed       bool
+	}{
+		{"node-1", "default", "pvc-0b4e7c1a-7d2e-4a55-9a5e-1c9b4a3f2e10", false},
+		{"node-1", "default", long, true},
+		{strings.Repeat("n", 60), "pool", strings.Repeat("v", 62), false}, // exactly 128
+		{strings.Repeat("n", 60), "pool", strings.Repeat("v", 63), true},
+	}
+	for _, tt := range tests {
+		key := volumeKey(tt.node, tt.pool, tt.name)
+		if hashed := key != tt.name; hashed != tt.wantHashed {
+			t.Errorf("volumeKey(%d-byte name) = %q, hashed = %v", len(tt.name), key, hashed)
+		}
+		id := VolumeID{Node: tt.node, Pool: tt.pool, Name: key}
+		if err := id.Validate(); err != nil {
+			t.Errorf("key %q gives an invalid ID: %v", key, err)
+		}
+		if again := volumeKey(tt.node, tt.pool, tt.name); again != key {
+			t.Errorf("volumeKey is not deterministic: %q vs %q", key, again)
+		}
+	}
+}

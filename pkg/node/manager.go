@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -169,18 +170,19 @@ func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume,
 	if req.AccessType == "" {
 		req.AccessType = AccessMount
 	}
-	id := VolumeID{Node: m.nodeID, Pool: p.Name, Name: req.Name}
+	key := volumeKey(m.nodeID, p.Name, req.Name)
+	id := VolumeID{Node: m.nodeID, Pool: p.Name, Name: key}
 	if err := id.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (node and pool names leave no room for a volume name)", err)
 	}
-	unlock, err := m.lock(req.Name)
+	unlock, err := m.lock(key)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 
 	for _, other := range m.pools {
-		if v := other.get(req.Name); v != nil {
+		if v := other.get(volumeKey(m.nodeID, other.Name, req.Name)); v != nil && v.csiName() == req.Name {
 			return v, compatible(v, p.Name, req)
 		}
 	}
@@ -191,7 +193,7 @@ func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume,
 	minSize := b.MinSize(req.AccessType)
 	if b.Kind() == BackendLoop && req.AccessType == AccessMount {
 		if req.FsType == "" {
-			req.FsType = defaultLoopFsType
+			req.FsType = cmp.Or(p.fsType, defaultLoopFsType)
 		}
 		if err := ValidateLoopFsType(req.FsType); err != nil {
 			return nil, err
@@ -205,9 +207,12 @@ func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume,
 		return nil, err
 	}
 	v := &Volume{
-		ID: id.String(), Name: req.Name, Pool: p.Name, Backend: b.Kind(),
+		ID: id.String(), Name: key, Pool: p.Name, Backend: b.Kind(),
 		CapacityBytes: size, AccessType: req.AccessType, FsType: req.FsType,
 		Mode: req.Mode.Perm(), Phase: PhaseCreating, Labels: req.Labels, CreatedAt: m.env.now().UTC(),
+	}
+	if key != req.Name {
+		v.CSIName = req.Name
 	}
 	start := time.Now()
 	if err := p.create(ctx, v); err != nil {
@@ -423,7 +428,10 @@ type PublishRequest struct {
 	VolumeID, StagingPath, TargetPath string
 	AccessType                        AccessType
 	ReadOnly                          bool
-	MountFlags                        []string
+	// SingleWriter is the ReadWriteOncePod mode (SINGLE_NODE_SINGLE_WRITER):
+	// the volume may be published at one target only.
+	SingleWriter bool
+	MountFlags   []string
 }
 
 // PublishVolume bind-mounts the volume (directory or block device) onto the
@@ -441,6 +449,22 @@ func (m *Manager) PublishVolume(_ context.Context, req PublishRequest) error {
 	source, err := b.PublishSource(dir, v, req.StagingPath)
 	if err != nil {
 		return err
+	}
+	// Refuse before touching the target path: a refused publish leaves nothing behind.
+	if req.SingleWriter {
+		infos, err := mount.ParseMountInfo(m.env.mountInfoPath)
+		if err != nil {
+			return fmt.Errorf("read mount table: %w", err)
+		}
+		var others []string
+		for _, p := range b.Publications(dir, v, req.StagingPath, infos) {
+			if p != req.TargetPath {
+				others = append(others, p)
+			}
+		}
+		if len(others) > 0 {
+			return fmt.Errorf("%w: volume %q is ReadWriteOncePod (single writer) and already published at %s", ErrInUse, v.ID, strings.Join(others, ", "))
+		}
 	}
 	if err := m.makeTarget(req.TargetPath, v.AccessType); err != nil {
 		return err

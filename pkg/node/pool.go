@@ -39,14 +39,19 @@ type PoolConfig struct {
 	Name    string
 	Path    string
 	Backend BackendKind
+	// FsType is the filesystem of loop Filesystem volumes whose request
+	// names none (ext4 if empty). ext4 grows online only with
+	// CAP_SYS_RESOURCE; xfs needs only CAP_SYS_ADMIN but is at least 300 MiB.
+	FsType string
 }
 
 // Pool is a directory on a node's data disk from which volumes are carved.
 type Pool struct {
 	Name string
 	// Path is the absolute, clean path of the pool directory.
-	Path string
-	env  *env
+	Path   string
+	fsType string // default filesystem of loop volumes
+	env    *env
 
 	root     *os.Root // the pool directory, for traversal-safe path operations
 	rootFile *os.File // an open fd on it, for statfs and ioctls
@@ -69,7 +74,12 @@ func openPool(cfg PoolConfig, e *env) (*Pool, error) {
 	if !filepath.IsAbs(cfg.Path) {
 		return nil, fmt.Errorf("%w: pool %q: path %q is not absolute", ErrInvalid, cfg.Name, cfg.Path)
 	}
-	p := &Pool{Name: cfg.Name, Path: filepath.Clean(cfg.Path), env: e, volumes: map[string]*Volume{}}
+	if cfg.FsType != "" {
+		if err := ValidateLoopFsType(cfg.FsType); err != nil {
+			return nil, fmt.Errorf("pool %q: %w", cfg.Name, err)
+		}
+	}
+	p := &Pool{Name: cfg.Name, Path: filepath.Clean(cfg.Path), fsType: cfg.FsType, env: e, volumes: map[string]*Volume{}}
 	// The pool directory must exist: creating it would hide an unmounted
 	// data disk and fill the root filesystem instead.
 	st, err := os.Stat(p.Path)

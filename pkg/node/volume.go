@@ -27,7 +27,11 @@ const recordVersion = 1
 type Volume struct {
 	Version int    `json:"version"`
 	ID      string `json:"id"`
-	Name    string `json:"name"`
+	// Name is the volume's key: its directory name and the last part of its
+	// ID. It equals the CSI name unless that was too long (see volumeKey).
+	Name string `json:"name"`
+	// CSIName is the name CreateVolume was called with, when it differs.
+	CSIName string `json:"csiName,omitempty"`
 	Pool    string `json:"pool"`
 	// Backend that carved the volume; it never changes for a volume even if
 	// the pool's configured backend does.
@@ -52,6 +56,14 @@ type Volume struct {
 // ReservedBytes is what the volume counts against its pool: the larger of
 // its size and a size being applied.
 func (v *Volume) ReservedBytes() int64 { return max(v.CapacityBytes, v.TargetBytes) }
+
+// csiName is the name CreateVolume was called with.
+func (v *Volume) csiName() string {
+	if v.CSIName != "" {
+		return v.CSIName
+	}
+	return v.Name
+}
 
 // VolumeID returns the parsed ID.
 func (v *Volume) VolumeID() VolumeID {

@@ -1,0 +1,16 @@
+package dir
+
+import (
+	"testing"
+
+	"github.com/dhpp-io/dhpp/pkg/node"
+	"github.com/dhpp-io/dhpp/test/sanity"
+)
+
+// TestSanity runs csi-sanity against dhpp with the BackendDir backend on xfs (mount volumes).
+func TestSanity(t *testing.T) {
+	sanitytest.Run(t, sanitytest.Case{
+		FS: "xfs", Backend: node.BackendDir, AccessType: "mount", VolumeSize: 64 << 20,
+		Skips: sanitytest.CommonSkips,
+	})
+}

@@ -1,0 +1,83 @@
+package sanitytest
+
+// skipGroups are the csi-sanity specs that do not apply to dhpp, grouped by
+// the reason. Run fails if any other spec is skipped, or if one of these
+// starts to run, so this list stays exact.
+var skipGroups = []struct {
+	reason string
+	specs  []string
+}{
+	{
+		reason: "dhpp has no controller attach step (CSIDriver attachRequired: false): a volume is local to its node, so there is no ControllerPublishVolume",
+		specs: []string{
+			"Controller Service [Controller Server] ControllerPublishVolume should fail when no node id is provided",
+			"Controller Service [Controller Server] ControllerPublishVolume should fail when no volume capability is provided",
+			"Controller Service [Controller Server] ControllerPublishVolume should fail when no volume id is provided",
+			"Controller Service [Controller Server] ControllerPublishVolume should fail when publishing more volumes than the node max attach limit",
+			"Controller Service [Controller Server] ControllerPublishVolume should fail when the node does not exist",
+			"Controller Service [Controller Server] ControllerPublishVolume should fail when the volume does not exist",
+			"Controller Service [Controller Server] ControllerPublishVolume should fail when the volume is already published but is incompatible",
+			"Controller Service [Controller Server] ControllerUnpublishVolume should fail when no volume id is provided",
+			"Controller Service [Controller Server] volume lifecycle should be idempotent",
+			"Controller Service [Controller Server] volume lifecycle should work",
+		},
+	},
+	{
+		reason: "dhpp has no snapshots or clones (no CREATE_DELETE_SNAPSHOT, LIST_SNAPSHOTS, GET_SNAPSHOT, CLONE_VOLUME, group controller)",
+		specs: []string{
+			"Controller Service [Controller Server] CreateVolume should create volume from an existing source snapshot",
+			"Controller Service [Controller Server] CreateVolume should create volume from an existing source volume",
+			"Controller Service [Controller Server] CreateVolume should fail when the volume source snapshot is not found",
+			"Controller Service [Controller Server] CreateVolume should fail when the volume source volume is not found",
+			"CreateSnapshot [Controller Server] should fail when no name is provided",
+			"CreateSnapshot [Controller Server] should fail when no source volume id is provided",
+			"CreateSnapshot [Controller Server] should fail when requesting to create a snapshot with already existing name and different source volume ID",
+			"CreateSnapshot [Controller Server] should succeed when creating a snapshot with accessibility requirements",
+			"CreateSnapshot [Controller Server] should succeed when creating snapshot with maximum-length name",
+			"CreateSnapshot [Controller Server] should succeed when requesting to create a snapshot with already existing name and same source volume ID",
+			"DeleteSnapshot [Controller Server] should fail when no snapshot id is provided",
+			"DeleteSnapshot [Controller Server] should return appropriate values (no optional values added)",
+			"DeleteSnapshot [Controller Server] should succeed when an invalid snapshot id is used",
+			"GetSnapshot [Controller Server] should return an error when the specified snapshot id does not exist",
+			"GetSnapshot [Controller Server] should return an error",
+			"GetSnapshot [Controller Server] should return snapshot that match the specified snapshot id",
+			"GroupController Service [GroupController Server] GroupControllerGetCapabilities should return appropriate capabilities",
+			"GroupController Service [GroupController VolumeGroupSnapshots] CreateVolumeGroupSnapshot should fail when no name is provided",
+			"GroupController Service [GroupController VolumeGroupSnapshots] DeleteVolumeGroupSnapshot should fail when no volume id is provided",
+			"GroupController Service [GroupController VolumeGroupSnapshots] DeleteVolumeGroupSnapshot should succeed when an invalid volume id is used",
+			"GroupController Service [GroupController VolumeGroupSnapshots] GetVolumeGroupSnapshot should fail when an invalid volume id is used",
+			"GroupController Service [GroupController VolumeGroupSnapshots] GetVolumeGroupSnapshot should fail when no volume id is provided",
+			"ListSnapshots [Controller Server] check the presence of new snapshots in the snapshot list",
+			"ListSnapshots [Controller Server] should return appropriate values (no optional values added)",
+			"ListSnapshots [Controller Server] should return empty when the specified snapshot id does not exist",
+			"ListSnapshots [Controller Server] should return empty when the specified source volume id does not exist",
+			"ListSnapshots [Controller Server] should return next token when a limited number of entries are requested",
+			"ListSnapshots [Controller Server] should return snapshots that match the specified snapshot id",
+			"ListSnapshots [Controller Server] should return snapshots that match the specified source volume id",
+		},
+	},
+	{
+		reason: "dhpp has no mutable volume parameters (no MODIFY_VOLUME, no VolumeAttributesClass)",
+		specs: []string{
+			"Controller Service [Controller Server] CreateVolume should create volume with a volume attribute class",
+			"Controller Service [Controller Server] CreateVolume should not create volume with an invalid volume attribute class",
+			"ModifyVolume [Controller Server] should fail if no volume id is given",
+			"ModifyVolume [Controller Server] should fail if specified mutable parameters are not supported by the volume",
+			"ModifyVolume [Controller Server] should fail if volume does not exist",
+			"ModifyVolume [Controller Server] should fail to modify a volume created with a volume attribute class if new mutable parameters are not supported by volume",
+			"ModifyVolume [Controller Server] should modify a volume created with a volume attribute class",
+			"ModifyVolume [Controller Server] should modify a volume created without a volume attribute class",
+		},
+	},
+}
+
+// CommonSkips maps every expected skip to its reason.
+var CommonSkips = func() map[string]string {
+	m := map[string]string{}
+	for _, g := range skipGroups {
+		for _, s := range g.specs {
+			m[s] = g.reason
+		}
+	}
+	return m
+}()
