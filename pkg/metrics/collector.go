@@ -1,0 +1,156 @@
+// Package metrics exports the node's pools and volumes to Prometheus. Every
+// value is computed when Prometheus scrapes (a prometheus.Collector), from the
+// pools' statfs and the backends' own accounting: there is no background loop
+// and nothing walks a volume's files, so a scrape costs the same whether a
+// volume holds ten files or ten million.
+//
+// Pool health series (dhpp_pool_fenced and friends) come from pkg/health's
+// Monitor.Register; CSI operation counts and latencies from csi-lib-utils.
+// docs/metrics.md lists them all.
+package metrics
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/dhpp-io/dhpp/pkg/node"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+// Source is what the collector reads; *node.Manager implements it.
+type Source interface {
+	Pools() []*node.Pool
+	ListVolumes() []*node.Volume
+	VolumeUsage(id, volumePath string) (node.Usage, error)
+}
+
+var _ Source = (*node.Manager)(nil)
+
+// loopImage is where the loop backend keeps a volume's image, relative to
+// the pool directory (pkg/node's on-disk layout: volumes/<name>/disk.img).
+// pkg/node does not export a per-volume allocation figure, so the collector
+// reads the image's allocated blocks itself; see docs/metrics.md.
+const (
+	dirVolumes = "volumes"
+	loopImage  = "disk.img"
+)
+
+var (
+	descPoolCapacity = prometheus.NewDesc("dhpp_pool_capacity_bytes",
+		"Size of the filesystem holding the pool.", []string{"pool", "backend"}, nil)
+	descPoolAvailable = prometheus.NewDesc("dhpp_pool_available_bytes",
+		"Bytes a new volume may still get from the pool (what GetCapacity reports for a healthy pool): free space minus space promised to existing volumes.", []string{"pool"}, nil)
+	descPoolProvisioned = prometheus.NewDesc("dhpp_pool_provisioned_bytes",
+		"Sum of the sizes of the pool's volumes.", []string{"pool"}, nil)
+	descPoolVolumes = prometheus.NewDesc("dhpp_pool_volumes",
+		"Number of volumes in the pool.", []string{"pool"}, nil)
+	descVolumeCapacity = prometheus.NewDesc("dhpp_volume_capacity_bytes",
+		"Provisioned size of a volume.", []string{"pool", "volume", "backend"}, nil)
+	descVolumeUsed = prometheus.NewDesc("dhpp_volume_used_bytes",
+		"Bytes a volume uses by its backend's accounting: btrfs qgroup referenced bytes, or a loop image's allocated blocks. Not reported for dir volumes (no per-volume accounting without walking the tree).", []string{"pool", "volume", "backend"}, nil)
+	descScrapeErrors = prometheus.NewDesc("dhpp_metrics_collect_errors",
+		"Pools and volumes whose figures could not be read in this scrape (e.g. a vanished disk); their series are missing from it.", nil, nil)
+)
+
+// Collector is a prometheus.Collector over a node's pools and volumes.
+type Collector struct {
+	src Source
+}
+
+// NewCollector returns a Collector reading src at every scrape.
+func NewCollector(src Source) *Collector { return &Collector{src: src} }
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descPoolCapacity, descPoolAvailable, descPoolProvisioned,
+		descPoolVolumes, descVolumeCapacity, descVolumeUsed, descScrapeErrors} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector. A pool or volume whose figures
+// cannot be read is left out of this scrape and counted in
+// dhpp_metrics_collect_errors rather than failing the whole scrape: a dead
+// disk must not hide the health metrics that say it is dead.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	errs := 0
+	poolPath := map[string]string{}
+	for _, p := range c.src.Pools() {
+		poolPath[p.Name] = p.Path
+		ch <- prometheus.MustNewConstMetric(descPoolVolumes, prometheus.GaugeValue, float64(p.VolumeCount()), p.Name)
+		capa, err := p.Capacity()
+		if err != nil {
+			errs++
+			klog.V(2).InfoS("Metrics: pool capacity unreadable", "pool", p.Name, "err", err)
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(descPoolCapacity, prometheus.GaugeValue, float64(capa.Total), p.Name, string(p.Backend()))
+		ch <- prometheus.MustNewConstMetric(descPoolAvailable, prometheus.GaugeValue, float64(capa.Available), p.Name)
+		ch <- prometheus.MustNewConstMetric(descPoolProvisioned, prometheus.GaugeValue, float64(capa.Provisioned), p.Name)
+	}
+	for _, v := range c.src.ListVolumes() {
+		name := volumeName(v)
+		ch <- prometheus.MustNewConstMetric(descVolumeCapacity, prometheus.GaugeValue, float64(v.CapacityBytes), v.Pool, name, string(v.Backend))
+		used, ok, err := c.used(v, poolPath[v.Pool])
+		if err != nil {
+			errs++
+			klog.V(2).InfoS("Metrics: volume usage unreadable", "volume", v.ID, "err", err)
+			continue
+		}
+		if ok {
+			ch <- prometheus.MustNewConstMetric(descVolumeUsed, prometheus.GaugeValue, float64(used), v.Pool, name, string(v.Backend))
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descScrapeErrors, prometheus.GaugeValue, float64(errs))
+}
+
+// used returns a volume's used bytes by its backend's accounting, and false
+// when the backend has none.
+func (c *Collector) used(v *node.Volume, poolPath string) (int64, bool, error) {
+	switch v.Backend {
+	case node.BackendBtrfs:
+		// The qgroup's referenced bytes; volumePath is not used by btrfs.
+		u, err := c.src.VolumeUsage(v.ID, "")
+		if err != nil {
+			return 0, false, err
+		}
+		return u.UsedBytes, true, nil
+	case node.BackendLoop:
+		// Without the staging path (which only the kubelet knows) the loop
+		// backend cannot statfs the volume's filesystem, so report what the
+		// image occupies on the pool's disk: its allocated blocks. That is
+		// what the volume costs the pool; it can exceed the filesystem's own
+		// "used" after files were deleted inside the image.
+		if poolPath == "" {
+			return 0, false, fmt.Errorf("volume %q: pool %q unknown", v.ID, v.Pool)
+		}
+		var st unix.Stat_t
+		img := filepath.Join(poolPath, dirVolumes, v.Name, loopImage)
+		if err := unix.Lstat(img, &st); err != nil {
+			return 0, false, fmt.Errorf("volume %q: stat image %s: %w", v.ID, img, err)
+		}
+		return st.Blocks * 512, true, nil
+	case node.BackendDir:
+		// statfs of a dir volume is the whole filesystem's: reporting it
+		// per volume would be wrong, and walking the tree is ruled out.
+		return 0, false, nil
+	}
+	// Any other backend (project quota, when it lands) accounts per volume
+	// without a path.
+	u, err := c.src.VolumeUsage(v.ID, "")
+	if err != nil {
+		return 0, false, err
+	}
+	return u.UsedBytes, true, nil
+}
+
+// volumeName is the name the volume was created with (the PV name), so the
+// series joins with kube-state-metrics' PV series.
+func volumeName(v *node.Volume) string {
+	if v.CSIName != "" {
+		return v.CSIName
+	}
+	return v.Name
+}

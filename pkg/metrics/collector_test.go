@@ -1,0 +1,234 @@
+package metrics
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dhpp-io/dhpp/internal/testdisk"
+	"github.com/dhpp-io/dhpp/pkg/node"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/sys/unix"
+)
+
+const mib = 1 << 20
+
+// newManager opens a node.Manager with one pool per config, each on its own
+// directory that the caller prepared.
+func newManager(t testing.TB, pools ...node.PoolConfig) *node.Manager {
+	t.Helper()
+	m, err := node.New(node.Config{NodeID: "n1", Pools: pools, DefaultSize: mib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	return m
+}
+
+func create(t testing.TB, m *node.Manager, pool, name string, size int64, access node.AccessType) *node.Volume {
+	t.Helper()
+	v, err := m.CreateVolume(context.Background(), node.CreateRequest{Name: name, Pool: pool, RequiredBytes: size, AccessType: access})
+	if err != nil {
+		t.Fatalf("create %s in %s: %v", name, pool, err)
+	}
+	return v
+}
+
+// gather collects c once and returns its families by name.
+func gather(t testing.TB, c prometheus.Collector) map[string]*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = mf
+	}
+	return out
+}
+
+// value returns the gauge of family name whose labels include want.
+func value(t testing.TB, mfs map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
+	t.Helper()
+	for _, m := range mfs[name].GetMetric() {
+		match := true
+		for k, v := range want {
+			found := false
+			for _, l := range m.GetLabel() {
+				if l.GetName() == k && l.GetValue() == v {
+					found = true
+				}
+			}
+			match = match && found
+		}
+		if match {
+			return m.GetGauge().GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+// TestCollectorDir needs no root: a dir pool on a temp directory.
+func TestCollectorDir(t *testing.T) {
+	a, b := t.TempDir(), t.TempDir()
+	m := newManager(t, node.PoolConfig{Name: "a", Path: a, Backend: node.BackendDir}, node.PoolConfig{Name: "b", Path: b, Backend: node.BackendDir})
+	create(t, m, "a", "pvc-1", 2*mib, node.AccessMount)
+	create(t, m, "a", "pvc-2", 3*mib, node.AccessMount)
+	c := NewCollector(m)
+
+	want := `
+# HELP dhpp_pool_volumes Number of volumes in the pool.
+# TYPE dhpp_pool_volumes gauge
+dhpp_pool_volumes{pool="a"} 2
+dhpp_pool_volumes{pool="b"} 0
+# HELP dhpp_pool_provisioned_bytes Sum of the sizes of the pool's volumes.
+# TYPE dhpp_pool_provisioned_bytes gauge
+dhpp_pool_provisioned_bytes{pool="a"} 5.24288e+06
+dhpp_pool_provisioned_bytes{pool="b"} 0
+# HELP dhpp_volume_capacity_bytes Provisioned size of a volume.
+# TYPE dhpp_volume_capacity_bytes gauge
+dhpp_volume_capacity_bytes{backend="dir",pool="a",volume="pvc-1"} 2.097152e+06
+dhpp_volume_capacity_bytes{backend="dir",pool="a",volume="pvc-2"} 3.145728e+06
+# HELP dhpp_metrics_collect_errors Pools and volumes whose figures could not be read in this scrape (e.g. a vanished disk); their series are missing from it.
+# TYPE dhpp_metrics_collect_errors gauge
+dhpp_metrics_collect_errors 0
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
+		"dhpp_pool_volumes", "dhpp_pool_provisioned_bytes", "dhpp_volume_capacity_bytes", "dhpp_metrics_collect_errors"); err != nil {
+		t.Fatal(err)
+	}
+	// Dir volumes have no per-volume accounting: no used series at all,
+	// rather than the whole filesystem's usage under each volume's name.
+	if n := testutil.CollectAndCount(c, "dhpp_volume_used_bytes"); n != 0 {
+		t.Fatalf("dhpp_volume_used_bytes has %d series for dir volumes, want 0", n)
+	}
+	// The pool figures are the ones GetCapacity uses.
+	mfs := gather(t, c)
+	for _, p := range m.Pools() {
+		capa, err := p.Capacity()
+		if err != nil {
+			t.Fatal(err)
+		}
+		total, _ := value(t, mfs, "dhpp_pool_capacity_bytes", map[string]string{"pool": p.Name, "backend": "dir"})
+		if total != float64(capa.Total) || total <= 0 {
+			t.Errorf("pool %s capacity = %v, want %d", p.Name, total, capa.Total)
+		}
+		if _, ok := value(t, mfs, "dhpp_pool_available_bytes", map[string]string{"pool": p.Name}); !ok {
+			t.Errorf("pool %s: no dhpp_pool_available_bytes", p.Name)
+		}
+	}
+	problems, err := testutil.CollectAndLint(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint %s: %s", p.Metric, p.Text)
+	}
+}
+
+// brokenSource adds a loop volume whose image does not exist, as after a
+// disk vanished under the driver.
+type brokenSource struct{ *node.Manager }
+
+func (b brokenSource) ListVolumes() []*node.Volume {
+	return append(b.Manager.ListVolumes(), &node.Volume{ID: "n1/a/ghost", Name: "ghost", Pool: "a", Backend: node.BackendLoop, CapacityBytes: mib})
+}
+
+func TestCollectorUnreadableVolume(t *testing.T) {
+	m := newManager(t, node.PoolConfig{Name: "a", Path: t.TempDir(), Backend: node.BackendDir})
+	c := NewCollector(brokenSource{m})
+	mfs := gather(t, c)
+	if v, _ := value(t, mfs, "dhpp_metrics_collect_errors", nil); v != 1 {
+		t.Fatalf("collect errors = %v, want 1", v)
+	}
+	if _, ok := value(t, mfs, "dhpp_volume_capacity_bytes", map[string]string{"volume": "ghost"}); !ok {
+		t.Fatal("the unreadable volume's capacity (from its record) should still be reported")
+	}
+	if _, ok := value(t, mfs, "dhpp_volume_used_bytes", map[string]string{"volume": "ghost"}); ok {
+		t.Fatal("an unreadable volume must have no used series")
+	}
+}
+
+// TestCollectorUsedBytes checks the backends' accounting on real disks:
+// btrfs qgroups and loop images' allocated blocks.
+func TestCollectorUsedBytes(t *testing.T) {
+	testdisk.RequireRoot(t)
+	bd := testdisk.New(t, "btrfs", 256*mib)
+	ed := testdisk.New(t, "ext4", 256*mib)
+	m := newManager(t,
+		node.PoolConfig{Name: "bt", Path: bd.Dir, Backend: node.BackendBtrfs},
+		node.PoolConfig{Name: "lp", Path: ed.Dir, Backend: node.BackendLoop})
+	bv := create(t, m, "bt", "pvc-b", 64*mib, node.AccessMount)
+	lv := create(t, m, "lp", "pvc-l", 64*mib, node.AccessBlock)
+	const written = 8 * mib
+	writeFile(t, filepath.Join(bd.Dir, "volumes", bv.Name, "data", "f"), 0, written)
+	writeFile(t, filepath.Join(ed.Dir, "volumes", lv.Name, "disk.img"), 16*mib, written)
+	// btrfs updates qgroups when the transaction commits.
+	syncfs(t, bd.Dir)
+
+	mfs := gather(t, NewCollector(m))
+	tests := []struct {
+		volume, backend string
+		min, max        float64
+	}{
+		// qgroup referenced bytes: the data plus a little metadata.
+		{"pvc-b", "btrfs", written, written + mib},
+		// the image's allocated blocks: the 8 MiB written, nothing else
+		// (a Block volume has no filesystem inside).
+		{"pvc-l", "loop", written, written + mib},
+	}
+	for _, tt := range tests {
+		t.Run(tt.backend, func(t *testing.T) {
+			got, ok := value(t, mfs, "dhpp_volume_used_bytes", map[string]string{"volume": tt.volume, "backend": tt.backend, "pool": map[string]string{"btrfs": "bt", "loop": "lp"}[tt.backend]})
+			if !ok {
+				t.Fatalf("no dhpp_volume_used_bytes for %s", tt.volume)
+			}
+			if got < tt.min || got > tt.max {
+				t.Fatalf("used = %v, want in [%v, %v]", got, tt.min, tt.max)
+			}
+		})
+	}
+	if v, _ := value(t, mfs, "dhpp_metrics_collect_errors", nil); v != 0 {
+		t.Fatalf("collect errors = %v", v)
+	}
+}
+
+func writeFile(t testing.TB, path string, off, n int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, mib)
+	for i := range buf {
+		buf[i] = byte(i*7 + 1)
+	}
+	for done := int64(0); done < n; done += mib {
+		if _, err := f.WriteAt(buf, off+done); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func syncfs(t testing.TB, dir string) {
+	t.Helper()
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		t.Fatal(err)
+	}
+}
