@@ -368,7 +368,10 @@ func (p *Pool) create(ctx context.Context, v *Volume) error {
 		return fail(err)
 	}
 	v.Phase = PhaseReady
-	if err := writeRecord(p.root, tmp, v); err != nil {
+	// Two fsyncs make a create durable: the record's (which on every
+	// journaling filesystem also commits the mkdirs before it), and the
+	// volumes/ directory's after the rename that publishes the volume.
+	if err := writeNewRecord(p.root, tmp, v); err != nil {
 		return fail(err)
 	}
 	if err := p.root.Rename(tmp, path.Join(dirVolumes, v.Name)); err != nil {

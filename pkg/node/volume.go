@@ -115,6 +115,33 @@ func writeRecord(root *os.Root, dir string, v *Volume) error {
 	return syncDir(root, dir)
 }
 
+// writeNewRecord stores the first record of a volume that is still being
+// built in .dhpp/tmp, where nobody reads it: no temporary file and rename
+// are needed, only the fsync that makes it durable before the volume's
+// directory is renamed into volumes/ (pool.create fsyncs that rename).
+func writeNewRecord(root *os.Root, dir string, v *Volume) error {
+	v.Version = recordVersion
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	f, err := root.OpenFile(path.Join(dir, recordFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("write volume record: %w", err)
+	}
+	_, err = f.Write(append(data, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write volume record %s: %w", path.Join(dir, recordFile), err)
+	}
+	return nil
+}
+
 // readRecord loads dir/volume.json and checks that it is one this driver
 // understands and that it names the directory it lives in.
 func readRecord(root *os.Root, dir, wantName string) (*Volume, error) {
