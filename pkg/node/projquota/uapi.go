@@ -143,22 +143,22 @@ type fsQfilestatv struct {
 // the older Q_XGETQSTAT it has the project quota file and is the same on
 // 32- and 64-bit.
 type fsQuotaStatv struct {
-	version       int8
-	pad1          uint8
-	flags         uint16
-	incoredqs     uint32
-	uquota        fsQfilestatv
-	gquota        fsQfilestatv
-	pquota        fsQfilestatv
-	btimelimit    int32
-	itimelimit    int32
-	rtbtimelimit  int32
-	bwarnlimit    uint16
-	iwarnlimit    uint16
-	rtbwarnlimit  uint16
-	pad3          uint16
-	pad4          uint32
-	pad2          [7]uint64
+	version      int8
+	pad1         uint8
+	flags        uint16
+	incoredqs    uint32
+	uquota       fsQfilestatv
+	gquota       fsQfilestatv
+	pquota       fsQfilestatv
+	btimelimit   int32
+	itimelimit   int32
+	rtbtimelimit int32
+	bwarnlimit   uint16
+	iwarnlimit   uint16
+	rtbwarnlimit uint16
+	pad3         uint16
+	pad4         uint32
+	pad2         [7]uint64
 }
 
 const (
