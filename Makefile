@@ -1,0 +1,53 @@
+# dhpp — the two commands from the README, and the pieces they are made of.
+# Every target that needs root says so; the test target is what CI runs.
+
+SHELL := /bin/bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/dhpp-io/dhpp/pkg/dhpp.Version=$(VERSION)
+DHPP_CACHE ?= $(HOME)/.cache/dhpp
+export DHPP_CACHE
+
+# Debian packages the tests and the demo use (the VM and cluster harnesses
+# install their own on first use).
+APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod
+
+.PHONY: all build demo demo-down test unit deps tools bench vet fuzz
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/dhpp-driver ./cmd/dhpp-driver
+
+## demo: the README's first command (root): dhpp on a loop-backed demo disk.
+demo: deps build
+	hack/demo.sh up
+
+demo-down:
+	hack/demo.sh down
+
+## test: the README's second command (root): every test, as CI runs it.
+test: deps tools vet
+	CI=$${CI:-true} CGO_ENABLED=0 $(GO) test -count=1 -timeout 60m ./...
+
+## unit: the tests that need neither root nor tools (quick local loop).
+unit:
+	$(GO) test -count=1 -short ./pkg/...
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+tools:
+	hack/deploytools/install.sh
+
+## bench: the Go benchmarks behind docs/benchmarks.md (root).
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 200x ./pkg/node/ ./pkg/driver/
