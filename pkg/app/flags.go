@@ -58,13 +58,13 @@ func (f poolFlag) Set(v string) error {
 	return nil
 }
 
-// ParsePool parses "name=path[,backend=auto|btrfs|loop|dir][,fs=ext4|xfs]";
+// ParsePool parses "name=path[,backend=auto|btrfs|xfs|ext4|loop|dir][,fs=ext4|xfs]";
 // fs is the default filesystem of loop volumes.
 func ParsePool(v string) (node.PoolConfig, error) {
 	parts := strings.Split(v, ",")
 	name, path, ok := strings.Cut(parts[0], "=")
 	if !ok || name == "" || path == "" {
-		return node.PoolConfig{}, fmt.Errorf("pool %q: want name=path[,backend=auto|btrfs|loop|dir][,fs=ext4|xfs]", v)
+		return node.PoolConfig{}, fmt.Errorf("pool %q: want name=path[,backend=auto|btrfs|xfs|ext4|loop|dir][,fs=ext4|xfs]", v)
 	}
 	if err := node.ValidatePoolName(name); err != nil {
 		return node.PoolConfig{}, fmt.Errorf("pool %q: %v", v, err)
@@ -124,7 +124,7 @@ func Parse(args []string, out io.Writer, getenv func(string) string) (Config, er
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix socket) the sidecars and kubelet connect to")
 	fs.StringVar(&c.NodeID, "node-id", "", "this node's name (default: $NODE_NAME, then the hostname); must match the Kubernetes node name")
-	fs.Var(poolFlag{&c.Pools}, "pool", "a storage pool: name=path[,backend=auto|btrfs|loop|dir][,fs=ext4|xfs]; repeatable, the first is the default")
+	fs.Var(poolFlag{&c.Pools}, "pool", "a storage pool: name=path[,backend=auto|btrfs|xfs|ext4|loop|dir][,fs=ext4|xfs]; repeatable, the first is the default")
 	fs.DurationVar(&c.TrashRetention, "trash-retention", 15*time.Minute, "how long a deleted volume's data stays in the pool's trash before it is purged (> 0)")
 	fs.Var(quantityFlag{&c.DefaultVolumeSize}, "default-volume-size", "size of a volume whose claim names none (default 1Gi)")
 	fs.Int64Var(&c.MaxVolumesPerNode, "max-volumes-per-node", 0, "volumes the scheduler may place on this node (0 = no limit)")

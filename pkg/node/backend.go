@@ -21,17 +21,23 @@ const (
 	BackendLoop BackendKind = "loop"
 	// BackendDir: a plain directory; the size is recorded, NOT enforced.
 	BackendDir BackendKind = "dir"
-	// BackendXFS and BackendExt4 (project quota) are reserved for the
-	// project-quota backends; the seam is the backend interface below.
+	// BackendXFS: a directory with its own XFS project id, size enforced
+	// by a project quota limit (writes past it fail with ENOSPC). The
+	// filesystem must be mounted with prjquota.
+	BackendXFS BackendKind = "xfs"
+	// BackendExt4: the same on ext4 (writes past the limit fail with
+	// EDQUOT; root with CAP_SYS_RESOURCE is exempt). Needs mkfs.ext4
+	// -O quota,project and the prjquota mount option.
+	BackendExt4 BackendKind = "ext4"
 )
 
 // ParseBackendKind validates a backend name from a flag.
 func ParseBackendKind(s string) (BackendKind, error) {
 	switch k := BackendKind(s); k {
-	case BackendAuto, BackendBtrfs, BackendLoop, BackendDir:
+	case BackendAuto, BackendBtrfs, BackendXFS, BackendExt4, BackendLoop, BackendDir:
 		return k, nil
 	}
-	return "", fmt.Errorf("%w: unknown backend %q (want auto, btrfs, loop or dir)", ErrInvalid, s)
+	return "", fmt.Errorf("%w: unknown backend %q (want auto, btrfs, xfs, ext4, loop or dir)", ErrInvalid, s)
 }
 
 // Usage is a volume's space as its backend accounts for it. Inode figures

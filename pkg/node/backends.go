@@ -1,6 +1,11 @@
 package node
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/dhpp-io/dhpp/pkg/node/projquota"
+	"k8s.io/klog/v2"
+)
 
 // newBackend makes a backend of the given kind for the pool, or explains why
 // the pool's filesystem or this node cannot have it.
@@ -8,6 +13,8 @@ func newBackend(p *Pool, kind BackendKind) (backend, error) {
 	switch kind {
 	case BackendBtrfs:
 		return newBtrfsBackend(p)
+	case BackendXFS, BackendExt4:
+		return newProjQuotaBackend(p, kind)
 	case BackendLoop:
 		return newLoopBackend(p)
 	case BackendDir:
@@ -19,11 +26,11 @@ func newBackend(p *Pool, kind BackendKind) (backend, error) {
 // selectBackend resolves the configured kind. For auto it takes the
 // strongest the pool supports, in this order, and says why:
 //
-//	btrfs — the filesystem is btrfs: subvolume + qgroup, enforced, O(1) usage;
-//	loop  — any other filesystem with loop devices: enforced by image size;
-//	dir   — nothing else works: sizes are recorded but NOT enforced.
-//
-// (XFS/ext4 project quota, once supported, go between btrfs and loop.)
+//	btrfs    — the filesystem is btrfs: subvolume + qgroup, enforced, O(1) usage;
+//	xfs/ext4 — XFS or ext4 mounted with prjquota: project quota, enforced,
+//	           O(1) usage, no image or loop device per volume;
+//	loop     — any other filesystem with loop devices: enforced by image size;
+//	dir      — nothing else works: sizes are recorded but NOT enforced.
 func selectBackend(p *Pool, kind BackendKind) (backend, string, error) {
 	if kind != BackendAuto && kind != "" {
 		b, err := newBackend(p, kind)
@@ -33,10 +40,34 @@ func selectBackend(p *Pool, kind BackendKind) (backend, string, error) {
 	if btrfsErr == nil {
 		return b, "auto: the pool is on btrfs; subvolumes with qgroup limits enforce sizes", nil
 	}
+	b, pqKind, pqErr := projQuotaAuto(p)
+	if pqErr == nil {
+		return b, fmt.Sprintf("auto: the pool is on %s mounted with prjquota; project quotas enforce sizes", pqKind), nil
+	}
+	notPQ := "not on XFS or ext4"
+	if pqKind != "" {
+		// XFS or ext4 without prjquota: the operator can have enforced
+		// quotas without loop images by changing the mount; say so loudly.
+		klog.InfoS("The pool's filesystem supports project quota but it is not enforced; mounting it with prjquota would give enforced per-volume quotas",
+			"pool", p.Name, "path", p.Path, "filesystem", pqKind, "reason", pqErr)
+		notPQ = fmt.Sprintf("%s project quota not usable, mounting with prjquota would give enforced quotas (%v)", pqKind, pqErr)
+	}
 	b, loopErr := newBackend(p, BackendLoop)
 	if loopErr == nil {
-		return b, fmt.Sprintf("auto: btrfs not usable (%v); loop images enforce sizes on any filesystem", btrfsErr), nil
+		return b, fmt.Sprintf("auto: btrfs not usable (%v); %s; loop images enforce sizes on any filesystem", btrfsErr, notPQ), nil
 	}
 	b, _ = newBackend(p, BackendDir)
-	return b, fmt.Sprintf("auto: btrfs not usable (%v) and %v; falling back to plain directories, SIZES ARE NOT ENFORCED", btrfsErr, loopErr), nil
+	return b, fmt.Sprintf("auto: btrfs not usable (%v), %s and %v; falling back to plain directories, SIZES ARE NOT ENFORCED", btrfsErr, notPQ, loopErr), nil
+}
+
+// projQuotaAuto tries the project-quota backend of the pool's filesystem.
+// kind is "" when the filesystem is neither XFS nor ext4.
+func projQuotaAuto(p *Pool) (backend, BackendKind, error) {
+	q, err := projquota.Open(p.rootFile, p.env.mountInfoPath)
+	if err != nil {
+		return nil, "", err
+	}
+	k := BackendKind(q.Type())
+	b, err := newBackend(p, k)
+	return b, k, err
 }

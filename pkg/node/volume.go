@@ -46,6 +46,8 @@ type Volume struct {
 	Phase  Phase       `json:"phase"`
 	// SubvolumeID is the btrfs subvolume (and level-0 qgroup) id.
 	SubvolumeID uint64 `json:"subvolumeID,omitempty"`
+	// ProjectID is the XFS/ext4 project id whose quota limits the volume.
+	ProjectID uint32 `json:"projectID,omitempty"`
 	// Labels records who asked for the volume (PVC namespace/name, PV name
 	// from the provisioner's --extra-create-metadata), for operators reading
 	// the disk without a cluster.
