@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -170,6 +171,9 @@ func (b *projQuotaBackend) Resize(_ context.Context, _ volumeDir, v *Volume, new
 }
 
 func (b *projQuotaBackend) Allocated(_ volumeDir, v *Volume) (int64, error) {
+	if v.ProjectID == 0 {
+		return 0, fmt.Errorf("volume %q has no project id in its record", v.ID)
+	}
 	q, err := b.q.Get(v.ProjectID)
 	return int64(q.BytesUsed), err
 }
@@ -178,6 +182,9 @@ func (b *projQuotaBackend) Allocated(_ volumeDir, v *Volume) (int64, error) {
 // size. The quota has no inode limit, so a volume may use every free inode
 // of the filesystem: that is what it reports as free.
 func (b *projQuotaBackend) Usage(_ volumeDir, v *Volume, _ string) (Usage, error) {
+	if v.ProjectID == 0 {
+		return Usage{}, fmt.Errorf("volume %q has no project id in its record", v.ID)
+	}
 	q, err := b.q.Get(v.ProjectID)
 	if err != nil {
 		return Usage{}, fmt.Errorf("volume %q: project quota: %w", v.ID, err)
@@ -199,10 +206,12 @@ func (b *projQuotaBackend) Usage(_ volumeDir, v *Volume, _ string) (Usage, error
 	}, nil
 }
 
-// Destroy removes the limit of the project the volume's directory carries
-// (read from the directory itself, so it works without a record), before
-// the directory is removed and its usage drops to zero. Ids outside dhpp's
-// range were not set by dhpp and are left alone.
+// Destroy removes the limit of the volume's project before the directory
+// is removed (and its usage drops to zero). The id comes from the volume's
+// record; without one (a creation that crashed before writing it) from the
+// directory itself. Ids outside dhpp's range were not set by dhpp and are
+// left alone, and a directory whose id disagrees with its record (someone
+// with CAP_SYS_ADMIN changed it) does not make dhpp touch another project.
 func (b *projQuotaBackend) Destroy(_ context.Context, dir volumeDir) error {
 	d, err := b.pool.root.Open(path.Join(dir.rel, dataName))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -211,14 +220,35 @@ func (b *projQuotaBackend) Destroy(_ context.Context, dir volumeDir) error {
 		return err
 	}
 	defer d.Close()
-	id, _, err := projquota.GetProject(d)
+	dirID, _, err := projquota.GetProject(d)
 	if err != nil {
 		return err
+	}
+	id := dirID
+	if recID, ok := recordProjectID(b.pool, dir.rel); ok {
+		if recID != dirID {
+			klog.InfoS("A volume directory's project id differs from its record; releasing the record's", "pool", b.pool.Name, "dir", dir.rel, "record", recID, "directory", dirID)
+		}
+		id = recID
 	}
 	if id < projIDFirst || id > projIDLast {
 		return nil
 	}
 	return b.q.SetLimit(id, 0)
+}
+
+// recordProjectID reads the project id from the volume record in dir, if
+// there is a readable one that has it.
+func recordProjectID(p *Pool, dir string) (uint32, bool) {
+	data, err := p.root.ReadFile(path.Join(dir, recordFile))
+	if err != nil {
+		return 0, false
+	}
+	var v Volume
+	if json.Unmarshal(data, &v) != nil || v.ProjectID == 0 {
+		return 0, false
+	}
+	return v.ProjectID, true
 }
 
 func (*projQuotaBackend) Stage(context.Context, volumeDir, *Volume, string, []string) error {

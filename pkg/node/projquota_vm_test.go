@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/internal/vmtest"
 	"github.com/dhpp-io/dhpp/pkg/node/projquota"
 	"golang.org/x/sys/unix"
@@ -190,6 +191,13 @@ func testProjQuotaLifecycle(t *testing.T, mnt string, kind BackendKind, quotaErr
 	if got, err := q.Get(v.ProjectID); err != nil || got.BytesLimit != 2*size {
 		t.Fatalf("quota of a trashed volume = %+v, %v; want its limit kept until the purge", got, err)
 	}
+	// A trashed volume's directory re-labelled with another project (by
+	// someone with CAP_SYS_ADMIN) must not make the purge lift that
+	// project's limit: the record's id is released, not the directory's.
+	if err := q.SetLimit(foreignID, mib); err != nil {
+		t.Fatal(err)
+	}
+	relabelTrashed(t, poolPath, "pvc-2", foreignID)
 	clock.Add(time.Hour + time.Second)
 	if n, err := m.PurgeTrash(ctx, time.Hour); err != nil || n != 2 {
 		t.Fatalf("PurgeTrash = %d, %v; want 2", n, err)
@@ -208,8 +216,8 @@ func testProjQuotaLifecycle(t *testing.T, mnt string, kind BackendKind, quotaErr
 			t.Fatalf("quota of purged project %d = %+v, %v; want no limit and no usage", id, got, err)
 		}
 	}
-	if got, err := q.Get(foreignID); err != nil || got.Empty() {
-		t.Fatalf("the foreign project %d = %+v, %v; dhpp must not touch it", foreignID, got, err)
+	if got, err := q.Get(foreignID); err != nil || got.BytesLimit != mib {
+		t.Fatalf("the foreign project %d = %+v, %v; dhpp must leave its 1 MiB limit alone", foreignID, got, err)
 	}
 	if c, err := m.Pools()[0].Capacity(); err != nil || c.Provisioned != 0 {
 		t.Fatalf("capacity after delete = %+v, %v", c, err)
@@ -369,4 +377,58 @@ func readVolumeJSON(t *testing.T, poolPath, name string) *Volume {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// relabelTrashed gives the data directory of a trashed volume another
+// project id.
+func relabelTrashed(t *testing.T, poolPath, name string, id uint32) {
+	t.Helper()
+	dirs, err := filepath.Glob(filepath.Join(poolPath, ".dhpp/trash", name+"@*", "data"))
+	if err != nil || len(dirs) != 1 {
+		t.Fatalf("trashed %s: %v, %v", name, dirs, err)
+	}
+	d, err := os.Open(dirs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := projquota.SetProject(d, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestProjQuotaUnavailableOnHost runs where CI runs: on this host's kernel
+// (no XFS/ext4 quota) and on XFS/ext4 mounted without prjquota, auto must
+// not pick a project-quota backend, must say that prjquota would give
+// enforced quotas, and an explicit xfs/ext4 backend must fail with advice.
+func TestProjQuotaUnavailableOnHost(t *testing.T) {
+	testdisk.RequireRoot(t)
+	cases := []struct {
+		kind BackendKind
+		size int64
+	}{
+		{BackendXFS, 320 * mib},
+		{BackendExt4, 32 * mib},
+	}
+	for _, c := range cases {
+		t.Run(string(c.kind), func(t *testing.T) {
+			poolPath := newPoolOnDisk(t, string(c.kind), c.size)
+			p, err := openPool(PoolConfig{Name: "default", Path: poolPath, Backend: BackendDir}, testEnv())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			b, why, err := selectBackend(p, BackendAuto)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b.Kind() == c.kind || !strings.Contains(why, "mounting with prjquota would give enforced quotas") {
+				t.Errorf("auto picked %s because %q; want another backend and the prjquota advice", b.Kind(), why)
+			}
+			if _, err := newBackend(p, c.kind); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "prjquota") {
+				t.Errorf("explicit %s backend: %v, want ErrUnsupported naming prjquota", c.kind, err)
+			}
+			t.Logf("auto picked %s: %s", b.Kind(), why)
+		})
+	}
 }
