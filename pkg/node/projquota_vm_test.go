@@ -116,6 +116,14 @@ func testProjQuotaLifecycle(t *testing.T, mnt string, kind BackendKind, quotaErr
 	}
 	t.Logf("write as nobody stopped after %.1f MiB of a %d MiB volume: %q", float64(n)/mib, size/mib, quotaErr)
 
+	// Inside the volume, df shows the volume's size, not the disk's: both
+	// filesystems report the project's limit for a directory whose project
+	// is inherited and enforced.
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(target, &sfs); err != nil || int64(sfs.Blocks)*sfs.Bsize != size {
+		t.Fatalf("statfs in the volume: %d blocks of %d bytes, %v; want %d bytes", sfs.Blocks, sfs.Bsize, err, size)
+	}
+
 	if err := m.DeleteVolume(ctx, v.ID); !errors.Is(err, ErrInUse) {
 		t.Fatalf("DeleteVolume while published: %v, want ErrInUse", err)
 	}

@@ -111,6 +111,21 @@ func TestProjectQuotaVM(t *testing.T) {
 			if n, out := writeAsNobody(t, filepath.Join(dir, "more"), 8); n != 8*mib {
 				t.Fatalf("after raising the limit wrote %d of 8 MiB: %s", n, out)
 			}
+			// The quotactl(2) path for kernels without quotactl_fd: the
+			// same answers through the block device.
+			dev := *q
+			dev.deviceOnly = true
+			if st, err := dev.State(); err != nil || !st.Enforced {
+				t.Fatalf("State through %s = %+v, %v", c.dev, st, err)
+			}
+			if err := dev.SetLimit(id, 32*mib); err != nil {
+				t.Fatalf("SetLimit through %s: %v", c.dev, err)
+			}
+			viaFD, err1 := q.Get(id)
+			viaDev, err2 := dev.Get(id)
+			if err1 != nil || err2 != nil || viaFD != viaDev || viaDev.BytesLimit != 32*mib {
+				t.Fatalf("Get through the fd = %+v, %v; through %s = %+v, %v; want equal, 32 MiB limit", viaFD, err1, c.dev, viaDev, err2)
+			}
 			// Removing the limit leaves usage accounted but unlimited.
 			if err := q.SetLimit(id, 0); err != nil {
 				t.Fatal(err)
