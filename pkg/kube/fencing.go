@@ -1,0 +1,431 @@
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dhpp-io/dhpp/pkg/health"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+)
+
+// Names on the Node object. They are API: operators select, alert and
+// script on them.
+const (
+	// PoolLabelPrefix + pool is set to PoolLabelFenced while the pool is
+	// fenced and removed when it is not.
+	PoolLabelPrefix = "pool.dhpp.io/"
+	PoolLabelFenced = "fenced"
+	// UnfenceAnnotationPrefix + pool, any value, asks the driver to unfence
+	// the pool; the driver removes the annotation when done.
+	UnfenceAnnotationPrefix = "unfence.dhpp.io/"
+	// ConditionType is the Node condition summarising the node's pools.
+	ConditionType corev1.NodeConditionType = "DhppPoolsHealthy"
+
+	// Event and condition reasons.
+	ReasonPoolFenced    = "PoolFenced"
+	ReasonPoolRecovered = "PoolRecovered"
+	ReasonPoolUnfenced  = "PoolUnfenced"
+	ReasonPoolsHealthy  = "NoPoolFenced"
+	ReasonUnfenceFailed = "UnfenceFailed"
+
+	// component is the Events' source.
+	component = "dhpp-driver"
+)
+
+// Monitor is the part of *health.Monitor the fencer uses.
+type Monitor interface {
+	Pools() []string
+	Status(pool string) (health.Status, bool)
+	Fence(pool, message string) error
+	Unfence(pool string) error
+	OnChange(f func(old, new health.Status))
+}
+
+var _ Monitor = (*health.Monitor)(nil)
+
+// Config configures a Fencer.
+type Config struct {
+	Client   kubernetes.Interface
+	NodeName string
+	Monitor  Monitor
+	// PoolPaths maps pool names to their directories, for messages.
+	PoolPaths map[string]string
+	// Resync re-checks the Node against the pools' state this often, so a
+	// label removed by hand or a failed patch is repaired (default 10m).
+	Resync time.Duration
+}
+
+// Work items. Label and condition are level-triggered (derived from the
+// Monitor's current state, so repeated or coalesced syncs are harmless);
+// Events are edge-triggered and kept in their own FIFO so none is coalesced.
+const (
+	keyNode        = "node"
+	keyEvents      = "events"
+	keyAnnotations = "annotations"
+)
+
+// Fencer mirrors the pools' fencing state onto the Node object and turns
+// unfence annotations into Monitor.Unfence calls.
+type Fencer struct {
+	cfg   Config
+	queue workqueue.TypedRateLimitingInterface[string]
+	nodes corelisters.NodeLister
+	inf   cache.SharedIndexInformer
+
+	mu        sync.Mutex
+	events    []*corev1.Event
+	restoring bool
+	// unfencing marks pools being unfenced by annotation, so the Fenced →
+	// Healthy change it causes is reported as PoolUnfenced, not PoolRecovered.
+	unfencing map[string]bool
+	// now is the clock for Event and condition times (tests).
+	now func() time.Time
+	// seq makes Event names unique even for equal timestamps; guarded by mu.
+	seq int
+}
+
+// NewFencer returns a Fencer and registers its Monitor callback. Call
+// Restore before the Monitor runs, then Run.
+func NewFencer(cfg Config) (*Fencer, error) {
+	if cfg.Client == nil || cfg.Monitor == nil || cfg.NodeName == "" {
+		return nil, errors.New("kube fencer: client, monitor and node name are required")
+	}
+	if cfg.Resync == 0 {
+		cfg.Resync = 10 * time.Minute
+	}
+	f := &Fencer{
+		cfg: cfg,
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](500*time.Millisecond, 2*time.Minute),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "dhpp-node-fencing"}),
+		unfencing: map[string]bool{},
+		now:       time.Now,
+	}
+	// Watch only this node: a field-selected list/watch, so the driver on a
+	// 1,000-node cluster neither caches nor hears about the other 999.
+	factory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.NodeName).String()
+		}))
+	ni := factory.Core().V1().Nodes()
+	f.inf, f.nodes = ni.Informer(), ni.Lister()
+	if _, err := f.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { f.nodeChanged() },
+		UpdateFunc: func(any, any) { f.nodeChanged() },
+	}); err != nil {
+		return nil, fmt.Errorf("kube fencer: node event handler: %w", err)
+	}
+	cfg.Monitor.OnChange(f.onChange)
+	return f, nil
+}
+
+// nodeChanged runs on the informer's goroutine; it only queues work.
+func (f *Fencer) nodeChanged() {
+	f.queue.Add(keyAnnotations)
+	f.queue.Add(keyNode)
+}
+
+// onChange runs on the Monitor's probing goroutine (or the caller of
+// Fence/Unfence): it must never block, so it only records the Event and
+// queues work; the worker talks to the API server.
+func (f *Fencer) onChange(old, n health.Status) {
+	wasFenced, isFenced := old.State == health.Fenced, n.State == health.Fenced
+	if wasFenced == isFenced {
+		return // Healthy <-> Failing: nothing changes on the Node
+	}
+	f.mu.Lock()
+	var ev *corev1.Event
+	switch {
+	case f.restoring:
+		// Restored from the label after a restart: the Node already says so.
+	case isFenced:
+		ev = f.event(corev1.EventTypeWarning, ReasonPoolFenced, f.fencedMessage(n))
+	case f.unfencing[n.Pool]:
+		ev = f.event(corev1.EventTypeNormal, ReasonPoolUnfenced, fmt.Sprintf(
+			"pool %q (%s) unfenced by annotation %s%s: it takes new volumes again; its probe keeps running and fences it again after repeated failures",
+			n.Pool, f.cfg.PoolPaths[n.Pool], UnfenceAnnotationPrefix, n.Pool))
+	default:
+		ev = f.event(corev1.EventTypeNormal, ReasonPoolRecovered, fmt.Sprintf(
+			"pool %q (%s) recovered after %d consecutive successful disk health probes: it takes new volumes again",
+			n.Pool, f.cfg.PoolPaths[n.Pool], n.ConsecutiveSuccesses))
+	}
+	if ev != nil {
+		f.events = append(f.events, ev)
+	}
+	f.mu.Unlock()
+	if ev != nil {
+		f.queue.Add(keyEvents)
+	}
+	f.queue.Add(keyNode)
+}
+
+func (f *Fencer) fencedMessage(s health.Status) string {
+	return fmt.Sprintf("pool %q (%s) is fenced: no new volumes go there, existing volumes and mounts are left alone. Reason: %s; last error: %s. After repairing the disk: kubectl annotate node %s %s%s=now",
+		s.Pool, f.cfg.PoolPaths[s.Pool], s.Reason, s.LastError, f.cfg.NodeName, UnfenceAnnotationPrefix, s.Pool)
+}
+
+// event builds a core/v1 Event on this Node, like the kubelet's own. The
+// caller holds f.mu.
+func (f *Fencer) event(typ, reason, msg string) *corev1.Event {
+	now := metav1.NewTime(f.now())
+	f.seq++
+	return &corev1.Event{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      fmt.Sprintf("%s.%x.%d", f.cfg.NodeName, now.UnixNano(), f.seq),
+			Namespace: metav1.NamespaceDefault,
+		},
+		// The kubelet uses the node name as the UID of Node references;
+		// kubectl describe node matches Events by kind and name.
+		InvolvedObject: corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: f.cfg.NodeName, UID: types.UID(f.cfg.NodeName)},
+		Reason:         reason,
+		Message:        msg,
+		Type:           typ,
+		Source:         corev1.EventSource{Component: component, Host: f.cfg.NodeName},
+		FirstTimestamp: now,
+		LastTimestamp:  now,
+		Count:          1,
+	}
+}
+
+// Restore re-applies fencing recorded in the Node's labels, so a driver
+// restart never silently unfences a failed disk. It retries reading the
+// Node until ctx is done; the caller bounds it with a timeout.
+func (f *Fencer) Restore(ctx context.Context) error {
+	var node *corev1.Node
+	err := wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
+		n, err := f.cfg.Client.CoreV1().Nodes().Get(ctx, f.cfg.NodeName, metav1.GetOptions{})
+		if err != nil {
+			klog.V(2).InfoS("Reading own Node to restore fencing", "node", f.cfg.NodeName, "err", err)
+			return false, nil
+		}
+		node = n
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("read node %s to restore fenced pools from its labels: %w", f.cfg.NodeName, err)
+	}
+	f.mu.Lock()
+	f.restoring = true
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.restoring = false
+		f.mu.Unlock()
+	}()
+	var errs []error
+	for _, pool := range f.cfg.Monitor.Pools() {
+		if node.Labels[PoolLabelPrefix+pool] != PoolLabelFenced {
+			continue
+		}
+		msg := fmt.Sprintf("fenced before the driver restarted (node label %s%s=%s); after repairing the disk: kubectl annotate node %s %s%s=now",
+			PoolLabelPrefix, pool, PoolLabelFenced, f.cfg.NodeName, UnfenceAnnotationPrefix, pool)
+		if err := f.cfg.Monitor.Fence(pool, msg); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		klog.InfoS("Pool fencing restored from node label", "pool", pool, "node", f.cfg.NodeName)
+	}
+	return errors.Join(errs...)
+}
+
+// Run watches the Node and works the queue until ctx is done.
+func (f *Fencer) Run(ctx context.Context) error {
+	defer f.queue.ShutDown()
+	go f.inf.Run(ctx.Done())
+	go func() { <-ctx.Done(); f.queue.ShutDown() }()
+	if !cache.WaitForCacheSync(ctx.Done(), f.inf.HasSynced) {
+		return nil // ctx done
+	}
+	f.queue.Add(keyNode)
+	klog.InfoS("Mirroring pool fencing onto the Node", "node", f.cfg.NodeName,
+		"label", PoolLabelPrefix+"<pool>", "condition", ConditionType, "unfence", UnfenceAnnotationPrefix+"<pool>")
+	for f.processNext(ctx) {
+	}
+	return nil
+}
+
+func (f *Fencer) processNext(ctx context.Context) bool {
+	key, quit := f.queue.Get()
+	if quit {
+		return false
+	}
+	defer f.queue.Done(key)
+	var err error
+	switch key {
+	case keyNode:
+		err = f.syncNode(ctx)
+	case keyEvents:
+		err = f.postEvents(ctx)
+	case keyAnnotations:
+		err = f.handleAnnotations(ctx)
+	}
+	if err != nil && ctx.Err() == nil {
+		klog.ErrorS(err, "Updating the Node for pool fencing failed; retrying", "node", f.cfg.NodeName, "work", key)
+		f.queue.AddRateLimited(key)
+		return true
+	}
+	f.queue.Forget(key)
+	return true
+}
+
+// postEvents creates the queued Events in order; a failed one stays at the
+// head of the FIFO for the retry.
+func (f *Fencer) postEvents(ctx context.Context) error {
+	for {
+		f.mu.Lock()
+		if len(f.events) == 0 {
+			f.mu.Unlock()
+			return nil
+		}
+		ev := f.events[0]
+		f.mu.Unlock()
+		if _, err := f.cfg.Client.CoreV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create event %s: %w", ev.Reason, err)
+		}
+		f.mu.Lock()
+		f.events = f.events[1:]
+		f.mu.Unlock()
+	}
+}
+
+// cachedNode is the informer's copy of the Node, nil before it is known.
+func (f *Fencer) cachedNode() *corev1.Node {
+	n, err := f.nodes.Get(f.cfg.NodeName)
+	if err != nil {
+		return nil
+	}
+	return n
+}
+
+// syncNode makes the labels and the condition match the pools' state.
+func (f *Fencer) syncNode(ctx context.Context) error {
+	cur := f.cachedNode()
+	var fencedPools []string
+	labels := map[string]any{}
+	for _, pool := range f.cfg.Monitor.Pools() {
+		s, _ := f.cfg.Monitor.Status(pool)
+		key := PoolLabelPrefix + pool
+		have, ok := "", false
+		if cur != nil {
+			have, ok = cur.Labels[key]
+		}
+		if s.State == health.Fenced {
+			fencedPools = append(fencedPools, fmt.Sprintf("%s (%s): %s: %s", pool, f.cfg.PoolPaths[pool], s.Reason, s.LastError))
+			if have != PoolLabelFenced {
+				labels[key] = PoolLabelFenced
+			}
+		} else if ok || cur == nil {
+			labels[key] = nil // JSON merge patch: remove
+		}
+	}
+	nodes := f.cfg.Client.CoreV1().Nodes()
+	if len(labels) > 0 {
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}})
+		if _, err := nodes.Patch(ctx, f.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			return fmt.Errorf("patch pool labels: %w", err)
+		}
+	}
+
+	want := corev1.NodeCondition{Type: ConditionType, Status: corev1.ConditionTrue, Reason: ReasonPoolsHealthy,
+		Message: fmt.Sprintf("no dhpp pool on this node is fenced (%d pools pass their disk health probe)", len(f.cfg.Monitor.Pools()))}
+	if len(fencedPools) > 0 {
+		sort.Strings(fencedPools)
+		want.Status, want.Reason = corev1.ConditionFalse, ReasonPoolFenced
+		want.Message = "fenced pools take no new volumes: " + strings.Join(fencedPools, "; ")
+	}
+	now := metav1.NewTime(f.now())
+	want.LastHeartbeatTime, want.LastTransitionTime = now, now
+	if cur != nil {
+		for _, c := range cur.Status.Conditions {
+			if c.Type != ConditionType {
+				continue
+			}
+			if c.Status == want.Status && c.Reason == want.Reason && c.Message == want.Message {
+				return nil // already says so; no write
+			}
+			if c.Status == want.Status {
+				want.LastTransitionTime = c.LastTransitionTime
+			}
+		}
+	}
+	// Strategic merge: conditions merge by type, so the kubelet's own
+	// conditions are untouched.
+	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{want}}})
+	if _, err := nodes.PatchStatus(ctx, f.cfg.NodeName, patch); err != nil {
+		return fmt.Errorf("patch node condition %s: %w", ConditionType, err)
+	}
+	return nil
+}
+
+// handleAnnotations unfences every pool named by an unfence annotation and
+// removes the annotations.
+func (f *Fencer) handleAnnotations(ctx context.Context) error {
+	cur := f.cachedNode()
+	if cur == nil {
+		return nil
+	}
+	known := map[string]bool{}
+	for _, p := range f.cfg.Monitor.Pools() {
+		known[p] = true
+	}
+	remove := map[string]any{}
+	for k := range cur.Annotations {
+		pool, ok := strings.CutPrefix(k, UnfenceAnnotationPrefix)
+		if !ok {
+			continue
+		}
+		remove[k] = nil
+		if !known[pool] {
+			klog.InfoS("Ignoring unfence annotation for a pool this node does not have", "annotation", k, "node", f.cfg.NodeName, "pools", f.cfg.Monitor.Pools())
+			f.queueEvent(corev1.EventTypeWarning, ReasonUnfenceFailed, fmt.Sprintf("annotation %s names no pool of this node (pools: %s); removed", k, strings.Join(f.cfg.Monitor.Pools(), ", ")))
+			continue
+		}
+		if s, _ := f.cfg.Monitor.Status(pool); s.State != health.Fenced {
+			klog.InfoS("Unfence annotation for a pool that is not fenced; removing it", "pool", pool, "state", s.State)
+			continue
+		}
+		f.mu.Lock()
+		f.unfencing[pool] = true
+		f.mu.Unlock()
+		err := f.cfg.Monitor.Unfence(pool)
+		f.mu.Lock()
+		delete(f.unfencing, pool)
+		f.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("unfence pool %q: %w", pool, err)
+		}
+		klog.InfoS("Pool unfenced by annotation", "pool", pool, "node", f.cfg.NodeName)
+	}
+	if len(remove) == 0 {
+		return nil
+	}
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": remove}})
+	if _, err := f.cfg.Client.CoreV1().Nodes().Patch(ctx, f.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("remove unfence annotations: %w", err)
+	}
+	return nil
+}
+
+func (f *Fencer) queueEvent(typ, reason, msg string) {
+	f.mu.Lock()
+	f.events = append(f.events, f.event(typ, reason, msg))
+	f.mu.Unlock()
+	f.queue.Add(keyEvents)
+}
