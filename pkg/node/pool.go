@@ -526,7 +526,7 @@ func (p *Pool) purge(ctx context.Context, rel string) error {
 	dir := volumeDir{pool: p, rel: rel}
 	// The record says which backend made the volume; without one (a crash
 	// during creation), every backend that could have left state is asked.
-	kinds := []BackendKind{BackendBtrfs, BackendLoop}
+	kinds := []BackendKind{BackendBtrfs, BackendLoop, BackendXFS, BackendExt4}
 	v, err := readTrashedRecord(p.root, rel)
 	if err == nil {
 		kinds = []BackendKind{v.Backend}

@@ -5,7 +5,6 @@
 package sanitytest
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,7 +14,6 @@ import (
 	"testing"
 
 	"github.com/dhpp-io/dhpp/internal/testdisk"
-	"github.com/dhpp-io/dhpp/pkg/driver"
 	"github.com/dhpp-io/dhpp/pkg/node"
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 	"github.com/onsi/ginkgo/v2"
@@ -64,7 +62,8 @@ var _ = ginkgo.ReportAfterEach(func(r types.SpecReport) {
 	}
 })
 
-// Run starts dhpp on a fresh disk and runs the whole sanity suite against it.
+// Run makes a fresh loop-backed disk of c.FS and runs the whole sanity suite
+// against dhpp serving a pool on it (see RunOnPool).
 func Run(t *testing.T, c Case) {
 	testdisk.RequireRoot(t)
 	disk := testdisk.New(t, c.FS, 4<<30)
@@ -72,50 +71,7 @@ func Run(t *testing.T, c Case) {
 	if err := os.Mkdir(poolPath, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := node.New(node.Config{NodeID: nodeID, Pools: []node.PoolConfig{{Name: "default", Path: poolPath, Backend: c.Backend, FsType: c.FsType}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mgr.Close()
-	drv, err := driver.New(driver.Config{Manager: mgr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	work := t.TempDir()
-	sock := filepath.Join(work, "csi.sock")
-	l, err := driver.Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- drv.Serve(ctx, l) }()
-	defer func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
-
-	cfg := sanity.NewTestConfig()
-	cfg.Address = "unix://" + sock
-	cfg.TargetPath = filepath.Join(work, "target")
-	cfg.StagingPath = filepath.Join(work, "staging")
-	cfg.TestVolumeSize = c.VolumeSize
-	cfg.TestVolumeExpandSize = 2 * c.VolumeSize
-	cfg.TestVolumeAccessType = c.AccessType
-	cfg.IDGen = &idGen{}
-	cfg.TestInvalidListVolumesStartingToken = "not-a-token"
-	cfg.IdempotentCount = 2
-	if c.AccessType == "block" {
-		// A block target is a file the driver creates, as the kubelet
-		// leaves it; sanity would otherwise make a directory there.
-		cfg.CreateTargetDir = func(p string) (string, error) { return p, os.MkdirAll(filepath.Dir(p), 0o750) }
-		cfg.RemoveTargetPath = func(p string) error { return os.RemoveAll(p) }
-		cfg.CheckPath = checkPath
-	}
-	sanity.Test(t, cfg)
-	checkSkips(t, c.Skips)
+	RunOnPool(t, c, poolPath)
 }
 
 func checkSkips(t *testing.T, want map[string]string) {
