@@ -57,7 +57,7 @@ func Tools() []Tool {
 		},
 		{
 			Name: "dhpp-cri", Version: CRIToolVersion, Module: "hack/tools/cri",
-			Packages: []string{"."}, Ldflags: "-s -w", Binaries: []string{"dhpp-cri"},
+			Packages: []string{"./dhpp-cri"}, Ldflags: "-s -w", Binaries: []string{"dhpp-cri"},
 		},
 	}
 }
@@ -122,7 +122,7 @@ func (t Tool) Build(ctx context.Context, repo, binDir string) (cached bool, err 
 	// lines with another's. GOTOOLCHAIN=local: never download a toolchain.
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off", "GOTOOLCHAIN=local", "GOFLAGS=-mod=readonly")
 	start := time.Now()
-	klog.InfoS("building tool (a cold Kubernetes build takes 5-9 min)", "tool", t.Name, "version", t.Version)
+	klog.InfoS("building tool (cold: minutes; cached afterwards)", "tool", t.Name, "version", t.Version)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return false, fmt.Errorf("go build %s in %s: %w\n%s", t.Name, t.Module, err, out)
 	}
