@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
+	"github.com/dhpp-io/dhpp/pkg/health"
 	"github.com/dhpp-io/dhpp/pkg/node"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/klog/v2"
@@ -27,6 +28,12 @@ type Config struct {
 	DefaultVolumeSize int64
 	MaxVolumesPerNode int64
 	MetricsAddress    string
+
+	// Health is the disk health probe and fencing policy of every pool.
+	Health health.Config
+	// Kubeconfig, if set, is used instead of the in-cluster config (the
+	// driver runs without Kubernetes when neither is available).
+	Kubeconfig string
 
 	KubeletRegistration     bool
 	KubeletRegistrationPath string
@@ -119,7 +126,7 @@ func (f quantityFlag) Set(s string) error {
 // Parse parses the command line. Errors are one line, suitable for stderr
 // before exiting with status 2; --help output goes to out.
 func Parse(args []string, out io.Writer, getenv func(string) string) (Config, error) {
-	c := Config{DefaultVolumeSize: node.DefaultVolumeSize}
+	c := Config{DefaultVolumeSize: node.DefaultVolumeSize, Health: health.DefaultConfig()}
 	fs := flag.NewFlagSet("dhpp-driver", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix socket) the sidecars and kubelet connect to")
@@ -129,6 +136,13 @@ func Parse(args []string, out io.Writer, getenv func(string) string) (Config, er
 	fs.Var(quantityFlag{&c.DefaultVolumeSize}, "default-volume-size", "size of a volume whose claim names none (default 1Gi)")
 	fs.Int64Var(&c.MaxVolumesPerNode, "max-volumes-per-node", 0, "volumes the scheduler may place on this node (0 = no limit)")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", ":9808", "address of the HTTP endpoint with /metrics, /healthz and /readyz (empty = off)")
+	fs.DurationVar(&c.Health.Period, "health-period", c.Health.Period, "time between two disk health probes of a pool (each writes, reads back and compares 1 MiB with O_DIRECT)")
+	fs.DurationVar(&c.Health.Timeout, "health-timeout", c.Health.Timeout, "a probe slower than this fails (<= --health-period)")
+	fs.IntVar(&c.Health.FailureThreshold, "health-failure-threshold", c.Health.FailureThreshold, "consecutive failed probes that fence a pool (no new volumes; existing ones untouched)")
+	fs.IntVar(&c.Health.SuccessThreshold, "health-success-threshold", c.Health.SuccessThreshold, "consecutive good probes that return a Failing (not yet fenced) pool to Healthy")
+	fs.IntVar(&c.Health.UnfenceThreshold, "health-unfence-threshold", c.Health.UnfenceThreshold, "consecutive good probes that unfence a pool, only with --health-auto-unfence")
+	fs.BoolVar(&c.Health.AutoUnfence, "health-auto-unfence", c.Health.AutoUnfence, "let a fenced pool unfence itself after --health-unfence-threshold good probes; off: only `kubectl annotate node NODE unfence.dhpp.io/POOL=now` unfences")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig for Node Events/labels/conditions (default: in-cluster config; none outside a cluster)")
 	fs.BoolVar(&c.KubeletRegistration, "kubelet-registration", true, "register with the kubelet's plugin watcher (turn off when running node-driver-registrar)")
 	fs.StringVar(&c.KubeletRegistrationPath, "kubelet-registration-path", "/var/lib/kubelet/plugins/"+dhpp.DriverName+"/csi.sock", "the CSI socket path as the kubelet sees it on the host")
 	fs.StringVar(&c.PluginRegistrationDir, "plugin-registration-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory (as mounted into this container)")
@@ -178,8 +192,26 @@ func (c Config) Validate() error {
 	if c.MaxVolumesPerNode < 0 {
 		return fmt.Errorf("--max-volumes-per-node must not be negative (got %d)", c.MaxVolumesPerNode)
 	}
+	if err := c.Health.Validate(); err != nil {
+		return healthFlagError(err)
+	}
 	if c.KubeletRegistration && !strings.HasPrefix(c.KubeletRegistrationPath, "/") {
 		return fmt.Errorf("--kubelet-registration-path %q must be absolute", c.KubeletRegistrationPath)
 	}
 	return nil
+}
+
+// healthFields maps health.Config's names in its errors to the flags.
+var healthFields = strings.NewReplacer(
+	"period", "--health-period", "timeout", "--health-timeout",
+	"failureThreshold", "--health-failure-threshold", "successThreshold", "--health-success-threshold",
+	"unfenceThreshold", "--health-unfence-threshold",
+)
+
+// healthFlagError turns health.Config.Validate's multi-line error into one
+// line naming the flags.
+func healthFlagError(err error) error {
+	msg := strings.TrimPrefix(err.Error(), "invalid health config: ")
+	msg = strings.ReplaceAll(msg, "\n", "; ")
+	return fmt.Errorf("health flags: %s", healthFields.Replace(msg))
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dhpp-io/dhpp/pkg/health"
 	"github.com/dhpp-io/dhpp/pkg/node"
 )
 
@@ -53,6 +54,39 @@ func TestParse(t *testing.T) {
 		{name: "bad node id", args: []string{"--node-id=no/de", "--pool=d=/x"}, wantErr: "--node-id"},
 		{name: "unknown flag", args: []string{"--frobnicate"}, wantErr: "flag provided but not defined"},
 		{name: "stray argument", args: []string{"--node-id=n", "--pool=d=/x", "extra"}, wantErr: `unexpected argument "extra"`},
+		{
+			name: "health defaults are the seed probe's",
+			args: []string{"--node-id=n", "--pool=d=/x"},
+			check: func(t *testing.T, c Config) {
+				if c.Health != health.DefaultConfig() {
+					t.Fatalf("health %+v, want %+v", c.Health, health.DefaultConfig())
+				}
+				if c.Health.Period != 5*time.Second || c.Health.Timeout != time.Second || c.Health.FailureThreshold != 3 || c.Health.SuccessThreshold != 1 || c.Health.AutoUnfence {
+					t.Fatalf("health %+v", c.Health)
+				}
+				if c.Kubeconfig != "" {
+					t.Fatalf("kubeconfig %q", c.Kubeconfig)
+				}
+			},
+		},
+		{
+			name: "health flags",
+			args: []string{"--node-id=n", "--pool=d=/x", "--health-period=2s", "--health-timeout=500ms", "--health-failure-threshold=5",
+				"--health-success-threshold=2", "--health-unfence-threshold=12", "--health-auto-unfence", "--kubeconfig=/etc/kube.conf"},
+			check: func(t *testing.T, c Config) {
+				want := health.DefaultConfig()
+				want.Period, want.Timeout, want.FailureThreshold, want.SuccessThreshold, want.UnfenceThreshold, want.AutoUnfence = 2*time.Second, 500*time.Millisecond, 5, 2, 12, true
+				if c.Health != want || c.Kubeconfig != "/etc/kube.conf" {
+					t.Fatalf("health %+v kubeconfig %q, want %+v", c.Health, c.Kubeconfig, want)
+				}
+			},
+		},
+		{name: "health timeout above period", args: []string{"--node-id=n", "--pool=d=/x", "--health-period=1s", "--health-timeout=2s"}, wantErr: "--health-timeout 2s must not exceed --health-period 1s"},
+		{name: "zero failure threshold", args: []string{"--node-id=n", "--pool=d=/x", "--health-failure-threshold=0"}, wantErr: "--health-failure-threshold must be >= 1"},
+		{name: "zero success threshold", args: []string{"--node-id=n", "--pool=d=/x", "--health-success-threshold=0"}, wantErr: "--health-success-threshold must be >= 1"},
+		{name: "zero unfence threshold", args: []string{"--node-id=n", "--pool=d=/x", "--health-unfence-threshold=0"}, wantErr: "--health-unfence-threshold must be >= 1"},
+		{name: "several health errors on one line", args: []string{"--node-id=n", "--pool=d=/x", "--health-period=0s", "--health-failure-threshold=-1"}, wantErr: "--health-period must be > 0, got 0s; --health-failure-threshold must be >= 1"},
+		{name: "bad health period", args: []string{"--node-id=n", "--pool=d=/x", "--health-period=soon"}, wantErr: "health-period"},
 		{name: "klog flags accepted", args: []string{"--node-id=n", "--pool=d=/x", "--v=4"}, check: func(*testing.T, Config) {}},
 	}
 	for _, tt := range tests {

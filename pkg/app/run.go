@@ -12,15 +12,38 @@ import (
 
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
 	"github.com/dhpp-io/dhpp/pkg/driver"
+	"github.com/dhpp-io/dhpp/pkg/kube"
+	dhppmetrics "github.com/dhpp-io/dhpp/pkg/metrics"
 	"github.com/dhpp-io/dhpp/pkg/node"
 	"github.com/dhpp-io/dhpp/pkg/registration"
 	"github.com/kubernetes-csi/csi-lib-utils/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 )
 
-// Run opens the pools, serves CSI, registers with the kubelet, purges the
-// trash and serves HTTP until ctx is done or a component fails.
+// restoreTimeout bounds reading the Node's fencing labels at start-up. If the
+// API server stays unreachable that long the driver starts anyway, loudly: a
+// pool whose disk is still broken is fenced again by its probes within
+// period x failureThreshold + timeout.
+const restoreTimeout = 30 * time.Second
+
+// hooks are test seams that no flag sets.
+type hooks struct {
+	// kubeClient replaces Connect (e.g. a fake clientset).
+	kubeClient kubernetes.Interface
+	// httpListening is told the metrics endpoint's address once it listens.
+	httpListening func(addr string)
+}
+
+// Run opens the pools, probes their disks, serves CSI, registers with the
+// kubelet, mirrors fencing onto the Node, purges the trash and serves HTTP
+// until ctx is done or a component fails.
 func Run(ctx context.Context, c Config) error {
+	return run(ctx, c, hooks{})
+}
+
+func run(ctx context.Context, c Config, hk hooks) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
@@ -33,10 +56,50 @@ func Run(ctx context.Context, c Config) error {
 	defer mgr.Close()
 	klog.InfoS("Pools opened", "duration", time.Since(start))
 
-	cmm := metrics.NewCSIMetricsManagerForPlugin(dhpp.DriverName)
-	drv, err := driver.New(driver.Config{Manager: mgr, MaxVolumesPerNode: c.MaxVolumesPerNode, Metrics: cmm})
+	mon, err := newMonitor(c.Health, mgr.Pools())
 	if err != nil {
 		return err
+	}
+	// dhpp's own series (pools, volumes, health) live in their own registry,
+	// served on the same /metrics as csi-lib-utils' CSI operation metrics.
+	promReg := prometheus.NewRegistry()
+	if err := mon.Register(promReg); err != nil {
+		return err
+	}
+	if err := promReg.Register(dhppmetrics.NewCollector(mgr)); err != nil {
+		return fmt.Errorf("register pool metrics: %w", err)
+	}
+	cmm := metrics.NewCSIMetricsManagerForPlugin(dhpp.DriverName)
+	cmm.WithAdditionalRegistry(promReg)
+	drv, err := driver.New(driver.Config{Manager: mgr, Health: poolHealth{mon}, MaxVolumesPerNode: c.MaxVolumesPerNode, Metrics: cmm})
+	if err != nil {
+		return err
+	}
+
+	client := hk.kubeClient
+	if client == nil {
+		if client, err = kube.Connect(c.Kubeconfig); err != nil {
+			return err
+		}
+	}
+	var fencer *kube.Fencer
+	if client != nil {
+		paths := map[string]string{}
+		for _, p := range mgr.Pools() {
+			paths[p.Name] = p.Path
+		}
+		fencer, err = kube.NewFencer(kube.Config{Client: client, NodeName: c.NodeID, Monitor: mon, PoolPaths: paths})
+		if err != nil {
+			return err
+		}
+		// Before the probes and CSI start: a restart must not reopen a pool
+		// an operator has not unfenced.
+		rctx, rcancel := context.WithTimeout(ctx, restoreTimeout)
+		err := fencer.Restore(rctx)
+		rcancel()
+		if err != nil {
+			klog.ErrorS(err, "Could not restore fenced pools from the Node; pools with a still-broken disk are fenced again by their probes")
+		}
 	}
 	sock, err := driver.ParseEndpoint(c.Endpoint)
 	if err != nil {
@@ -69,6 +132,10 @@ func Run(ctx context.Context, c Config) error {
 	serving.Store(true)
 	goRun("CSI server", func() error { return drv.Serve(ctx, l) })
 	goRun("trash purger", func() error { mgr.RunTrashPurger(ctx, c.TrashRetention); return nil })
+	goRun("health monitor", func() error { mon.Run(ctx); return nil })
+	if fencer != nil {
+		goRun("node fencing", func() error { return fencer.Run(ctx) })
+	}
 
 	var reg *registration.Server
 	if c.KubeletRegistration {
@@ -117,6 +184,9 @@ func Run(ctx context.Context, c Config) error {
 				return nil
 			})
 			klog.InfoS("Serving HTTP", "address", hl.Addr().String(), "paths", "/metrics /healthz /readyz")
+			if hk.httpListening != nil {
+				hk.httpListening(hl.Addr().String())
+			}
 		}
 	}
 	<-ctx.Done()

@@ -204,8 +204,10 @@ func TestFenceAndRecover(t *testing.T) {
 		wantUnfenced []string
 	}{
 		{
-			name:       "auto-unfence by the probe",
-			recover:    func(h *harness) { h.mon.set(health.Status{Pool: "default", State: health.Healthy, ConsecutiveSuccesses: 60}) },
+			name: "auto-unfence by the probe",
+			recover: func(h *harness) {
+				h.mon.set(health.Status{Pool: "default", State: health.Healthy, ConsecutiveSuccesses: 60})
+			},
 			wantReason: ReasonPoolRecovered,
 		},
 		{
