@@ -1,0 +1,402 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dhpp-io/dhpp/internal/testdisk"
+	"github.com/dhpp-io/dhpp/pkg/health"
+	"github.com/dhpp-io/dhpp/pkg/kube"
+	"github.com/dhpp-io/dhpp/pkg/node"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+// driverUnderTest is a whole dhpp-driver (Run with its real wiring) in this
+// process, with a fake API server for the Node side.
+type driverUnderTest struct {
+	t       *testing.T
+	ctl     csi.ControllerClient
+	node    csi.NodeClient
+	kube    *fake.Clientset
+	metrics string // http://addr/metrics
+	cfg     Config
+}
+
+// startDriver runs the driver on pools until the test ends.
+func startDriver(t *testing.T, nodeID string, hc health.Config, pools ...node.PoolConfig) *driverUnderTest {
+	t.Helper()
+	work := t.TempDir()
+	sock := filepath.Join(work, "csi.sock")
+	cfg := Config{
+		Endpoint: "unix://" + sock, NodeID: nodeID, Pools: pools, TrashRetention: time.Minute,
+		DefaultVolumeSize: 64 << 20, MetricsAddress: "127.0.0.1:0", Health: hc,
+	}
+	d := &driverUnderTest{t: t, cfg: cfg, kube: fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeID}})}
+	listening := make(chan string, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, cfg, hooks{kubeClient: d.kube, httpListening: func(a string) { listening <- a }})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("driver: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("driver did not stop within 20 s")
+		}
+	})
+	select {
+	case a := <-listening:
+		d.metrics = "http://" + a + "/metrics"
+	case err := <-done:
+		t.Fatalf("driver stopped at start: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("driver did not start within 20 s")
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	d.ctl, d.node = csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	return d
+}
+
+var mountCap = []*csi.VolumeCapability{{
+	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+}}
+
+func (d *driverUnderTest) create(name string) (*csi.CreateVolumeResponse, error) {
+	return d.ctl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{
+		Name: name, VolumeCapabilities: mountCap, CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20},
+	})
+}
+
+func (d *driverUnderTest) capacity() int64 {
+	d.t.Helper()
+	r, err := d.ctl.GetCapacity(context.Background(), &csi.GetCapacityRequest{VolumeCapabilities: mountCap})
+	if err != nil {
+		d.t.Fatalf("GetCapacity: %v", err)
+	}
+	return r.GetAvailableCapacity()
+}
+
+// gauge reads one sample from /metrics.
+func (d *driverUnderTest) gauge(name string, labels map[string]string) (float64, bool) {
+	d.t.Helper()
+	resp, err := http.Get(d.metrics)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		d.t.Fatalf("parse /metrics: %v", err)
+	}
+	for _, m := range mfs[name].GetMetric() {
+		n := 0
+		for _, l := range m.GetLabel() {
+			if v, ok := labels[l.GetName()]; ok && v == l.GetValue() {
+				n++
+			}
+		}
+		if n == len(labels) {
+			if m.GetGauge() != nil {
+				return m.GetGauge().GetValue(), true
+			}
+			return m.GetCounter().GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+// legacyCondition decodes the VolumeCondition (field 2) that dhpp writes
+// as an unknown field for peers built against CSI <= 1.12, as they would.
+func legacyCondition(t *testing.T, m proto.Message) (abnormal bool, msg string) {
+	t.Helper()
+	raw := m.ProtoReflect().GetUnknown()
+	found := false
+	for len(raw) > 0 {
+		num, typ, n := protowire.ConsumeTag(raw)
+		raw = raw[n:]
+		if num != 2 || typ != protowire.BytesType {
+			raw = raw[protowire.ConsumeFieldValue(num, typ, raw):]
+			continue
+		}
+		cond, n := protowire.ConsumeBytes(raw)
+		raw = raw[n:]
+		found = true
+		for len(cond) > 0 {
+			cn, ct, k := protowire.ConsumeTag(cond)
+			cond = cond[k:]
+			switch {
+			case cn == 1 && ct == protowire.VarintType:
+				v, k := protowire.ConsumeVarint(cond)
+				abnormal, cond = v != 0, cond[k:]
+			case cn == 2 && ct == protowire.BytesType:
+				s, k := protowire.ConsumeString(cond)
+				msg, cond = s, cond[k:]
+			default:
+				cond = cond[protowire.ConsumeFieldValue(cn, ct, cond):]
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("%T carries no legacy volume_condition", m)
+	}
+	return abnormal, msg
+}
+
+// remount retries while the kernel refuses a read-only remount because a
+// probe has the file open for writing at that instant (EBUSY).
+func remount(t *testing.T, d *testdisk.Disk, opt string) {
+	t.Helper()
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = d.Remount(opt); err == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("remount %s: %v", opt, err)
+}
+
+// TestFaultReadOnlyDisk injects a read-only remount under a running driver
+// and checks everything fencing promises, then heals the disk and unfences
+// by annotation. Loop pools are not in the table: an attached loop image is
+// a file open for writing, so the kernel refuses the read-only remount.
+func TestFaultReadOnlyDisk(t *testing.T) {
+	testdisk.RequireRoot(t)
+	tests := []struct {
+		fs      string
+		backend node.BackendKind
+	}{
+		{"btrfs", node.BackendBtrfs},
+		{"ext4", node.BackendDir},
+	}
+	for _, tt := range tests {
+		t.Run(tt.fs+"-"+string(tt.backend), func(t *testing.T) { testFaultReadOnly(t, tt.fs, tt.backend) })
+	}
+}
+
+func testFaultReadOnly(t *testing.T, fs string, backend node.BackendKind) {
+	disk := testdisk.New(t, fs, 512<<20)
+	poolPath := filepath.Join(disk.Dir, "dhpp")
+	if err := os.Mkdir(poolPath, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	hc := health.DefaultConfig()
+	hc.Period, hc.Timeout, hc.FailureThreshold = 200*time.Millisecond, 100*time.Millisecond, 3
+	bound := hc.Period*time.Duration(hc.FailureThreshold) + hc.Timeout
+	d := startDriver(t, "fault-node", hc, node.PoolConfig{Name: "default", Path: poolPath, Backend: backend})
+	ctx := context.Background()
+
+	// A published volume with data, as a running pod would have.
+	vol, err := d.create("pvc-running")
+	if err != nil {
+		t.Fatal(err)
+	}
+	volID := vol.GetVolume().GetVolumeId()
+	work := t.TempDir()
+	staging, target := filepath.Join(work, "staging"), filepath.Join(work, "target")
+	for _, p := range []string{staging, target} {
+		if err := os.Mkdir(p, 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: staging, VolumeCapability: mountCap[0]}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: mountCap[0]}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = d.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: volID, TargetPath: target})
+		_, _ = d.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: volID, StagingTargetPath: staging})
+	})
+	data := []byte("written before the disk failed\n")
+	if err := os.WriteFile(filepath.Join(target, "db"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	checkHealthy := func(stage string) {
+		t.Helper()
+		if c := d.capacity(); c <= 0 {
+			t.Errorf("%s: GetCapacity = %d, want > 0", stage, c)
+		}
+		if v, ok := d.gauge("dhpp_pool_fenced", map[string]string{"pool": "default"}); !ok || v != 0 {
+			t.Errorf("%s: dhpp_pool_fenced = %v (present %v), want 0", stage, v, ok)
+		}
+		gv, err := d.ctl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: volID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if abnormal, msg := legacyCondition(t, gv.GetStatus()); abnormal {
+			t.Errorf("%s: ControllerGetVolume condition abnormal: %s", stage, msg)
+		}
+		vh, err := d.ctl.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: volID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(vh.GetVolumeHealth().GetHealthStatuses()); n != 0 {
+			t.Errorf("%s: volume health %v", stage, vh.GetVolumeHealth())
+		}
+	}
+	checkHealthy("before the fault")
+
+	// The fault.
+	faultAt := time.Now()
+	remount(t, disk, "ro")
+	var fencedAfter time.Duration
+	var createErr error
+	for {
+		_, createErr = d.create(fmt.Sprintf("pvc-new-%d", time.Now().UnixNano()))
+		if status.Code(createErr) == codes.ResourceExhausted {
+			fencedAfter = time.Since(faultAt)
+			break
+		}
+		if createErr == nil || status.Code(createErr) != codes.Internal {
+			// Creates that slip in before fencing may fail on the
+			// read-only disk (Internal) or not at all on a cached path;
+			// anything else is a bug.
+			if createErr != nil {
+				t.Fatalf("CreateVolume on a failing disk: %v", createErr)
+			}
+		}
+		if time.Since(faultAt) > 10*bound {
+			t.Fatalf("not fenced %s after the fault (bound %s); last CreateVolume: %v", time.Since(faultAt), bound, createErr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("read-only remount -> fenced (CreateVolume ResourceExhausted) after %s; bound period x failureThreshold + timeout = %s", fencedAfter.Round(time.Millisecond), bound)
+	// The bound plus scheduling slack on a loaded 2-core CI machine.
+	if fencedAfter > bound+300*time.Millisecond {
+		t.Errorf("fenced after %s, want within %s (+300ms slack)", fencedAfter, bound)
+	}
+	msg := status.Convert(createErr).Message()
+	for _, want := range []string{`pool "default"`, "read_only", "read-only file system", "last probe error"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("CreateVolume message %q lacks %q", msg, want)
+		}
+	}
+
+	checkFenced := func(stage string) {
+		t.Helper()
+		if c := d.capacity(); c != 0 {
+			t.Errorf("%s: GetCapacity = %d, want 0", stage, c)
+		}
+		if v, _ := d.gauge("dhpp_pool_fenced", map[string]string{"pool": "default"}); v != 1 {
+			t.Errorf("%s: dhpp_pool_fenced = %v, want 1", stage, v)
+		}
+		if v, _ := d.gauge("dhpp_pool_health_state", map[string]string{"pool": "default", "state": "Fenced"}); v != 1 {
+			t.Errorf("%s: dhpp_pool_health_state{state=Fenced} = %v, want 1", stage, v)
+		}
+		if v, _ := d.gauge("dhpp_health_probe_failures_total", map[string]string{"pool": "default", "reason": "read_only"}); v < float64(hc.FailureThreshold) {
+			t.Errorf("%s: read_only failures = %v, want >= %d", stage, v, hc.FailureThreshold)
+		}
+		gv, err := d.ctl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: volID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if abnormal, m := legacyCondition(t, gv.GetStatus()); !abnormal || !strings.Contains(m, "fenced") {
+			t.Errorf("%s: ControllerGetVolume condition = %v %q, want abnormal", stage, abnormal, m)
+		}
+		st, err := d.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: volID, VolumePath: target})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if abnormal, m := legacyCondition(t, st); !abnormal || !strings.Contains(m, "read-only file system") {
+			t.Errorf("%s: NodeGetVolumeStats condition = %v %q, want abnormal naming the error", stage, abnormal, m)
+		}
+		vh, err := d.ctl.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: volID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hs := vh.GetVolumeHealth().GetHealthStatuses(); len(hs) != 1 || hs[0].GetStatus() != csi.VolumeHealthErrorType_INACCESSIBLE {
+			t.Errorf("%s: volume health %v, want INACCESSIBLE", stage, vh.GetVolumeHealth())
+		}
+		// The running pod's data stays readable: fencing does not unmount.
+		if got, err := os.ReadFile(filepath.Join(target, "db")); err != nil || !bytes.Equal(got, data) {
+			t.Errorf("%s: published volume unreadable: %q, %v", stage, got, err)
+		}
+		n, err := d.kube.CoreV1().Nodes().Get(ctx, "fault-node", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n.Labels[kube.PoolLabelPrefix+"default"] != kube.PoolLabelFenced {
+			t.Errorf("%s: node labels %v", stage, n.Labels)
+		}
+	}
+	// The Node side is asynchronous: give the worker a moment.
+	waitFor(t, "fenced label on the Node", func() bool {
+		n, _ := d.kube.CoreV1().Nodes().Get(ctx, "fault-node", metav1.GetOptions{})
+		return n.Labels[kube.PoolLabelPrefix+"default"] == kube.PoolLabelFenced
+	})
+	checkFenced("fenced")
+
+	// Heal the disk. Auto-unfence is off: the pool stays fenced.
+	remount(t, disk, "rw")
+	time.Sleep(5 * hc.Period)
+	checkFenced("disk healed, not yet unfenced")
+
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"now"}}}`, kube.UnfenceAnnotationPrefix+"default")
+	if _, err := d.kube.CoreV1().Nodes().Patch(ctx, "fault-node", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "CreateVolume to succeed after unfence", func() bool {
+		_, err := d.create("pvc-after-unfence")
+		return err == nil
+	})
+	checkHealthy("unfenced")
+	waitFor(t, "label removed and PoolUnfenced event", func() bool {
+		n, _ := d.kube.CoreV1().Nodes().Get(ctx, "fault-node", metav1.GetOptions{})
+		evs, _ := d.kube.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
+		_, labelled := n.Labels[kube.PoolLabelPrefix+"default"]
+		var rs []string
+		for _, e := range evs.Items {
+			rs = append(rs, e.Reason)
+		}
+		return !labelled && strings.Join(rs, ",") == kube.ReasonPoolFenced+","+kube.ReasonPoolUnfenced
+	})
+	if got, err := os.ReadFile(filepath.Join(target, "db")); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("published volume after recovery: %q, %v", got, err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
