@@ -384,7 +384,7 @@ var required = []permission{
 	{"csi-resizer", "", "", "persistentvolumes", []string{"get", "list", "watch", "patch"}},
 	{"csi-resizer", "", "", "persistentvolumeclaims/status", []string{"patch"}},
 	{"csi-resizer", namespace, "coordination.k8s.io", "leases", []string{"get", "list", "watch", "create", "update", "delete"}},
-	{"dhpp-driver", "", "", "nodes", []string{"get", "patch"}},
+	{"dhpp-driver", "", "", "nodes", []string{"get", "list", "watch", "patch"}},
 	{"dhpp-driver", "", "", "nodes/status", []string{"patch"}},
 	{"dhpp-driver", "", "", "events", []string{"create", "patch"}},
 }
