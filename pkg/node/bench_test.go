@@ -152,3 +152,31 @@ func dropCaches(b *testing.B) {
 		b.Logf("cannot drop caches (%v); recovery runs warm", err)
 	}
 }
+
+// BenchmarkFsyncFloor measures one small file write + fsync on the same
+// kind of disk: a durable create needs two of these (see pool.create), so
+// this is the floor under BenchmarkCreateDeleteVolume on this machine.
+func BenchmarkFsyncFloor(b *testing.B) {
+	for _, fs := range []string{"btrfs", "ext4", "xfs"} {
+		b.Run(fs, func(b *testing.B) {
+			d := testdisk.New(b, fs, 4<<30)
+			var syncs []time.Duration
+			for i := 0; b.Loop(); i++ {
+				f, err := os.Create(filepath.Join(d.Dir, fmt.Sprintf("f%d", i)))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := f.Write([]byte("{}")); err != nil {
+					b.Fatal(err)
+				}
+				t := time.Now()
+				if err := f.Sync(); err != nil {
+					b.Fatal(err)
+				}
+				syncs = append(syncs, time.Since(t))
+				f.Close()
+			}
+			reportPercentiles(b, "fsync", syncs)
+		})
+	}
+}
