@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -394,29 +395,90 @@ func Down(ctx context.Context, cfg Config, out io.Writer) error {
 	return errors.Join(errs...)
 }
 
-// detachLoops detaches every loop device backed by img.
+// detachLoops detaches every loop device backed by img, and first every
+// loop device whose backing file lives on the filesystem of such a device
+// (the driver's loop-backed volumes on the node's data disk): while those
+// are attached they keep the data disk's filesystem, and so its loop device,
+// busy.
 func detachLoops(ctx context.Context, img string) error {
 	if _, err := os.Stat(img); err != nil {
 		return nil
 	}
-	out, err := run(ctx, "losetup", "-j", img, "-O", "NAME", "-n")
+	out, err := run(ctx, "losetup", "--list", "--json", "-O", "NAME,MAJ:MIN,BACK-MAJ:MIN,BACK-FILE")
+	if err != nil {
+		return err
+	}
+	loops, err := parseLoops(out)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	for _, dev := range strings.Fields(out) {
-		var derr error
-		// The filesystem is released when the node's mount namespace dies,
-		// which can lag its last process by a moment.
-		for try := 0; try < 50; try++ {
-			if _, derr = run(ctx, "losetup", "-d", dev); derr == nil {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
+	for _, disk := range loops {
+		if !sameFile(disk.backFile, img) {
+			continue
 		}
-		errs = append(errs, derr)
+		for _, inner := range loops {
+			if inner.backMajMin == disk.majMin {
+				errs = append(errs, detachLoop(ctx, inner.name))
+			}
+		}
+		errs = append(errs, detachLoop(ctx, disk.name))
 	}
 	return errors.Join(errs...)
+}
+
+type loopDev struct{ name, majMin, backMajMin, backFile string }
+
+// parseLoops parses `losetup --list --json -O NAME,MAJ:MIN,BACK-MAJ:MIN,BACK-FILE`
+// (util-linux pads the device numbers with spaces).
+func parseLoops(out string) ([]loopDev, error) {
+	if strings.TrimSpace(out) == "" {
+		return nil, nil // no loop devices at all: losetup prints nothing
+	}
+	var doc struct {
+		Loops []map[string]string `json:"loopdevices"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		return nil, fmt.Errorf("parse losetup output: %w", err)
+	}
+	var ls []loopDev
+	for _, l := range doc.Loops {
+		ls = append(ls, loopDev{
+			name:       strings.TrimSpace(l["name"]),
+			majMin:     strings.TrimSpace(l["maj:min"]),
+			backMajMin: strings.TrimSpace(l["back-maj:min"]),
+			backFile:   strings.TrimSuffix(strings.TrimSpace(l["back-file"]), " (deleted)"),
+		})
+	}
+	return ls, nil
+}
+
+func sameFile(a, b string) bool {
+	if a == b {
+		return true
+	}
+	sa, err1 := os.Stat(a)
+	sb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
+}
+
+func detachLoop(ctx context.Context, dev string) error {
+	var err error
+	// The filesystem is released when the node's mount namespace dies,
+	// which can lag its last process by a moment.
+	for try := 0; try < 50; try++ {
+		if _, err = run(ctx, "losetup", "-d", dev); err == nil {
+			return nil
+		}
+		if _, serr := os.Stat(dev); serr != nil {
+			return nil
+		}
+		if out, _ := run(ctx, "losetup", "--list", "--noheadings", dev); out == "" {
+			return nil // autoclear already detached it
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return err
 }
 
 // removeEmptyTree removes dir and its subdirectories if they contain no files.

@@ -343,3 +343,42 @@ func TestRemoveEmptyTree(t *testing.T) {
 		t.Error("tree with a file was removed")
 	}
 }
+
+func TestParseLoops(t *testing.T) {
+	tests := []struct {
+		name    string
+		out     string
+		want    []loopDev
+		wantErr bool
+	}{
+		{
+			name: "data disk and a volume on it",
+			out: `{"loopdevices": [
+  {"name": "/dev/loop0", "maj:min": "  7:0  ", "back-maj:min": "     254:0  ", "back-file": "/work/main/_output/cluster/nodes/dhpp-node-1/disk.img"},
+  {"name": "/dev/loop4", "maj:min": "  7:4  ", "back-maj:min": "  7:0  ", "back-file": "/mnt/dhpp-data/dhpp/volumes/pvc 1/disk.img (deleted)"}
+]}`,
+			want: []loopDev{
+				{name: "/dev/loop0", majMin: "7:0", backMajMin: "254:0", backFile: "/work/main/_output/cluster/nodes/dhpp-node-1/disk.img"},
+				{name: "/dev/loop4", majMin: "7:4", backMajMin: "7:0", backFile: "/mnt/dhpp-data/dhpp/volumes/pvc 1/disk.img"},
+			},
+		},
+		{name: "no loop devices", out: "", want: nil},
+		{name: "not JSON", out: "/dev/loop0 7:0", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseLoops(tt.out)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("parseLoops = %+v, want %+v", got, tt.want)
+			}
+			for i := range tt.want {
+				if got[i] != tt.want[i] {
+					t.Errorf("loop %d = %+v, want %+v", i, got[i], tt.want[i])
+				}
+			}
+		})
+	}
+}

@@ -523,6 +523,9 @@ func stopNode(ctx context.Context, cfg Config, ns *NodeState) []error {
 	if err := ns.Containerd.Stop(20 * time.Second); err != nil {
 		errs = append(errs, err)
 	}
+	if ns.Holder.Alive() {
+		errs = append(errs, detachNodeLoops(ctx, ns)...)
+	}
 	// Whatever is left in the node's network namespace was started by this
 	// node (shims, container processes, the holder): end each by PID.
 	for try := 0; try < 3; try++ {
@@ -540,6 +543,34 @@ func stopNode(ctx context.Context, cfg Config, ns *NodeState) []error {
 			}
 			p := Proc{Name: fmt.Sprintf("%s process", name), PID: pid, StartTime: start}
 			if err := p.Stop(5 * time.Second); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errs
+}
+
+// detachNodeLoops detaches the loop devices whose backing files are on the
+// node's data disk (the driver's loop-backed volumes). It must run inside
+// the node's mount namespace while it exists: only there does the kernel
+// name those files by a path under DataMount (btrfs files carry anonymous
+// device numbers, so the backing device cannot identify them from outside).
+// Devices still mounted are detached lazily, when the namespace goes.
+func detachNodeLoops(ctx context.Context, ns *NodeState) []error {
+	out, err := run(ctx, "nsenter", fmt.Sprintf("--target=%d", ns.Holder.PID), "--mount", "--",
+		"losetup", "--list", "--json", "-O", "NAME,MAJ:MIN,BACK-MAJ:MIN,BACK-FILE")
+	if err != nil {
+		return []error{fmt.Errorf("list loop devices of %s: %w", ns.Spec.Name, err)}
+	}
+	loops, err := parseLoops(out)
+	if err != nil {
+		return []error{err}
+	}
+	var errs []error
+	for _, l := range loops {
+		if strings.HasPrefix(l.backFile, DataMount+"/") {
+			klog.V(1).InfoS("detaching volume loop device", "node", ns.Spec.Name, "dev", l.name, "file", l.backFile)
+			if err := detachLoop(ctx, l.name); err != nil {
 				errs = append(errs, err)
 			}
 		}

@@ -50,11 +50,19 @@ func TestNodeBaseAndTeardown(t *testing.T) {
 	}
 	cfg := Config{RepoRoot: repo, OutputDir: t.TempDir(), CacheDir: t.TempDir(), Nodes: DefaultNodes()[:1]}
 	os.MkdirAll(cfg.logDir(), 0o755)
+	var innerLoop string
 	t.Cleanup(func() {
 		if err := Down(context.Background(), cfg, testLog{t}); err != nil {
 			t.Errorf("Down: %v", err)
 		}
 		assertNoLeftovers(t, cfg)
+		if innerLoop == "" {
+			return
+		}
+		if out, _ := run(context.Background(), "losetup", "--list", "--noheadings", innerLoop); strings.Contains(out, "inner.img") {
+			t.Errorf("down left the inner loop device %s: %s", innerLoop, out)
+			run(context.Background(), "losetup", "-d", innerLoop)
+		}
 	})
 
 	images, err := BuildImages(ctx, cfg)
@@ -104,6 +112,13 @@ func TestNodeBaseAndTeardown(t *testing.T) {
 			t.Errorf("node cannot reach the bridge: %v", err)
 		}
 	}
+	// A loop device on a file inside the data disk, as the driver's loop
+	// backend makes them (without autoclear): down must detach it, or the
+	// data disk's own loop device stays busy.
+	in("truncate", "-s", "64M", PoolDir+"/inner.img")
+	inner := in("losetup", "--find", "--show", PoolDir+"/inner.img")
+	innerLoop = inner
+
 	imgs, err := run(ctx, "ctr", "--address", cfg.criSocket(n.Name), "-n", "k8s.io", "images", "ls", "-q")
 	if err != nil {
 		t.Fatal(err)
