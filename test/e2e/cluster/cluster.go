@@ -91,9 +91,12 @@ func tailLines(s string, n int) string {
 }
 
 // BuildImages runs hack/images into the output directory and returns the
-// tarballs it wrote.
-func BuildImages(ctx context.Context, cfg Config) ([]string, error) {
+// tarballs it wrote; only, if given, limits it to those images (by name).
+func BuildImages(ctx context.Context, cfg Config, only ...string) ([]string, error) {
 	args := []string{"run", "./hack/images", "-out", cfg.imagesDir()}
+	if len(only) > 0 {
+		args = append(args, "-only", strings.Join(only, ","))
+	}
 	// Sidecar images are built when their tools are (up always builds them).
 	for flag, bin := range map[string]string{"-provisioner": cfg.provisionerBin(), "-resizer": cfg.resizerBin()} {
 		if _, err := os.Stat(bin); err == nil {

@@ -65,7 +65,7 @@ func TestNodeBaseAndTeardown(t *testing.T) {
 		}
 	})
 
-	images, err := BuildImages(ctx, cfg)
+	images, err := BuildImages(ctx, cfg, "pause", "busybox")
 	if err != nil {
 		t.Fatal(err)
 	}
