@@ -390,37 +390,43 @@ func (m *Manager) volumeOp(id string) (*Volume, backend, volumeDir, error) {
 	return v, b, volumeDir{pool: p, rel: path.Join(dirVolumes, v.Name)}, nil
 }
 
-// StageVolume prepares a volume on this node (loop: attach and mount at
-// stagingPath; other backends need nothing). Idempotent.
-func (m *Manager) StageVolume(ctx context.Context, id, stagingPath string, mountFlags []string) error {
-	v, b, dir, err := m.volumeOp(id)
+// withVolume runs fn holding the volume's lock, with the volume as it is
+// once the lock is held (looked up after locking, so never stale).
+func (m *Manager) withVolume(id string, fn func(v *Volume, b backend, dir volumeDir) error) error {
+	vid, err := ParseVolumeID(id)
 	if err != nil {
 		return err
 	}
-	unlock, err := m.lock(v.Name)
+	unlock, err := m.lock(vid.Name)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	return b.Stage(ctx, dir, v, stagingPath, mountFlags)
+	v, b, dir, err := m.volumeOp(id)
+	if err != nil {
+		return err
+	}
+	return fn(v, b, dir)
+}
+
+// StageVolume prepares a volume on this node (loop: attach and mount at
+// stagingPath; other backends need nothing). Idempotent.
+func (m *Manager) StageVolume(ctx context.Context, id, stagingPath string, mountFlags []string) error {
+	return m.withVolume(id, func(v *Volume, b backend, dir volumeDir) error {
+		return b.Stage(ctx, dir, v, stagingPath, mountFlags)
+	})
 }
 
 // UnstageVolume undoes StageVolume. Idempotent; a volume that no longer
 // exists has nothing staged.
 func (m *Manager) UnstageVolume(ctx context.Context, id, stagingPath string) error {
-	v, b, dir, err := m.volumeOp(id)
+	err := m.withVolume(id, func(v *Volume, b backend, dir volumeDir) error {
+		return b.Unstage(ctx, dir, v, stagingPath)
+	})
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
-	if err != nil {
-		return err
-	}
-	unlock, err := m.lock(v.Name)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	return b.Unstage(ctx, dir, v, stagingPath)
+	return err
 }
 
 // PublishRequest asks to make a volume visible at a target path.
