@@ -18,7 +18,7 @@ import (
 	"github.com/dhpp-io/dhpp/pkg/registration"
 	"github.com/kubernetes-csi/csi-lib-utils/metrics"
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/klog/v2"
 )
 
@@ -31,7 +31,7 @@ const restoreTimeout = 30 * time.Second
 // hooks are test seams that no flag sets.
 type hooks struct {
 	// kubeClient replaces Connect (e.g. a fake clientset).
-	kubeClient kubernetes.Interface
+	kubeClient corev1client.CoreV1Interface
 	// httpListening is told the metrics endpoint's address once it listens.
 	httpListening func(addr string)
 }

@@ -14,7 +14,7 @@ import (
 	"fmt"
 
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
-	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -28,12 +28,12 @@ const (
 	clientBurst = 10
 )
 
-// Connect returns a clientset for kubeconfig, or for the in-cluster config
+// Connect returns a core/v1 client (all the driver needs) for kubeconfig, or for the in-cluster config
 // (service account) when kubeconfig is empty. Outside a cluster with no
 // kubeconfig it logs that once and returns (nil, nil): the driver runs
 // without Kubernetes. A kubeconfig that was asked for but cannot be loaded
 // is an error, not a silent fallback.
-func Connect(kubeconfig string) (kubernetes.Interface, error) {
+func Connect(kubeconfig string) (corev1client.CoreV1Interface, error) {
 	var (
 		cfg *rest.Config
 		err error
@@ -55,7 +55,7 @@ func Connect(kubeconfig string) (kubernetes.Interface, error) {
 	}
 	cfg.UserAgent = "dhpp-driver/" + dhpp.Version
 	cfg.QPS, cfg.Burst = clientQPS, clientBurst
-	c, err := kubernetes.NewForConfig(cfg)
+	c, err := corev1client.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client for %s: %w", cfg.Host, err)
 	}

@@ -15,11 +15,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
@@ -62,7 +62,9 @@ var _ Monitor = (*health.Monitor)(nil)
 
 // Config configures a Fencer.
 type Config struct {
-	Client   kubernetes.Interface
+	// Client is the core/v1 client only: the full clientset and informer
+	// factory would double the driver's binary and resident memory.
+	Client   corev1client.CoreV1Interface
 	NodeName string
 	Monitor  Monitor
 	// PoolPaths maps pool names to their directories, for messages.
@@ -86,7 +88,6 @@ const (
 type Fencer struct {
 	cfg   Config
 	queue workqueue.TypedRateLimitingInterface[string]
-	nodes corelisters.NodeLister
 	inf   cache.SharedIndexInformer
 
 	mu        sync.Mutex
@@ -120,12 +121,20 @@ func NewFencer(cfg Config) (*Fencer, error) {
 	}
 	// Watch only this node: a field-selected list/watch, so the driver on a
 	// 1,000-node cluster neither caches nor hears about the other 999.
-	factory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, cfg.Resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", cfg.NodeName).String()
-		}))
-	ni := factory.Core().V1().Nodes()
-	f.inf, f.nodes = ni.Informer(), ni.Lister()
+	sel := fields.OneTermEqualSelector("metadata.name", cfg.NodeName).String()
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = sel
+			return cfg.Client.Nodes().List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = sel
+			return cfg.Client.Nodes().Watch(ctx, o)
+		},
+	}
+	// The wrapper lets a client declare that it cannot stream the initial
+	// list (client-go's fakes do); a real API server client is unaffected.
+	f.inf = cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, cfg.Client), &corev1.Node{}, cfg.Resync, cache.Indexers{})
 	if _, err := f.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { f.nodeChanged() },
 		UpdateFunc: func(any, any) { f.nodeChanged() },
@@ -210,7 +219,7 @@ func (f *Fencer) event(typ, reason, msg string) *corev1.Event {
 func (f *Fencer) Restore(ctx context.Context) error {
 	var node *corev1.Node
 	err := wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
-		n, err := f.cfg.Client.CoreV1().Nodes().Get(ctx, f.cfg.NodeName, metav1.GetOptions{})
+		n, err := f.cfg.Client.Nodes().Get(ctx, f.cfg.NodeName, metav1.GetOptions{})
 		if err != nil {
 			klog.V(2).InfoS("Reading own Node to restore fencing", "node", f.cfg.NodeName, "err", err)
 			return false, nil
@@ -296,7 +305,7 @@ func (f *Fencer) postEvents(ctx context.Context) error {
 		}
 		ev := f.events[0]
 		f.mu.Unlock()
-		if _, err := f.cfg.Client.CoreV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		if _, err := f.cfg.Client.Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("create event %s: %w", ev.Reason, err)
 		}
 		f.mu.Lock()
@@ -307,10 +316,11 @@ func (f *Fencer) postEvents(ctx context.Context) error {
 
 // cachedNode is the informer's copy of the Node, nil before it is known.
 func (f *Fencer) cachedNode() *corev1.Node {
-	n, err := f.nodes.Get(f.cfg.NodeName)
-	if err != nil {
+	obj, ok, err := f.inf.GetStore().GetByKey(f.cfg.NodeName)
+	if err != nil || !ok {
 		return nil
 	}
+	n, _ := obj.(*corev1.Node)
 	return n
 }
 
@@ -335,7 +345,7 @@ func (f *Fencer) syncNode(ctx context.Context) error {
 			labels[key] = nil // JSON merge patch: remove
 		}
 	}
-	nodes := f.cfg.Client.CoreV1().Nodes()
+	nodes := f.cfg.Client.Nodes()
 	if len(labels) > 0 {
 		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}})
 		if _, err := nodes.Patch(ctx, f.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
@@ -417,7 +427,7 @@ func (f *Fencer) handleAnnotations(ctx context.Context) error {
 		return nil
 	}
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": remove}})
-	if _, err := f.cfg.Client.CoreV1().Nodes().Patch(ctx, f.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if _, err := f.cfg.Client.Nodes().Patch(ctx, f.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		return fmt.Errorf("remove unfence annotations: %w", err)
 	}
 	return nil

@@ -16,10 +16,17 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	k8stesting "k8s.io/client-go/testing"
 )
 
 const nodeName = "worker-1"
+
+// fakeCore is the fake clientset's core/v1 client, declaring (as the fake
+// Clientset itself does) that it cannot stream an informer's initial list.
+type fakeCore struct{ corev1client.CoreV1Interface }
+
+func (fakeCore) IsWatchListSemanticsUnSupported() bool { return true }
 
 // fakeMonitor is a Monitor whose state the test sets; it calls the
 // callbacks like health.Monitor does (synchronously, on the caller).
@@ -113,7 +120,7 @@ func start(t *testing.T, node *corev1.Node, mon *fakeMonitor, restore bool) *har
 	objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "worker-2",
 		Annotations: map[string]string{UnfenceAnnotationPrefix + "default": "now"}}})
 	h := &harness{t: t, client: fake.NewClientset(objs...), mon: mon, done: make(chan error, 1)}
-	f, err := NewFencer(Config{Client: h.client, NodeName: nodeName, Monitor: mon,
+	f, err := NewFencer(Config{Client: fakeCore{h.client.CoreV1()}, NodeName: nodeName, Monitor: mon,
 		PoolPaths: map[string]string{"default": "/mnt/d", "fast": "/mnt/f"}})
 	if err != nil {
 		t.Fatal(err)
@@ -341,7 +348,7 @@ func TestRestoreFromLabel(t *testing.T) {
 
 func TestRestoreWithoutNodeTimesOut(t *testing.T) {
 	h := &harness{client: fake.NewClientset()}
-	f, err := NewFencer(Config{Client: h.client, NodeName: nodeName, Monitor: newFakeMonitor("default")})
+	f, err := NewFencer(Config{Client: fakeCore{h.client.CoreV1()}, NodeName: nodeName, Monitor: newFakeMonitor("default")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -440,7 +447,7 @@ func TestRealMonitor(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := fake.NewClientset(newNode(nil, nil))
-	f, err := NewFencer(Config{Client: client, NodeName: nodeName, Monitor: mon, PoolPaths: map[string]string{"default": dir}})
+	f, err := NewFencer(Config{Client: fakeCore{client.CoreV1()}, NodeName: nodeName, Monitor: mon, PoolPaths: map[string]string{"default": dir}})
 	if err != nil {
 		t.Fatal(err)
 	}
