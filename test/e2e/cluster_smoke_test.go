@@ -121,15 +121,20 @@ func TestClusterSmoke(t *testing.T) {
 			logs, err := cfg.Kubectl(ctx, "-n", ns, "logs", pod)
 			if err != nil {
 				t.Errorf("logs of %s: %v", pod, err)
-			} else if want := "read back: written on " + n.Name; !strings.Contains(logs, want) {
-				t.Errorf("pod %s logs %q, want %q", pod, logs, want)
+			} else {
+				for _, want := range []string{"read back: written on " + n.Name, "service reachable"} {
+					if !strings.Contains(logs, want) {
+						t.Errorf("pod %s logs %q, want %q", pod, logs, want)
+					}
+				}
 			}
 		}
 	})
 }
 
 // podManifest is a pod pinned (through the scheduler) to node that writes a
-// line into an emptyDir and reads it back.
+// line into an emptyDir, reads it back, and connects to the apiserver's
+// Service address.
 func podManifest(ns, node string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Pod
@@ -144,13 +149,16 @@ spec:
   - name: main
     image: dhpp.local/busybox:latest
     imagePullPolicy: Never
-    command: ["sh", "-c", "echo \"written on %[2]s\" > /data/f && sync && echo \"read back: $(cat /data/f)\""]
+    # The emptyDir round trip, then the apiserver through the kubernetes
+    # Service (kube-proxy DNAT in the node, routed to the host bridge): the
+    # path every in-cluster client, csi-provisioner included, takes.
+    command: ["sh", "-c", "echo \"written on %[2]s\" > /data/f && sync && echo \"read back: $(cat /data/f)\" && nc -w 10 %[3]s 443 </dev/null && echo service reachable"]
     volumeMounts:
     - {name: data, mountPath: /data}
   volumes:
   - name: data
     emptyDir: {}
-`, ns, node)
+`, ns, node, cluster.KubernetesServiceIP)
 }
 
 func apply(ctx context.Context, cfg cluster.Config, manifest string) error {

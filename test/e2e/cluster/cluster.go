@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -204,11 +205,19 @@ func Up(ctx context.Context, cfg Config, out io.Writer) error {
 	}
 	if err := ph.do("nodes: netns, disk, containerd, images", func() error {
 		for _, n := range cfg.Nodes {
-			if err := startNodeBase(ctx, cfg, st, n, images); err != nil {
-				return err
-			}
+			st.Nodes = append(st.Nodes, NodeState{Spec: n})
 		}
-		return nil
+		errs := make([]error, len(cfg.Nodes))
+		var wg sync.WaitGroup
+		for i := range cfg.Nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = startNodeBase(ctx, cfg, st, i, images)
+			}()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
 	}); err != nil {
 		return err
 	}

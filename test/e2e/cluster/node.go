@@ -224,11 +224,22 @@ func (ns *NodeState) nsenter(argv ...string) []string {
 	return append([]string{"nsenter", fmt.Sprintf("--target=%d", ns.Holder.PID), "--mount", "--net", "--"}, argv...)
 }
 
-// startNodeBase creates node n up to a running containerd with the images
-// imported; the kubelet comes later, once the control plane is up.
-func startNodeBase(ctx context.Context, cfg Config, st *State, n NodeSpec, images []string) error {
-	st.Nodes = append(st.Nodes, NodeState{Spec: n})
-	ns := &st.Nodes[len(st.Nodes)-1]
+// startNodeBase creates node st.Nodes[i] up to a running containerd with the
+// images imported; the kubelet comes later, once the control plane is up.
+// Nodes are started concurrently: each works on its own copy of its record
+// and publishes it to the shared state under the state's lock.
+func startNodeBase(ctx context.Context, cfg Config, st *State, i int, images []string) error {
+	st.mu.Lock()
+	local := st.Nodes[i]
+	st.mu.Unlock()
+	ns := &local
+	n := ns.Spec
+	commit := func() error {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		st.Nodes[i] = local
+		return st.save()
+	}
 	d := cfg.nodeDir(n.Name)
 	for _, sub := range []string{"kubelet", "log/pods", "log/containers", "cni/lib", "cni/net.d", "containerd"} {
 		if err := os.MkdirAll(filepath.Join(d, sub), 0o755); err != nil {
@@ -244,7 +255,7 @@ func startNodeBase(ctx context.Context, cfg Config, st *State, n NodeSpec, image
 	if err := createDisk(ctx, cfg, ns); err != nil {
 		return err
 	}
-	if err := st.save(); err != nil {
+	if err := commit(); err != nil {
 		return err
 	}
 	if err := createCgroupRoot(n.Name); err != nil {
@@ -261,7 +272,7 @@ func startNodeBase(ctx context.Context, cfg Config, st *State, n NodeSpec, image
 		return err
 	}
 	ns.Holder = holder
-	if err := st.save(); err != nil {
+	if err := commit(); err != nil {
 		return err
 	}
 	if err := poll(ctx, 30*time.Second, 100*time.Millisecond, n.Name+" mount namespace", func() (bool, error) {
@@ -284,7 +295,7 @@ func startNodeBase(ctx context.Context, cfg Config, st *State, n NodeSpec, image
 		return err
 	}
 	ns.Containerd = cd
-	if err := st.save(); err != nil {
+	if err := commit(); err != nil {
 		return err
 	}
 	sock := cfg.criSocket(n.Name)

@@ -80,7 +80,8 @@ func TestNodeBaseAndTeardown(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := cfg.Nodes[0]
-	if err := startNodeBase(ctx, cfg, st, n, images); err != nil {
+	st.Nodes = append(st.Nodes, NodeState{Spec: n})
+	if err := startNodeBase(ctx, cfg, st, 0, images); err != nil {
 		t.Fatal(err)
 	}
 	ns := st.node(n.Name)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -24,6 +25,8 @@ type State struct {
 	Uplink          string   `json:"uplink"`
 	Ready           bool     `json:"ready"`
 	path            string
+	// mu serialises updates and saves while nodes start concurrently.
+	mu sync.Mutex
 }
 
 // NodeState is one node's record.
