@@ -134,7 +134,7 @@ func setupNodeNetwork(ctx context.Context, n NodeSpec) error {
 		{"ip", "-n", n.Name, "route", "add", "default", "via", BridgeIP},
 		// nsenter --net, not `ip netns exec`: the latter remounts /sys and
 		// the cgroup mounts kubelet needs disappear.
-		{"nsenter", "--net=/run/netns/" + n.Name, "--", "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.disable_ipv6=1"},
+		{"nsenter", "--net=/run/netns/" + n.Name, "--", "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"},
 	}
 	for _, s := range steps {
 		if _, err := run(ctx, s[0], s[1:]...); err != nil {

@@ -79,6 +79,32 @@ func TestNodeBaseAndTeardown(t *testing.T) {
 	if err := st.save(); err != nil {
 		t.Fatal(err)
 	}
+	// The hard rule: cluster ranges are blackholed, and forwarded traffic
+	// may only go bridge to bridge.
+	bh, err := run(ctx, "ip", "route", "show", "type", "blackhole")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []string{PodRange, ServiceCIDR, NodeRange} {
+		if !strings.Contains(bh, "blackhole "+r) {
+			t.Errorf("no blackhole route for %s:\n%s", r, bh)
+		}
+	}
+	chain, err := run(ctx, "iptables", "-w", "-S", ForwardChain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantChain := "-N " + ForwardChain + "\n" +
+		"-A " + ForwardChain + " -i " + BridgeName + " -o " + BridgeName + " -j ACCEPT\n" +
+		"-A " + ForwardChain + " -i " + BridgeName + " -j DROP\n" +
+		"-A " + ForwardChain + " -o " + BridgeName + " -j DROP"
+	if chain != wantChain {
+		t.Errorf("%s =\n%s\nwant\n%s", ForwardChain, chain, wantChain)
+	}
+	if fwd, _ := run(ctx, "iptables", "-w", "-S", "FORWARD"); !strings.Contains(fwd, "-A FORWARD -j "+ForwardChain) {
+		t.Errorf("FORWARD does not jump to %s:\n%s", ForwardChain, fwd)
+	}
+
 	n := cfg.Nodes[0]
 	st.Nodes = append(st.Nodes, NodeState{Spec: n})
 	if err := startNodeBase(ctx, cfg, st, 0, images); err != nil {
