@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -352,7 +355,8 @@ func Down(ctx context.Context, cfg Config, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if st == nil {
+	lostState := st == nil
+	if lostState {
 		st = &State{path: cfg.statePath()}
 	}
 	ph := &phases{out: out, start: time.Now()}
@@ -380,6 +384,16 @@ func Down(ctx context.Context, cfg Config, out io.Writer) error {
 		}
 		return nil
 	})
+	_ = ph.do("stray daemons of this cluster", func() error {
+		// Processes the state does not know (it was lost or is stale) but
+		// whose command line names this cluster's output directory: every
+		// daemon up starts has a flag pointing there.
+		for _, p := range straysOf(cfg.OutputDir, daemonNames) {
+			klog.InfoS("stopping a daemon of this cluster that the state did not list", "pid", p.PID, "cmd", p.Name)
+			keep(p.Stop(10 * time.Second))
+		}
+		return nil
+	})
 	_ = ph.do("disks, namespaces, cgroups", func() error {
 		for _, n := range cfg.Nodes {
 			keep(teardownNodeNetwork(ctx, n.Name))
@@ -394,8 +408,14 @@ func Down(ctx context.Context, cfg Config, out io.Writer) error {
 	})
 	_ = ph.do("files", func() error {
 		keep(os.RemoveAll(RunDir))
-		for i := len(st.HostDirs) - 1; i >= 0; i-- {
-			keep(removeEmptyTree(st.HostDirs[i]))
+		dirs := st.HostDirs
+		if lostState {
+			// Without a record of what up created, remove the mount
+			// points only if they are empty (as up leaves them).
+			dirs = append(append([]string{}, hostMountPoints...), "/run/containerd")
+		}
+		for i := len(dirs) - 1; i >= 0; i-- {
+			keep(removeEmptyTree(dirs[i]))
 		}
 		// The node directories hold the 4 GiB sparse disks and containerd's
 		// snapshots; logs stay for post-mortems.
@@ -406,6 +426,48 @@ func Down(ctx context.Context, cfg Config, out io.Writer) error {
 	})
 	return errors.Join(errs...)
 }
+
+// daemonNames are the programs up starts with flags naming the output
+// directory; only those are strays (a `tail -f` of a log is not).
+var daemonNames = map[string]bool{"etcd": true, "kube-apiserver": true, "kube-controller-manager": true,
+	"kube-scheduler": true, "kubelet": true, "kube-proxy": true, "containerd": true}
+
+// straysOf lists live processes named in names whose command line contains
+// dir + "/".
+func straysOf(dir string, names map[string]bool) []Proc {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	self := os.Getpid()
+	var ps []Proc
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(b, []byte(dir+"/")) {
+			continue
+		}
+		state, start, err := procStat(pid)
+		if err != nil || state == 'Z' {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if !names[filepath.Base(args[0])] {
+			continue
+		}
+		ps = append(ps, Proc{Name: filepath.Base(args[0]), PID: pid, StartTime: start})
+	}
+	// Dependents first: etcd last, or the apiserver waits for it on the
+	// way down.
+	sort.SliceStable(ps, func(i, j int) bool { return stopOrder[ps[i].Name] < stopOrder[ps[j].Name] })
+	return ps
+}
+
+var stopOrder = map[string]int{"kube-proxy": 0, "kubelet": 1, "containerd": 2, "kube-scheduler": 3,
+	"kube-controller-manager": 4, "kube-apiserver": 5, "etcd": 6}
 
 // detachLoops detaches every loop device backed by img, and first every
 // loop device whose backing file lives on the filesystem of such a device

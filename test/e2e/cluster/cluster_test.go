@@ -382,3 +382,33 @@ func TestParseLoops(t *testing.T) {
 		})
 	}
 }
+
+func TestStraysOf(t *testing.T) {
+	dir := t.TempDir()
+	p, err := startDaemon("sleep", filepath.Join(dir, "log"), []string{"sh", "-c", "sleep 300", dir + "/marker"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop(time.Second)
+	other := t.TempDir()
+	sh := map[string]bool{"sh": true}
+	tests := []struct {
+		dir   string
+		names map[string]bool
+		want  bool
+	}{
+		{dir, sh, true},
+		{other, sh, false},
+		// a process of another name (say, `tail -f` of a log) is never a stray
+		{dir, daemonNames, false},
+	}
+	for _, tt := range tests {
+		found := false
+		for _, s := range straysOf(tt.dir, tt.names) {
+			found = found || s.PID == p.PID
+		}
+		if found != tt.want {
+			t.Errorf("straysOf(%s) found our process = %v, want %v", tt.dir, found, tt.want)
+		}
+	}
+}
