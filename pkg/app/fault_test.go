@@ -16,6 +16,7 @@ import (
 	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/pkg/health"
 	"github.com/dhpp-io/dhpp/pkg/kube"
+	"github.com/dhpp-io/dhpp/pkg/kube/kubetest"
 	"github.com/dhpp-io/dhpp/pkg/node"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -29,14 +30,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 )
-
-// fakeCore is the fake clientset's core/v1 client, declaring (as the fake
-// Clientset itself does) that it cannot stream an informer's initial list.
-type fakeCore struct{ corev1client.CoreV1Interface }
-
-func (fakeCore) IsWatchListSemanticsUnSupported() bool { return true }
 
 // driverUnderTest is a whole dhpp-driver (Run with its real wiring) in this
 // process, with a fake API server for the Node side.
@@ -63,7 +57,7 @@ func startDriver(t *testing.T, nodeID string, hc health.Config, pools ...node.Po
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, cfg, hooks{kubeClient: fakeCore{d.kube.CoreV1()}, httpListening: func(a string) { listening <- a }})
+		done <- run(ctx, cfg, hooks{kubeClient: kubetest.FakeAPI{C: d.kube}, httpListening: func(a string) { listening <- a }})
 	}()
 	t.Cleanup(func() {
 		cancel()

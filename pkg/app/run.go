@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,7 +19,6 @@ import (
 	"github.com/dhpp-io/dhpp/pkg/registration"
 	"github.com/kubernetes-csi/csi-lib-utils/metrics"
 	"github.com/prometheus/client_golang/prometheus"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/klog/v2"
 )
 
@@ -31,7 +31,7 @@ const restoreTimeout = 30 * time.Second
 // hooks are test seams that no flag sets.
 type hooks struct {
 	// kubeClient replaces Connect (e.g. a fake clientset).
-	kubeClient corev1client.CoreV1Interface
+	kubeClient kube.API
 	// httpListening is told the metrics endpoint's address once it listens.
 	httpListening func(addr string)
 }
@@ -55,6 +55,10 @@ func run(ctx context.Context, c Config, hk hooks) error {
 	}
 	defer mgr.Close()
 	klog.InfoS("Pools opened", "duration", time.Since(start))
+	// Reading thousands of volume records leaves megabytes of garbage; give
+	// it back now rather than carrying it as resident memory for the
+	// driver's whole life (measured: docs/benchmarks-health.md).
+	debug.FreeOSMemory()
 
 	mon, err := newMonitor(c.Health, mgr.Pools())
 	if err != nil {
@@ -151,7 +155,9 @@ func run(ctx context.Context, c Config, hk hooks) error {
 	}
 	if c.MetricsAddress != "" {
 		mux := http.NewServeMux()
-		cmm.RegisterToServer(mux, "/metrics")
+		metricsMux := http.NewServeMux()
+		cmm.RegisterToServer(metricsMux, "/metrics")
+		mux.Handle("/metrics", releaseMemoryAfter(metricsMux))
 		// Liveness: the process serves CSI. A fenced disk does not make the
 		// driver unhealthy — restarting it would not repair the disk.
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -197,4 +203,23 @@ func run(ctx context.Context, c Config, hk hooks) error {
 	}
 	klog.InfoS("dhpp-driver stopped")
 	return nil
+}
+
+// releaseMemoryAfter returns a scrape's garbage to the OS once the response
+// is written. A scrape of 1,000 volumes allocates megabytes (series, their
+// protobuf form, text encoding, gzip) that the Go runtime would otherwise
+// keep resident between scrapes: measured 9 MiB of the driver's RSS. The
+// forced GC costs a few milliseconds of CPU per scrape, off the request path;
+// scrapes arrive every 15-60 s.
+func releaseMemoryAfter(h http.Handler) http.Handler {
+	var running atomic.Bool
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		if running.CompareAndSwap(false, true) {
+			go func() {
+				defer running.Store(false)
+				debug.FreeOSMemory()
+			}()
+		}
+	})
 }

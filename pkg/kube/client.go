@@ -14,7 +14,6 @@ import (
 	"fmt"
 
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -28,12 +27,12 @@ const (
 	clientBurst = 10
 )
 
-// Connect returns a core/v1 client (all the driver needs) for kubeconfig, or for the in-cluster config
+// Connect returns the API (core/v1 only) for kubeconfig, or for the in-cluster config
 // (service account) when kubeconfig is empty. Outside a cluster with no
 // kubeconfig it logs that once and returns (nil, nil): the driver runs
 // without Kubernetes. A kubeconfig that was asked for but cannot be loaded
 // is an error, not a silent fallback.
-func Connect(kubeconfig string) (corev1client.CoreV1Interface, error) {
+func Connect(kubeconfig string) (API, error) {
 	var (
 		cfg *rest.Config
 		err error
@@ -55,7 +54,7 @@ func Connect(kubeconfig string) (corev1client.CoreV1Interface, error) {
 	}
 	cfg.UserAgent = "dhpp-driver/" + dhpp.Version
 	cfg.QPS, cfg.Burst = clientQPS, clientBurst
-	c, err := corev1client.NewForConfig(cfg)
+	c, err := newRESTAPI(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client for %s: %w", cfg.Host, err)
 	}

@@ -1,10 +1,12 @@
-package kube
+package kube_test
 
 import (
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/dhpp-io/dhpp/pkg/kube"
 )
 
 func TestConnect(t *testing.T) {
@@ -36,7 +38,7 @@ current-context: x
 	t.Setenv("KUBERNETES_SERVICE_PORT", "")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := Connect(tt.kubeconfig)
+			c, err := kube.Connect(tt.kubeconfig)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)

@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
@@ -62,9 +61,7 @@ var _ Monitor = (*health.Monitor)(nil)
 
 // Config configures a Fencer.
 type Config struct {
-	// Client is the core/v1 client only: the full clientset and informer
-	// factory would double the driver's binary and resident memory.
-	Client   corev1client.CoreV1Interface
+	Client   API
 	NodeName string
 	Monitor  Monitor
 	// PoolPaths maps pool names to their directories, for messages.
@@ -125,11 +122,11 @@ func NewFencer(cfg Config) (*Fencer, error) {
 	lw := &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			o.FieldSelector = sel
-			return cfg.Client.Nodes().List(ctx, o)
+			return cfg.Client.ListNodes(ctx, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			o.FieldSelector = sel
-			return cfg.Client.Nodes().Watch(ctx, o)
+			return cfg.Client.WatchNodes(ctx, o)
 		},
 	}
 	// The wrapper lets a client declare that it cannot stream the initial
@@ -219,7 +216,7 @@ func (f *Fencer) event(typ, reason, msg string) *corev1.Event {
 func (f *Fencer) Restore(ctx context.Context) error {
 	var node *corev1.Node
 	err := wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
-		n, err := f.cfg.Client.Nodes().Get(ctx, f.cfg.NodeName, metav1.GetOptions{})
+		n, err := f.cfg.Client.GetNode(ctx, f.cfg.NodeName)
 		if err != nil {
 			klog.V(2).InfoS("Reading own Node to restore fencing", "node", f.cfg.NodeName, "err", err)
 			return false, nil
@@ -305,7 +302,7 @@ func (f *Fencer) postEvents(ctx context.Context) error {
 		}
 		ev := f.events[0]
 		f.mu.Unlock()
-		if _, err := f.cfg.Client.Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		if _, err := f.cfg.Client.CreateEvent(ctx, ev); err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("create event %s: %w", ev.Reason, err)
 		}
 		f.mu.Lock()
@@ -345,10 +342,9 @@ func (f *Fencer) syncNode(ctx context.Context) error {
 			labels[key] = nil // JSON merge patch: remove
 		}
 	}
-	nodes := f.cfg.Client.Nodes()
 	if len(labels) > 0 {
 		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"labels": labels}})
-		if _, err := nodes.Patch(ctx, f.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		if _, err := f.cfg.Client.PatchNode(ctx, f.cfg.NodeName, types.MergePatchType, patch, ""); err != nil {
 			return fmt.Errorf("patch pool labels: %w", err)
 		}
 	}
@@ -378,7 +374,7 @@ func (f *Fencer) syncNode(ctx context.Context) error {
 	// Strategic merge: conditions merge by type, so the kubelet's own
 	// conditions are untouched.
 	patch, _ := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{want}}})
-	if _, err := nodes.PatchStatus(ctx, f.cfg.NodeName, patch); err != nil {
+	if _, err := f.cfg.Client.PatchNode(ctx, f.cfg.NodeName, types.StrategicMergePatchType, patch, "status"); err != nil {
 		return fmt.Errorf("patch node condition %s: %w", ConditionType, err)
 	}
 	return nil
@@ -427,7 +423,7 @@ func (f *Fencer) handleAnnotations(ctx context.Context) error {
 		return nil
 	}
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": remove}})
-	if _, err := f.cfg.Client.Nodes().Patch(ctx, f.cfg.NodeName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+	if _, err := f.cfg.Client.PatchNode(ctx, f.cfg.NodeName, types.MergePatchType, patch, ""); err != nil {
 		return fmt.Errorf("remove unfence annotations: %w", err)
 	}
 	return nil

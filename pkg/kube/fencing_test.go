@@ -1,4 +1,4 @@
-package kube
+package kube_test
 
 import (
 	"context"
@@ -11,22 +11,17 @@ import (
 	"time"
 
 	"github.com/dhpp-io/dhpp/pkg/health"
+	"github.com/dhpp-io/dhpp/pkg/kube"
+	"github.com/dhpp-io/dhpp/pkg/kube/kubetest"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
-	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	k8stesting "k8s.io/client-go/testing"
 )
 
 const nodeName = "worker-1"
-
-// fakeCore is the fake clientset's core/v1 client, declaring (as the fake
-// Clientset itself does) that it cannot stream an informer's initial list.
-type fakeCore struct{ corev1client.CoreV1Interface }
-
-func (fakeCore) IsWatchListSemanticsUnSupported() bool { return true }
 
 // fakeMonitor is a Monitor whose state the test sets; it calls the
 // callbacks like health.Monitor does (synchronously, on the caller).
@@ -98,7 +93,7 @@ type harness struct {
 	t      *testing.T
 	client *fake.Clientset
 	mon    *fakeMonitor
-	f      *Fencer
+	f      *kube.Fencer
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -118,9 +113,9 @@ func start(t *testing.T, node *corev1.Node, mon *fakeMonitor, restore bool) *har
 	}
 	// Another node: the informer must not act on it.
 	objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "worker-2",
-		Annotations: map[string]string{UnfenceAnnotationPrefix + "default": "now"}}})
+		Annotations: map[string]string{kube.UnfenceAnnotationPrefix + "default": "now"}}})
 	h := &harness{t: t, client: fake.NewClientset(objs...), mon: mon, done: make(chan error, 1)}
-	f, err := NewFencer(Config{Client: fakeCore{h.client.CoreV1()}, NodeName: nodeName, Monitor: mon,
+	f, err := kube.NewFencer(kube.Config{Client: kubetest.FakeAPI{C: h.client}, NodeName: nodeName, Monitor: mon,
 		PoolPaths: map[string]string{"default": "/mnt/d", "fast": "/mnt/f"}})
 	if err != nil {
 		t.Fatal(err)
@@ -186,7 +181,7 @@ func (h *harness) eventually(what string, cond func() bool) {
 
 func condition(n *corev1.Node) *corev1.NodeCondition {
 	for i, c := range n.Status.Conditions {
-		if c.Type == ConditionType {
+		if c.Type == kube.ConditionType {
 			return &n.Status.Conditions[i]
 		}
 	}
@@ -215,17 +210,17 @@ func TestFenceAndRecover(t *testing.T) {
 			recover: func(h *harness) {
 				h.mon.set(health.Status{Pool: "default", State: health.Healthy, ConsecutiveSuccesses: 60})
 			},
-			wantReason: ReasonPoolRecovered,
+			wantReason: kube.ReasonPoolRecovered,
 		},
 		{
 			name: "kubectl annotate node unfence.dhpp.io/default=now",
 			recover: func(h *harness) {
-				patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"now"}}}`, UnfenceAnnotationPrefix+"default")
+				patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"now"}}}`, kube.UnfenceAnnotationPrefix+"default")
 				if _, err := h.client.CoreV1().Nodes().Patch(context.Background(), nodeName, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 					h.t.Fatal(err)
 				}
 			},
-			wantReason:   ReasonPoolUnfenced,
+			wantReason:   kube.ReasonPoolUnfenced,
 			wantUnfenced: []string{"default"},
 		},
 	}
@@ -237,7 +232,7 @@ func TestFenceAndRecover(t *testing.T) {
 				c := condition(h.node())
 				return c != nil && c.Status == corev1.ConditionTrue
 			})
-			if c := condition(h.node()); c.Reason != ReasonPoolsHealthy {
+			if c := condition(h.node()); c.Reason != kube.ReasonPoolsHealthy {
 				t.Fatalf("initial condition %+v", c)
 			}
 
@@ -246,10 +241,10 @@ func TestFenceAndRecover(t *testing.T) {
 			h.eventually("label, condition and event for the fenced pool", func() bool {
 				n := h.node()
 				c := condition(n)
-				return n.Labels[PoolLabelPrefix+"default"] == PoolLabelFenced && c != nil && c.Status == corev1.ConditionFalse && len(h.events()) == 1
+				return n.Labels[kube.PoolLabelPrefix+"default"] == kube.PoolLabelFenced && c != nil && c.Status == corev1.ConditionFalse && len(h.events()) == 1
 			})
 			n := h.node()
-			if _, ok := n.Labels[PoolLabelPrefix+"fast"]; ok {
+			if _, ok := n.Labels[kube.PoolLabelPrefix+"fast"]; ok {
 				t.Errorf("healthy pool labelled: %v", n.Labels)
 			}
 			if n.Labels["kubernetes.io/hostname"] != nodeName {
@@ -261,14 +256,14 @@ func TestFenceAndRecover(t *testing.T) {
 					t.Errorf("condition message %q lacks %q", c.Message, want)
 				}
 			}
-			if c.Reason != ReasonPoolFenced {
+			if c.Reason != kube.ReasonPoolFenced {
 				t.Errorf("condition reason %q", c.Reason)
 			}
 			if len(n.Status.Conditions) != 2 {
 				t.Errorf("kubelet's conditions must be kept: %+v", n.Status.Conditions)
 			}
 			ev := h.events()[0]
-			if ev.Reason != ReasonPoolFenced || ev.Type != corev1.EventTypeWarning || ev.InvolvedObject.Kind != "Node" || ev.InvolvedObject.Name != nodeName {
+			if ev.Reason != kube.ReasonPoolFenced || ev.Type != corev1.EventTypeWarning || ev.InvolvedObject.Kind != "Node" || ev.InvolvedObject.Name != nodeName {
 				t.Errorf("event %+v", ev)
 			}
 			for _, want := range []string{`"default"`, "/mnt/d", "read_only", "read-only file system", "kubectl annotate node worker-1 unfence.dhpp.io/default=now"} {
@@ -280,15 +275,15 @@ func TestFenceAndRecover(t *testing.T) {
 			tt.recover(h)
 			h.eventually("label removed, condition True, recovery event", func() bool {
 				n := h.node()
-				_, labelled := n.Labels[PoolLabelPrefix+"default"]
+				_, labelled := n.Labels[kube.PoolLabelPrefix+"default"]
 				c := condition(n)
 				return !labelled && c.Status == corev1.ConditionTrue && len(h.events()) == 2
 			})
-			if got := reasons(h.events()); got[0] != ReasonPoolFenced || got[1] != tt.wantReason {
+			if got := reasons(h.events()); got[0] != kube.ReasonPoolFenced || got[1] != tt.wantReason {
 				// List order of the fake is by name; names carry the time.
-				t.Errorf("events %v, want [%s %s]", got, ReasonPoolFenced, tt.wantReason)
+				t.Errorf("events %v, want [%s %s]", got, kube.ReasonPoolFenced, tt.wantReason)
 			}
-			if _, ok := h.node().Annotations[UnfenceAnnotationPrefix+"default"]; ok {
+			if _, ok := h.node().Annotations[kube.UnfenceAnnotationPrefix+"default"]; ok {
 				t.Error("unfence annotation not removed")
 			}
 			if fmt.Sprint(h.mon.unfenced) != fmt.Sprint(tt.wantUnfenced) {
@@ -296,7 +291,7 @@ func TestFenceAndRecover(t *testing.T) {
 			}
 			// The other node's annotation is not this driver's business.
 			other, _ := h.client.CoreV1().Nodes().Get(context.Background(), "worker-2", metav1.GetOptions{})
-			if _, ok := other.Annotations[UnfenceAnnotationPrefix+"default"]; !ok {
+			if _, ok := other.Annotations[kube.UnfenceAnnotationPrefix+"default"]; !ok {
 				t.Error("another node's annotation was touched")
 			}
 		})
@@ -310,8 +305,8 @@ func TestRestoreFromLabel(t *testing.T) {
 		wantFenced []string
 	}{
 		{"no labels", nil, nil},
-		{"fenced pool", map[string]string{PoolLabelPrefix + "fast": PoolLabelFenced}, []string{"fast"}},
-		{"unknown pool and other values ignored", map[string]string{PoolLabelPrefix + "gone": PoolLabelFenced, PoolLabelPrefix + "default": "maybe"}, nil},
+		{"fenced pool", map[string]string{kube.PoolLabelPrefix + "fast": kube.PoolLabelFenced}, []string{"fast"}},
+		{"unknown pool and other values ignored", map[string]string{kube.PoolLabelPrefix + "gone": kube.PoolLabelFenced, kube.PoolLabelPrefix + "default": "maybe"}, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -348,7 +343,7 @@ func TestRestoreFromLabel(t *testing.T) {
 
 func TestRestoreWithoutNodeTimesOut(t *testing.T) {
 	h := &harness{client: fake.NewClientset()}
-	f, err := NewFencer(Config{Client: fakeCore{h.client.CoreV1()}, NodeName: nodeName, Monitor: newFakeMonitor("default")})
+	f, err := kube.NewFencer(kube.Config{Client: kubetest.FakeAPI{C: h.client}, NodeName: nodeName, Monitor: newFakeMonitor("default")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,8 +362,8 @@ func TestUnfenceAnnotationEdgeCases(t *testing.T) {
 		annotation string
 		wantEvent  string
 	}{
-		{"pool not fenced", UnfenceAnnotationPrefix + "fast", ""},
-		{"unknown pool", UnfenceAnnotationPrefix + "nope", ReasonUnfenceFailed},
+		{"pool not fenced", kube.UnfenceAnnotationPrefix + "fast", ""},
+		{"unknown pool", kube.UnfenceAnnotationPrefix + "nope", kube.ReasonUnfenceFailed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -424,7 +419,7 @@ func TestOnChangeNeverBlocks(t *testing.T) {
 	}
 	unblock()
 	h.eventually("final state on the Node", func() bool {
-		return h.node().Labels[PoolLabelPrefix+"default"] == PoolLabelFenced
+		return h.node().Labels[kube.PoolLabelPrefix+"default"] == kube.PoolLabelFenced
 	})
 	h.eventually("every event posted", func() bool { return len(h.events()) == 201 })
 }
@@ -447,7 +442,7 @@ func TestRealMonitor(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := fake.NewClientset(newNode(nil, nil))
-	f, err := NewFencer(Config{Client: fakeCore{client.CoreV1()}, NodeName: nodeName, Monitor: mon, PoolPaths: map[string]string{"default": dir}})
+	f, err := kube.NewFencer(kube.Config{Client: kubetest.FakeAPI{C: client}, NodeName: nodeName, Monitor: mon, PoolPaths: map[string]string{"default": dir}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,17 +457,17 @@ func TestRealMonitor(t *testing.T) {
 	if err := os.Remove(probe); err != nil {
 		t.Fatal(err)
 	}
-	h.eventually("fenced label", func() bool { return h.node().Labels[PoolLabelPrefix+"default"] == PoolLabelFenced })
+	h.eventually("fenced label", func() bool { return h.node().Labels[kube.PoolLabelPrefix+"default"] == kube.PoolLabelFenced })
 	h.eventually("event", func() bool { return len(h.events()) == 1 })
 	if ev := h.events()[0]; !strings.Contains(ev.Message, "missing") {
 		t.Errorf("event message %q does not name the failure reason", ev.Message)
 	}
-	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"now"}}}`, UnfenceAnnotationPrefix+"default")
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"now"}}}`, kube.UnfenceAnnotationPrefix+"default")
 	if _, err := client.CoreV1().Nodes().Patch(ctx, nodeName, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	// Unfence lets the probe re-create the file; the pool stays healthy.
-	h.eventually("label removed", func() bool { _, ok := h.node().Labels[PoolLabelPrefix+"default"]; return !ok })
+	h.eventually("label removed", func() bool { _, ok := h.node().Labels[kube.PoolLabelPrefix+"default"]; return !ok })
 	h.eventually("PoolUnfenced event", func() bool { evs := h.events(); return len(evs) == 2 })
 	if s, _ := mon.Status("default"); s.State == health.Fenced {
 		t.Errorf("still fenced after unfence: %+v", s)
