@@ -122,7 +122,10 @@ func TestClusterSmoke(t *testing.T) {
 			if err != nil {
 				t.Errorf("logs of %s: %v", pod, err)
 			} else {
-				for _, want := range []string{"read back: written on " + n.Name, "service reachable"} {
+				// statfs magic numbers: btrfs 0x9123683e, ext4 0xef53.
+				magic := map[string]string{"btrfs": "9123683e", "ext4": "ef53", "xfs": "58465342"}[n.FS]
+				for _, want := range []string{"read back: written on " + n.Name, "service reachable",
+					"disk magic " + magic + " pool directory"} {
 					if !strings.Contains(logs, want) {
 						t.Errorf("pod %s logs %q, want %q", pod, logs, want)
 					}
@@ -133,8 +136,9 @@ func TestClusterSmoke(t *testing.T) {
 }
 
 // podManifest is a pod pinned (through the scheduler) to node that writes a
-// line into an emptyDir, reads it back, and connects to the apiserver's
-// Service address.
+// line into an emptyDir, reads it back, connects to the apiserver's Service
+// address, and reports the filesystem of the node's data disk and its pool
+// directory.
 func podManifest(ns, node string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Pod
@@ -152,13 +156,18 @@ spec:
     # The emptyDir round trip, then the apiserver through the kubernetes
     # Service (kube-proxy DNAT in the node, routed to the host bridge): the
     # path every in-cluster client, csi-provisioner included, takes.
-    command: ["sh", "-c", "echo \"written on %[2]s\" > /data/f && sync && echo \"read back: $(cat /data/f)\" && nc -w 10 %[3]s 443 </dev/null && echo service reachable"]
+    command: ["sh", "-c", "echo \"written on %[2]s\" > /data/f && sync && echo \"read back: $(cat /data/f)\" && nc -w 10 %[3]s 443 </dev/null && echo service reachable && echo \"disk magic $(stat -f -c %%t /disk) pool $(stat -c %%F /disk/dhpp)\""]
     volumeMounts:
     - {name: data, mountPath: /data}
+    # The node's data disk as a pod sees it (HostToContainer needs the
+    # node's mount to be shared, which up arranges).
+    - {name: disk, mountPath: /disk, mountPropagation: HostToContainer, readOnly: true}
   volumes:
   - name: data
     emptyDir: {}
-`, ns, node, cluster.KubernetesServiceIP)
+  - name: disk
+    hostPath: {path: %[4]s, type: Directory}
+`, ns, node, cluster.KubernetesServiceIP, cluster.DataMount)
 }
 
 func apply(ctx context.Context, cfg cluster.Config, manifest string) error {
