@@ -43,22 +43,32 @@ type driverUnderTest struct {
 	cfg     Config
 }
 
-// startDriver runs the driver on pools until the test ends.
+// startDriver runs the driver on pools until the test ends, with a fake
+// API server holding the Node.
 func startDriver(t *testing.T, nodeID string, hc health.Config, pools ...node.PoolConfig) *driverUnderTest {
+	t.Helper()
+	return startDriverKube(t, true, nodeID, hc, pools...)
+}
+
+// startDriverKube is startDriver, without any Kubernetes API if !withKube.
+func startDriverKube(t *testing.T, withKube bool, nodeID string, hc health.Config, pools ...node.PoolConfig) *driverUnderTest {
 	t.Helper()
 	work := t.TempDir()
 	sock := filepath.Join(work, "csi.sock")
+	listening := make(chan string, 1)
 	cfg := Config{
 		Endpoint: "unix://" + sock, NodeID: nodeID, Pools: pools, TrashRetention: time.Minute,
 		DefaultVolumeSize: 64 << 20, MetricsAddress: "127.0.0.1:0", Health: hc,
 	}
-	d := &driverUnderTest{t: t, cfg: cfg, kube: fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeID}})}
-	listening := make(chan string, 1)
+	d := &driverUnderTest{t: t, cfg: cfg}
+	hk := hooks{httpListening: func(a string) { listening <- a }}
+	if withKube {
+		d.kube = fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeID}})
+		hk.kubeClient = kubetest.FakeAPI{C: d.kube}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, cfg, hooks{kubeClient: kubetest.FakeAPI{C: d.kube}, httpListening: func(a string) { listening <- a }})
-	}()
+	go func() { done <- run(ctx, cfg, hk) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
