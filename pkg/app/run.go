@@ -22,11 +22,12 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// restoreTimeout bounds reading the Node's fencing labels at start-up. If the
-// API server stays unreachable that long the driver starts anyway, loudly: a
-// pool whose disk is still broken is fenced again by its probes within
-// period x failureThreshold + timeout.
-const restoreTimeout = 30 * time.Second
+// restoreTimeout bounds reading the Node's fencing labels at start-up. CSI
+// is not served meanwhile (no provisioning into a pool that should be
+// fenced), so it is short: if the API server stays unreachable that long the
+// driver starts anyway, loudly, and a pool whose disk is still broken is
+// fenced again by its probes within period x failureThreshold + timeout.
+const restoreTimeout = 10 * time.Second
 
 // hooks are test seams that no flag sets.
 type hooks struct {
