@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dhpp-io/dhpp/pkg/health"
@@ -19,8 +18,8 @@ import (
 func TestRunWithoutKubernetes(t *testing.T) {
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	t.Setenv("KUBERNETES_SERVICE_PORT", "")
+	// Production settings: the first probe runs at start.
 	hc := health.DefaultConfig()
-	hc.Period, hc.Timeout = 50*time.Millisecond, 50*time.Millisecond
 	d := startDriverKube(t, false, "solo", hc, node.PoolConfig{Name: "default", Path: t.TempDir(), Backend: node.BackendDir})
 	if _, err := d.create("pvc-1"); err != nil {
 		t.Fatal(err)

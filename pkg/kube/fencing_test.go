@@ -429,9 +429,9 @@ func TestOnChangeNeverBlocks(t *testing.T) {
 func TestRealMonitor(t *testing.T) {
 	dir := t.TempDir()
 	cfg := health.DefaultConfig()
-	// Generous timeout: a slow probe under -race on a loaded machine must
-	// not re-fence the pool after the unfence this test checks.
-	cfg.Period, cfg.Timeout, cfg.FailureThreshold, cfg.ProbeBytes = 100*time.Millisecond, 100*time.Millisecond, 2, 4096
+	// The production timeout (1 s): a slow probe under -race on a loaded
+	// machine must not fence the pool for the wrong reason.
+	cfg.Period, cfg.Timeout, cfg.FailureThreshold, cfg.ProbeBytes = time.Second, time.Second, 2, 4096
 	mon, err := health.NewMonitor(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -460,6 +460,9 @@ func TestRealMonitor(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.eventually("fenced label", func() bool { return h.node().Labels[kube.PoolLabelPrefix+"default"] == kube.PoolLabelFenced })
+	if s, _ := mon.Status("default"); s.Reason != health.ReasonMissing {
+		t.Errorf("fenced for %q, want %q", s.Reason, health.ReasonMissing)
+	}
 	h.eventually("event", func() bool { return len(h.events()) == 1 })
 	if ev := h.events()[0]; !strings.Contains(ev.Message, "missing") {
 		t.Errorf("event message %q does not name the failure reason", ev.Message)
