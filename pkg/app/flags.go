@@ -133,7 +133,7 @@ func Parse(args []string, out io.Writer, getenv func(string) string) (Config, er
 	fs.StringVar(&c.NodeID, "node-id", "", "this node's name (default: $NODE_NAME, then the hostname); must match the Kubernetes node name")
 	fs.Var(poolFlag{&c.Pools}, "pool", "a storage pool: name=path[,backend=auto|btrfs|xfs|ext4|loop|dir][,fs=ext4|xfs]; repeatable, the first is the default")
 	fs.DurationVar(&c.TrashRetention, "trash-retention", 15*time.Minute, "how long a deleted volume's data stays in the pool's trash before it is purged (> 0)")
-	fs.Var(quantityFlag{&c.DefaultVolumeSize}, "default-volume-size", "size of a volume whose claim names none (default 1Gi)")
+	fs.Var(quantityFlag{&c.DefaultVolumeSize}, "default-volume-size", "size of a volume whose claim names none")
 	fs.Int64Var(&c.MaxVolumesPerNode, "max-volumes-per-node", 0, "volumes the scheduler may place on this node (0 = no limit)")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", ":9808", "address of the HTTP endpoint with /metrics, /healthz and /readyz (empty = off)")
 	fs.DurationVar(&c.Health.Period, "health-period", c.Health.Period, "time between two disk health probes of a pool (each writes, reads back and compares 1 MiB with O_DIRECT)")
