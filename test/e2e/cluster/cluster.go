@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -131,6 +132,24 @@ func BuildImages(ctx context.Context, cfg Config, only ...string) ([]string, err
 	return files, nil
 }
 
+// lock takes an exclusive lock on the output directory so that two up/down
+// commands (say, a test and a person) never work on one cluster at once.
+// The lock is released by the kernel when the process exits.
+func lock(cfg Config) (unlock func(), err error) {
+	if err := os.MkdirAll(cfg.OutputDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", cfg.OutputDir, err)
+	}
+	f, err := os.OpenFile(filepath.Join(cfg.OutputDir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another dhpp-cluster up/down is running on %s: %w", cfg.OutputDir, err)
+	}
+	return func() { f.Close() }, nil
+}
+
 // ErrAlreadyRunning is returned by Up when a live cluster is found.
 var ErrAlreadyRunning = errors.New("cluster is already running")
 
@@ -140,6 +159,15 @@ func Up(ctx context.Context, cfg Config, out io.Writer) error {
 	if os.Geteuid() != 0 {
 		return errNotRoot
 	}
+	unlock, err := lock(cfg)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return up(ctx, cfg, out)
+}
+
+func up(ctx context.Context, cfg Config, out io.Writer) error {
 	st, err := loadState(cfg.statePath())
 	if err != nil {
 		return err
@@ -150,7 +178,7 @@ func Up(ctx context.Context, cfg Config, out io.Writer) error {
 			return ErrAlreadyRunning
 		}
 		fmt.Fprintln(out, "found the state of an earlier, incomplete cluster: tearing it down first")
-		if err := Down(ctx, cfg, out); err != nil {
+		if err := down(ctx, cfg, out); err != nil {
 			return fmt.Errorf("clean up earlier cluster: %w", err)
 		}
 	}
@@ -360,6 +388,15 @@ func Down(ctx context.Context, cfg Config, out io.Writer) error {
 	if os.Geteuid() != 0 {
 		return errNotRoot
 	}
+	unlock, err := lock(cfg)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return down(ctx, cfg, out)
+}
+
+func down(ctx context.Context, cfg Config, out io.Writer) error {
 	st, err := loadState(cfg.statePath())
 	if err != nil {
 		return err

@@ -412,3 +412,23 @@ func TestStraysOf(t *testing.T) {
 		}
 	}
 }
+
+func TestLockExcludesASecondCommand(t *testing.T) {
+	cfg := Config{OutputDir: filepath.Join(t.TempDir(), "cluster")}
+	unlock, err := lock(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// flock locks belong to the open file description: a second open in
+	// this process conflicts just as another process would.
+	if _, err := lock(cfg); err == nil || !strings.Contains(err.Error(), "another dhpp-cluster") {
+		t.Errorf("second lock: %v, want refused", err)
+	}
+	unlock()
+	unlock2, err := lock(cfg)
+	if err != nil {
+		t.Errorf("lock after unlock: %v", err)
+	} else {
+		unlock2()
+	}
+}
