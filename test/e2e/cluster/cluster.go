@@ -132,22 +132,53 @@ func BuildImages(ctx context.Context, cfg Config, only ...string) ([]string, err
 	return files, nil
 }
 
-// lock takes an exclusive lock on the output directory so that two up/down
-// commands (say, a test and a person) never work on one cluster at once.
-// The lock is released by the kernel when the process exits.
-func lock(cfg Config) (unlock func(), err error) {
-	if err := os.MkdirAll(cfg.OutputDir, 0o755); err != nil {
-		return nil, fmt.Errorf("create %s: %w", cfg.OutputDir, err)
+// lockPath is the machine-wide lock of the cluster harness. The cluster's
+// names (dhpp-br0, dhpp-node-N, /mnt/dhpp-data, ...) are machine-wide, so
+// the lock is too; it lives in the tool cache, which persists anyway.
+func lockPath() string {
+	dir := os.Getenv("DHPP_CACHE")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			home = "/root"
+		}
+		dir = filepath.Join(home, ".cache", "dhpp")
 	}
-	f, err := os.OpenFile(filepath.Join(cfg.OutputDir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	return filepath.Join(dir, "cluster.lock")
+}
+
+// lock waits (up to timeout) for the machine-wide harness lock, so that two
+// up/down commands, or a test and a person, never build or tear down
+// clusters at the same time. The kernel releases it if the process dies.
+func lock(ctx context.Context, out io.Writer, timeout time.Duration) (unlock func(), err error) {
+	path := lockPath()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open lock: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("another dhpp-cluster up/down is running on %s: %w", cfg.OutputDir, err)
+	deadline := time.Now().Add(timeout)
+	for said := false; ; said = true {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("lock %s (another dhpp-cluster up/down or cluster test is running): %w", path, err)
+		}
+		if !said {
+			fmt.Fprintf(out, "waiting for another dhpp-cluster up/down or cluster test (lock %s)\n", path)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
-	return func() { f.Close() }, nil
 }
 
 // ErrAlreadyRunning is returned by Up when a live cluster is found.
@@ -159,7 +190,7 @@ func Up(ctx context.Context, cfg Config, out io.Writer) error {
 	if os.Geteuid() != 0 {
 		return errNotRoot
 	}
-	unlock, err := lock(cfg)
+	unlock, err := lock(ctx, out, 30*time.Minute)
 	if err != nil {
 		return err
 	}
@@ -388,7 +419,7 @@ func Down(ctx context.Context, cfg Config, out io.Writer) error {
 	if os.Geteuid() != 0 {
 		return errNotRoot
 	}
-	unlock, err := lock(cfg)
+	unlock, err := lock(ctx, out, 30*time.Minute)
 	if err != nil {
 		return err
 	}

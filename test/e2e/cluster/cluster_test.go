@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -414,21 +415,29 @@ func TestStraysOf(t *testing.T) {
 }
 
 func TestLockExcludesASecondCommand(t *testing.T) {
-	cfg := Config{OutputDir: filepath.Join(t.TempDir(), "cluster")}
-	unlock, err := lock(cfg)
+	t.Setenv("DHPP_CACHE", t.TempDir())
+	ctx := context.Background()
+	unlock, err := lock(ctx, io.Discard, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// flock locks belong to the open file description: a second open in
 	// this process conflicts just as another process would.
-	if _, err := lock(cfg); err == nil || !strings.Contains(err.Error(), "another dhpp-cluster") {
+	start := time.Now()
+	if _, err := lock(ctx, io.Discard, time.Second); err == nil || !strings.Contains(err.Error(), "another dhpp-cluster") {
 		t.Errorf("second lock: %v, want refused", err)
 	}
-	unlock()
-	unlock2, err := lock(cfg)
-	if err != nil {
-		t.Errorf("lock after unlock: %v", err)
-	} else {
-		unlock2()
+	if waited := time.Since(start); waited < time.Second {
+		t.Errorf("second lock gave up after %s, want it to wait 1s", waited)
 	}
+	// A waiter gets the lock as soon as the holder lets go.
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		unlock()
+	}()
+	unlock2, err := lock(ctx, io.Discard, 5*time.Second)
+	if err != nil {
+		t.Fatalf("lock after unlock: %v", err)
+	}
+	unlock2()
 }

@@ -41,6 +41,14 @@ func TestNodeBaseAndTeardown(t *testing.T) {
 			t.Fatalf("install packages: %v", err)
 		}
 	}
+	// Hold the harness lock for the whole test: a cluster brought up
+	// meanwhile (the e2e smoke test in a parallel package) would share
+	// every name with this node.
+	unlock, err := lock(ctx, testLog{t}, 4*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(unlock) // registered first, so it runs after the teardown below
 	if _, err := run(ctx, "ip", "link", "show", BridgeName); err == nil {
 		t.Skip("a dhpp e2e cluster is running on this host; not touching it")
 	}
@@ -52,7 +60,8 @@ func TestNodeBaseAndTeardown(t *testing.T) {
 	os.MkdirAll(cfg.logDir(), 0o755)
 	var innerLoop string
 	t.Cleanup(func() {
-		if err := Down(context.Background(), cfg, testLog{t}); err != nil {
+		// down, not Down: this test already holds the lock.
+		if err := down(context.Background(), cfg, testLog{t}); err != nil {
 			t.Errorf("Down: %v", err)
 		}
 		assertNoLeftovers(t, cfg)
