@@ -74,9 +74,16 @@ func run(ctx context.Context, c Config, hk hooks) error {
 	if err := promReg.Register(dhppmetrics.NewCollector(mgr)); err != nil {
 		return fmt.Errorf("register pool metrics: %w", err)
 	}
+	// RAID degradation under the pools: reported, never fenced. Read once
+	// before CSI is served, so the first health RPC already knows.
+	arrays := newArrayWatcher(mgr.Pools(), c.Health.Period, node.ArrayFinder{}.Arrays)
+	arrays.check()
+	if err := promReg.Register(dhppmetrics.NewArrayCollector(arrays)); err != nil {
+		return fmt.Errorf("register RAID metrics: %w", err)
+	}
 	cmm := metrics.NewCSIMetricsManagerForPlugin(dhpp.DriverName)
 	cmm.WithAdditionalRegistry(promReg)
-	drv, err := driver.New(driver.Config{Manager: mgr, Health: poolHealth{mon}, MaxVolumesPerNode: c.MaxVolumesPerNode, Metrics: cmm})
+	drv, err := driver.New(driver.Config{Manager: mgr, Health: arrayHealth{poolHealth{mon}, arrays}, MaxVolumesPerNode: c.MaxVolumesPerNode, Metrics: cmm})
 	if err != nil {
 		return err
 	}
@@ -138,6 +145,7 @@ func run(ctx context.Context, c Config, hk hooks) error {
 	goRun("CSI server", func() error { return drv.Serve(ctx, l) })
 	goRun("trash purger", func() error { mgr.RunTrashPurger(ctx, c.TrashRetention); return nil })
 	goRun("health monitor", func() error { mon.Run(ctx); return nil })
+	goRun("RAID watcher", func() error { arrays.Run(ctx); return nil })
 	if fencer != nil {
 		goRun("node fencing", func() error { return fencer.Run(ctx) })
 	}

@@ -25,8 +25,22 @@ import (
 //     dhpp writes it onto the wire itself (legacyCondition). csi-test keeps
 //     accepting those capability values for the same reason.
 //
-// The only adverse condition dhpp knows is a fenced pool: its disk failed
-// the health probe, no new volumes go there, existing mounts are kept.
+// dhpp knows two adverse conditions of a pool, and a volume inherits its
+// pool's:
+//
+//   - fenced: the disk failed the health probe, no new volumes go there,
+//     existing mounts are kept. VolumeHealth INACCESSIBLE (reason
+//     PoolFenced), storage STORAGE_UNREACHABLE, legacy condition abnormal.
+//   - degraded: an md array under the pool lost redundancy (a failed or
+//     missing member) but still serves I/O, so the pool is NOT fenced and
+//     keeps taking volumes. VolumeHealth DEGRADED (reason ArrayDegraded),
+//     storage STORAGE_DEGRADED. The legacy VolumeCondition has no
+//     "degraded": dhpp reports abnormal=false with a message naming the
+//     degradation, because kubelet and external-health-monitor turn
+//     abnormal into Warning events on every pod and PVC of the node, and the
+//     pods' data is fully available; the operator signals for a degraded
+//     array are the dhpp_pool_degraded metric, the driver's log and the
+//     CSI 1.13 health RPCs.
 
 // Capability values CSI 1.13 removed but Kubernetes 1.33 still asks for.
 const (
@@ -35,9 +49,29 @@ const (
 )
 
 // Reason strings (CamelCase, for machines and `kubectl describe`).
-const reasonPoolFenced = "PoolFenced"
+const (
+	reasonPoolFenced    = "PoolFenced"
+	reasonArrayDegraded = "ArrayDegraded"
+)
 
-// volumeHealth returns the volume's adverse conditions (none when healthy).
+// PoolDegradation is optionally implemented by the PoolHealth given to the
+// driver: it tells whether a pool's storage runs with reduced redundancy
+// (a degraded RAID array) while still serving I/O. A degraded pool is
+// reported, never refused.
+type PoolDegradation interface {
+	PoolDegraded(pool string) (degraded bool, reason string)
+}
+
+func (d *Driver) degraded(pool string) (bool, string) {
+	pd, ok := d.health.(PoolDegradation)
+	if !ok {
+		return false, ""
+	}
+	return pd.PoolDegraded(pool)
+}
+
+// volumeHealth returns the volume's adverse conditions (none when healthy),
+// the most severe first.
 func (d *Driver) volumeHealth(v *node.Volume) *csi.VolumeHealth {
 	h := &csi.VolumeHealth{VolumeId: v.ID}
 	if fenced, why := d.fenced(v.Pool); fenced {
@@ -47,16 +81,36 @@ func (d *Driver) volumeHealth(v *node.Volume) *csi.VolumeHealth {
 			Message: fmt.Sprintf("pool %q on node %q is fenced after failing its disk health probe: %s; the volume's data is untouched, new volumes go elsewhere", v.Pool, d.nodeID, why),
 		})
 	}
+	if degraded, why := d.degraded(v.Pool); degraded {
+		h.HealthStatuses = append(h.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{
+			Status:  csi.VolumeHealthErrorType_DEGRADED,
+			Reason:  reasonArrayDegraded,
+			Message: fmt.Sprintf("pool %q on node %q runs on a degraded RAID array: %s; the volume is fully usable, but another disk failure may lose its data", v.Pool, d.nodeID, why),
+		})
+	}
 	return h
 }
 
 // conditionOf flattens health into the legacy (abnormal, message) pair.
+// Only conditions worse than DEGRADED are abnormal (see the top of this
+// file); a degradation still shows in the message.
 func conditionOf(h *csi.VolumeHealth) (bool, string) {
-	if len(h.GetHealthStatuses()) == 0 {
-		return false, "volume is healthy"
+	var worst, degraded *csi.VolumeHealth_VolumeHealthEntry
+	for _, e := range h.GetHealthStatuses() {
+		switch {
+		case e.GetStatus() != csi.VolumeHealthErrorType_DEGRADED && worst == nil:
+			worst = e
+		case e.GetStatus() == csi.VolumeHealthErrorType_DEGRADED && degraded == nil:
+			degraded = e
+		}
 	}
-	e := h.GetHealthStatuses()[0]
-	return true, e.GetReason() + ": " + e.GetMessage()
+	switch {
+	case worst != nil:
+		return true, worst.GetReason() + ": " + worst.GetMessage()
+	case degraded != nil:
+		return false, "volume is usable, redundancy reduced: " + degraded.GetReason() + ": " + degraded.GetMessage()
+	}
+	return false, "volume is healthy"
 }
 
 // legacyCondition appends `VolumeCondition volume_condition = 2` (message
@@ -131,7 +185,8 @@ func (d *Driver) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolumeHe
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: d.volumeHealth(v)}, nil
 }
 
-// NodeGetStorageHealth reports each fenced pool as unreachable storage.
+// NodeGetStorageHealth reports each fenced pool as unreachable storage and
+// each pool on a degraded array as degraded storage (both, if both).
 func (d *Driver) NodeGetStorageHealth(context.Context, *csi.NodeGetStorageHealthRequest) (*csi.NodeGetStorageHealthResponse, error) {
 	resp := &csi.NodeGetStorageHealthResponse{}
 	for _, p := range d.nodes.Pools() {
@@ -140,6 +195,13 @@ func (d *Driver) NodeGetStorageHealth(context.Context, *csi.NodeGetStorageHealth
 				Status:  csi.StorageHealthErrorType_STORAGE_UNREACHABLE,
 				Reason:  reasonPoolFenced,
 				Message: fmt.Sprintf("pool %q (%s) on node %q is fenced: %s", p.Name, p.Path, d.nodeID, why),
+			})
+		}
+		if degraded, why := d.degraded(p.Name); degraded {
+			resp.BackendHealth = append(resp.BackendHealth, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
+				Status:  csi.StorageHealthErrorType_STORAGE_DEGRADED,
+				Reason:  reasonArrayDegraded,
+				Message: fmt.Sprintf("pool %q (%s) on node %q runs on a degraded RAID array: %s", p.Name, p.Path, d.nodeID, why),
 			})
 		}
 	}
