@@ -40,7 +40,7 @@ type arrayState struct {
 }
 
 var (
-	_ driver.PoolDegradation   = (*arrayWatcher)(nil)
+	_ driver.PoolDegradation  = (*arrayWatcher)(nil)
 	_ dhppmetrics.ArraySource = (*arrayWatcher)(nil)
 )
 
