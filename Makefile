@@ -10,25 +10,45 @@ export DHPP_CACHE
 
 # Debian packages the tests and the demo use (the VM and cluster harnesses
 # install their own on first use).
-APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod
+APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod busybox-static gcc libc6-dev
 
-.PHONY: all build demo demo-down test unit deps tools bench vet fuzz
+.PHONY: all build demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e unit deps tools bench vet
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/dhpp-driver ./cmd/dhpp-driver
 
-## demo: the README's first command (root): dhpp on a loop-backed demo disk.
-demo: deps build
-	hack/demo.sh up
+## demo: the README's first command (root): the local 3-node cluster, dhpp
+## installed from deploy/, and a StatefulSet with a volume on each node.
+demo: deps
+	hack/demo-cluster.sh up
 
 demo-down:
+	hack/demo-cluster.sh down
+
+## demo-local: the driver alone on a loop-backed disk, driven with grpcurl.
+demo-local: deps build
+	hack/demo.sh up
+
+demo-local-down:
 	hack/demo.sh down
 
-## test: the README's second command (root): every test, as CI runs it.
+cluster-up:
+	$(GO) run ./test/e2e/cmd/dhpp-cluster up --install-dhpp
+
+cluster-down:
+	$(GO) run ./test/e2e/cmd/dhpp-cluster down
+
+## test: the README's second command (root): every test, as CI runs it. The
+## end-to-end tests run last and alone: they bring up the local cluster.
 test: deps tools vet
 	CI=$${CI:-true} CGO_ENABLED=0 $(GO) test -count=1 -timeout 60m ./...
+	$(MAKE) e2e
+
+## e2e: the scenarios on the real local cluster (reuses a running cluster).
+e2e:
+	mkdir -p _output; CI=$${CI:-true} CGO_ENABLED=0 $(GO) test -count=1 -tags e2e -p 1 -v -timeout 45m ./test/e2e/ 2>&1 | tee _output/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|e2e_test|_test.go' ; exit $${PIPESTATUS[0]}
 
 ## unit: the tests that need neither root nor tools (quick local loop).
 unit:
