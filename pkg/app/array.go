@@ -108,7 +108,7 @@ func arrayChange(old, n arrayState, seen bool) (msg string, isErr bool) {
 		}
 		return "Cannot read the RAID state under the pool; reporting the last known state", true
 	}
-	if seen && old.err == "" && describeArrays(n.arrays) == describeArrays(old.arrays) {
+	if seen && old.err == "" && changeKey(n.arrays) == changeKey(old.arrays) {
 		return "", false
 	}
 	switch {
@@ -122,6 +122,21 @@ func arrayChange(old, n arrayState, seen bool) (msg string, isErr bool) {
 		return "The pool is no longer on an md array", false
 	}
 	return "", false
+}
+
+// changeKey is what is worth a log line about arrays: everything but the
+// array_state flips between clean and active that md makes around every
+// burst of writes.
+func changeKey(arrays []node.Array) string {
+	s := make([]string, len(arrays))
+	for i, a := range arrays {
+		switch a.State {
+		case "clean", "active", "active-idle", "write-pending":
+			a.State = "in use"
+		}
+		s[i] = a.String()
+	}
+	return strings.Join(s, "; ")
 }
 
 func describeArrays(arrays []node.Array) string {

@@ -249,6 +249,15 @@ func checkVolume(t *testing.T, drv *driver.Driver, id string, fenced, degraded b
 	}
 }
 
+// withState returns a copy of arrays with array_state set to state.
+func withState(arrays []node.Array, state string) []node.Array {
+	out := append([]node.Array(nil), arrays...)
+	for i := range out {
+		out[i].State = state
+	}
+	return out
+}
+
 func TestArrayChange(t *testing.T) {
 	optimal := arrayState{arrays: raid10(0, "idle", "in_sync", "in_sync")}
 	failed := arrayState{arrays: raid10(1, "idle", "in_sync", "faulty")}
@@ -263,6 +272,8 @@ func TestArrayChange(t *testing.T) {
 		{name: "first reading, optimal", n: optimal, want: "RAID arrays under the pool"},
 		{name: "first reading, degraded", n: failed, want: "is degraded", wantError: true},
 		{name: "no change", old: failed, n: failed, seen: true, want: ""},
+		{name: "clean to active after writes", old: optimal, n: arrayState{arrays: withState(optimal.arrays, "active")}, seen: true, want: ""},
+		{name: "to read-only", old: optimal, n: arrayState{arrays: withState(optimal.arrays, "readonly")}, seen: true, want: "RAID arrays under the pool"},
 		{name: "fails", old: optimal, n: failed, seen: true, want: "is degraded", wantError: true},
 		{name: "recovers", old: failed, n: optimal, seen: true, want: "no longer degraded"},
 		{name: "read error", old: failed, n: arrayState{arrays: failed.arrays, err: "boom"}, seen: true, want: "Cannot read", wantError: true},
