@@ -104,7 +104,9 @@ func TestBadInput(t *testing.T) {
 			return err
 		}, codes.InvalidArgument, `parameter "mode"`},
 		{"create: limit below required", func() error {
-			_, err := d.CreateVolume(ctx, createReq("v", func(r *csi.CreateVolumeRequest) { r.CapacityRange = &csi.CapacityRange{RequiredBytes: 10 << 20, LimitBytes: 5 << 20} }))
+			_, err := d.CreateVolume(ctx, createReq("v", func(r *csi.CreateVolumeRequest) {
+				r.CapacityRange = &csi.CapacityRange{RequiredBytes: 10 << 20, LimitBytes: 5 << 20}
+			}))
 			return err
 		}, codes.InvalidArgument, "limit_bytes"},
 		{"create: negative size", func() error {
@@ -149,7 +151,10 @@ func TestBadInput(t *testing.T) {
 			return err
 		}, codes.NotFound, "does not exist"},
 		{"list: negative max", func() error { _, err := d.ListVolumes(ctx, &csi.ListVolumesRequest{MaxEntries: -1}); return err }, codes.InvalidArgument, "max_entries"},
-		{"list: foreign token", func() error { _, err := d.ListVolumes(ctx, &csi.ListVolumesRequest{StartingToken: "page-2"}); return err }, codes.Aborted, "starting_token"},
+		{"list: foreign token", func() error {
+			_, err := d.ListVolumes(ctx, &csi.ListVolumesRequest{StartingToken: "page-2"})
+			return err
+		}, codes.Aborted, "starting_token"},
 		{"expand: no range", func() error {
 			_, err := d.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: "node-a/default/existing"})
 			return err
