@@ -1,0 +1,166 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+)
+
+// TestCapacity checks the capacity the scheduler sees: one
+// CSIStorageCapacity per node for hostpath-dynamic, falling as volumes are
+// made; a claim larger than any node's free space stays Pending with an
+// event a user can act on; and a btrfs volume's size holds against a pod
+// that writes past it.
+func TestCapacity(t *testing.T) {
+	e := dhppCluster(t)
+	ctx := testCtx(t, 15*time.Minute)
+	ns := e.namespace(t, "capacity")
+
+	before := map[string]int64{}
+	t.Run("one CSIStorageCapacity per node and class", func(t *testing.T) {
+		if err := poll(ctx, time.Minute, time.Second, "a capacity per node", func() (bool, string, error) {
+			caps, err := e.capacities(ctx)
+			if err != nil {
+				return false, "", err
+			}
+			var missing []string
+			for _, n := range nodeNames() {
+				c := caps[n]
+				if c == nil || c.Capacity == nil || c.Capacity.Value() <= 0 {
+					missing = append(missing, n)
+					continue
+				}
+				before[n] = c.Capacity.Value()
+			}
+			return len(missing) == 0, fmt.Sprintf("no positive capacity for %v", missing), nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodeNames() {
+			t.Logf("%s (%s): %s", n, nodeFS(n), mib(before[n]))
+		}
+	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("capacity falls as volumes are made", func(t *testing.T) {
+		const size = 512 << 20
+		for _, n := range nodeNames() {
+			claim := "fill-" + n
+			e.applyYAML(t, ctx, pvcYAML(ns, claim, "512Mi", false))
+			e.applyYAML(t, ctx, podWithClaimYAML(ns, claim, claim, podOpts{node: n}))
+		}
+		for _, n := range nodeNames() {
+			e.waitPVCBound(t, ctx, ns, "fill-"+n, 3*time.Minute)
+		}
+		start := time.Now()
+		for _, n := range nodeNames() {
+			// Volumes are thin, but their sizes are promises: the capacity
+			// must drop by (nearly) the whole size, not by what is written.
+			// The provisioner polls every 10s.
+			want := before[n] - size*9/10
+			var now int64
+			if err := poll(ctx, 2*time.Minute, time.Second, n+" capacity to fall", func() (bool, string, error) {
+				c, err := e.capacityBytes(ctx, n)
+				now = c
+				return err == nil && c <= want && c >= 0, fmt.Sprintf("capacity %s, want <= %s", mib(c), mib(want)), err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s: %s -> %s after a 512Mi volume (seen %s after all were Bound)", n, mib(before[n]), mib(now), time.Since(start).Round(time.Second))
+		}
+	})
+
+	t.Run("a claim larger than any node stays Pending with a clear event", func(t *testing.T) {
+		e.applyYAML(t, ctx, pvcYAML(ns, "huge", "100Gi", false))
+		e.applyYAML(t, ctx, podWithClaimYAML(ns, "huge", "huge", podOpts{}))
+		const want = "did not have enough free storage"
+		var msg string
+		if err := poll(ctx, 2*time.Minute, time.Second, "FailedScheduling event for pod huge", func() (bool, string, error) {
+			evs, err := e.cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: fields.Set{
+				"involvedObject.kind": "Pod", "involvedObject.name": "huge", "reason": "FailedScheduling"}.String()})
+			if err != nil {
+				return false, "", err
+			}
+			for _, ev := range evs.Items {
+				if strings.Contains(ev.Message, want) {
+					msg = ev.Message
+					return true, "", nil
+				}
+				msg = ev.Message
+			}
+			return false, "last event: " + msg, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("event on pod huge: %s", msg)
+		// Still Pending a while later: nothing provisioned it anywhere.
+		time.Sleep(15 * time.Second)
+		pvc, err := e.cs.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "huge", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pvc.Status.Phase != corev1.ClaimPending || pvc.Spec.VolumeName != "" {
+			t.Errorf("claim huge is %s (volume %q), want Pending with no volume", pvc.Status.Phase, pvc.Spec.VolumeName)
+		}
+		pod, err := e.cs.CoreV1().Pods(ns).Get(ctx, "huge", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pod.Spec.NodeName != "" {
+			t.Errorf("pod huge was scheduled to %s", pod.Spec.NodeName)
+		}
+		if sel := pvc.Annotations["volume.kubernetes.io/selected-node"]; sel != "" {
+			t.Errorf("claim huge got a selected node %s: the scheduler should not have picked any", sel)
+		}
+		if err := e.cs.CoreV1().Pods(ns).Delete(ctx, "huge", metav1.DeleteOptions{}); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("a pod cannot write past its claim on btrfs", func(t *testing.T) {
+		e.applyYAML(t, ctx, pvcYAML(ns, "small", "64Mi", false))
+		e.applyYAML(t, ctx, podWithClaimYAML(ns, "small", "small", podOpts{node: btrfsNode}))
+		e.waitPodReady(t, ctx, ns, "small", "", 3*time.Minute)
+		writeLimitCheck(t, e, ctx, ns, "small", 64, 100)
+	})
+}
+
+// writeLimitCheck writes over MiB into a pod's /data/f and expects the
+// write to fail (quota) with the file ending near limit MiB.
+func writeLimitCheck(t *testing.T, e *env, ctx context.Context, ns, pod string, limit, over int) {
+	t.Helper()
+	out, err := e.exec(ctx, ns, pod, "sh", "-c", fmt.Sprintf("dd if=/dev/zero of=/data/f bs=1M count=%d conv=fsync", over))
+	if err == nil {
+		t.Fatalf("writing %d MiB into a %d MiB volume succeeded:\n%s", over, limit, out)
+	}
+	if !strings.Contains(out, "quota exceeded") && !strings.Contains(out, "No space left") {
+		t.Errorf("dd failed, but not with a quota or space error:\n%s", out)
+	}
+	size := e.sh(t, ctx, ns, pod, "stat -c %s /data/f")
+	var n int64
+	fmt.Sscan(size, &n)
+	if n > int64(limit)<<20 {
+		t.Errorf("file grew to %d bytes past the %d MiB limit", n, limit)
+	}
+	t.Logf("dd of %d MiB into a %d MiB volume failed after %s bytes: %s", over, limit, size, lastLine(out))
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	for _, l := range lines {
+		if strings.Contains(l, "error") || strings.Contains(l, "exceeded") {
+			return l
+		}
+	}
+	return lines[len(lines)-1]
+}
