@@ -170,7 +170,13 @@ func (f ArrayFinder) Arrays(path string) ([]Array, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find arrays under %s: read mount table: %w", path, err)
 	}
-	m := mountOf(infos, filepath.Clean(path))
+	// The mount table lists real paths: resolve a pool configured through
+	// a symlink (best effort; a path that does not resolve is taken as is).
+	real := filepath.Clean(path)
+	if r, err := filepath.EvalSymlinks(real); err == nil {
+		real = r
+	}
+	m := mountOf(infos, real)
 	if m == nil {
 		return nil, fmt.Errorf("find arrays under %s: no mount holds it", path)
 	}

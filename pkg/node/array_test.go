@@ -183,6 +183,25 @@ func TestArrayFinder(t *testing.T) {
 	}
 }
 
+// TestArrayFinderSymlink: a pool configured through a symlink is looked up
+// in the mount table by its real path.
+func TestArrayFinderSymlink(t *testing.T) {
+	s := buildSysfs(t)
+	dir := t.TempDir()
+	real, link := filepath.Join(dir, "raid10"), filepath.Join(dir, "pool-link")
+	if err := os.Mkdir(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	mi := writeMountinfo(t, "254:16 / / rw - ext4 /dev/vdb rw", "9:0 / "+real+" rw - xfs /dev/md0 rw")
+	got, err := ArrayFinder{SysfsRoot: s.root, MountInfoPath: mi}.Arrays(link)
+	if err != nil || len(got) != 1 || got[0].Name != "md0" {
+		t.Fatalf("Arrays(%s -> %s) = %v, %v; want md0", link, real, got, err)
+	}
+}
+
 func TestArrayFinderErrors(t *testing.T) {
 	s := buildSysfs(t)
 	// md3 lacks its level: a broken sysfs read is an error, not "no array".
