@@ -487,42 +487,40 @@ func (e *env) driverPod(ctx context.Context, node string) (*corev1.Pod, error) {
 	return nil, fmt.Errorf("no dhpp-node pod on %s", node)
 }
 
-// scrapeMetric reads one sample from the driver's /metrics on node (the
-// host routes to pod IPs); labels are matched as a substring of the
-// series' label set, e.g. `pool="default"`. found is false if no series
-// matches.
-func (e *env) scrapeMetric(ctx context.Context, node, name, labels string) (value float64, found bool, err error) {
+// scrape fetches the driver's /metrics on node (the host routes to pod
+// IPs) in Prometheus text format.
+func (e *env) scrape(ctx context.Context, node string) (string, error) {
 	pod, err := e.driverPod(ctx, node)
 	if err != nil {
-		return 0, false, err
+		return "", err
 	}
 	if pod.Status.PodIP == "" {
-		return 0, false, fmt.Errorf("driver pod %s has no IP yet", pod.Name)
+		return "", fmt.Errorf("driver pod %s has no IP yet", pod.Name)
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, fmt.Sprintf("http://%s:%d/metrics", pod.Status.PodIP, metricsPort), nil)
 	if err != nil {
-		return 0, false, err
+		return "", err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, false, fmt.Errorf("scrape %s: %w", pod.Name, err)
+		return "", fmt.Errorf("scrape %s: %w", pod.Name, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return 0, false, fmt.Errorf("scrape %s: %w", pod.Name, err)
+		return "", fmt.Errorf("scrape %s: %w", pod.Name, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return 0, false, fmt.Errorf("scrape %s: HTTP %d", pod.Name, resp.StatusCode)
+		return "", fmt.Errorf("scrape %s: HTTP %d", pod.Name, resp.StatusCode)
 	}
-	return findSample(string(body), name, labels)
+	return string(body), nil
 }
 
-// findSample finds a sample of metric name whose label set contains labels
-// in Prometheus text format.
-func findSample(text, name, labels string) (float64, bool, error) {
+// sampleSum adds up the samples of metric name whose label set contains
+// labels (e.g. `pool="default"`); found is false if no series matches.
+func sampleSum(text, name, labels string) (sum float64, found bool, err error) {
 	for _, l := range strings.Split(text, "\n") {
 		if !strings.HasPrefix(l, name+"{") && !strings.HasPrefix(l, name+" ") {
 			continue
@@ -534,13 +532,18 @@ func findSample(text, name, labels string) (float64, bool, error) {
 		if !strings.Contains(series, labels) {
 			continue
 		}
-		v, err := strconv.ParseFloat(strings.Fields(val)[0], 64)
+		f := strings.Fields(val)
+		if len(f) == 0 {
+			return 0, false, fmt.Errorf("no value in %q", l)
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
 		if err != nil {
 			return 0, false, fmt.Errorf("parse %q: %w", l, err)
 		}
-		return v, true, nil
+		sum += v
+		found = true
 	}
-	return 0, false, nil
+	return sum, found, nil
 }
 
 // nodeExec runs a command in a node's mount namespace (where its data disk
