@@ -20,9 +20,12 @@ const (
 	ProvisionerTag = "dhpp.local/csi-provisioner:v6.3.0"
 	ResizerTag     = "dhpp.local/csi-resizer:v2.3.0"
 	DriverTag      = "dhpp.local/dhpp-driver:dev"
+	// LocalPathTag is rancher/local-path-provisioner for the cluster
+	// benchmark (deploy/bench/local-path references it).
+	LocalPathTag = "dhpp.local/local-path-provisioner:v0.0.30"
 )
 
-var imageNames = []string{"pause", "busybox", "csi-provisioner", "csi-resizer", "dhpp-driver"}
+var imageNames = []string{"pause", "busybox", "csi-provisioner", "csi-resizer", "dhpp-driver", "local-path-provisioner"}
 
 var recipes = map[string]func(o options, work string) (*imagetar.Image, error){
 	"pause":           pauseImage,
@@ -30,6 +33,32 @@ var recipes = map[string]func(o options, work string) (*imagetar.Image, error){
 	"csi-provisioner": func(o options, _ string) (*imagetar.Image, error) { return sidecar(o.provisioner, ProvisionerTag) },
 	"csi-resizer":     func(o options, _ string) (*imagetar.Image, error) { return sidecar(o.resizer, ResizerTag) },
 	"dhpp-driver":     driverImage,
+	// The binary comes from the tool cache (test/e2e/cluster builds it);
+	// the image is skipped while it is not built.
+	"local-path-provisioner": func(_ options, _ string) (*imagetar.Image, error) {
+		return sidecar(localPathBin(), LocalPathTag)
+	},
+}
+
+// localPathBin is $DHPP_LOCAL_PATH_BIN, or where test/e2e/cluster caches the
+// local-path-provisioner build; "" when neither exists.
+func localPathBin() string {
+	if b := os.Getenv("DHPP_LOCAL_PATH_BIN"); b != "" {
+		return b
+	}
+	cache := os.Getenv("DHPP_CACHE")
+	if cache == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return ""
+		}
+		cache = filepath.Join(home, ".cache", "dhpp")
+	}
+	b := filepath.Join(cache, "bin", "local-path-provisioner-v0.0.30", "local-path-provisioner")
+	if _, err := os.Stat(b); err != nil {
+		return ""
+	}
+	return b
 }
 
 // pauseSource is the whole pause container: it holds the pod's namespaces,

@@ -56,6 +56,13 @@ func Tools() []Tool {
 			Binaries: []string{"csi-resizer"},
 		},
 		{
+			// Only the cluster benchmark (test/e2e/bench) runs it: the
+			// helper-pod provisioner dhpp is compared against.
+			Name: "local-path-provisioner", Version: LocalPathVersion, Module: "hack/tools/local-path-provisioner",
+			Packages: []string{"github.com/rancher/local-path-provisioner"},
+			Ldflags:  "-s -w", Binaries: []string{"local-path-provisioner"},
+		},
+		{
 			Name: "dhpp-cri", Version: CRIToolVersion, Module: "hack/tools/cri",
 			Packages: []string{"./dhpp-cri"}, Ldflags: "-s -w", Binaries: []string{"dhpp-cri"},
 		},
@@ -142,6 +149,15 @@ func (t Tool) Build(ctx context.Context, repo, binDir string) (cached bool, err 
 	}
 	klog.InfoS("built tool", "tool", t.Name, "dir", dest, "took", time.Since(start).Round(time.Second))
 	return false, nil
+}
+
+// LocalPathVersion is the rancher/local-path-provisioner release the cluster
+// benchmark compares dhpp against (hack/tools/local-path-provisioner pins it).
+const LocalPathVersion = "v0.0.30"
+
+// LocalPathBin is the cached local-path-provisioner binary.
+func (c Config) LocalPathBin() string {
+	return filepath.Join(c.binDir(), "local-path-provisioner-"+LocalPathVersion, "local-path-provisioner")
 }
 
 // BuildTools builds every tool (sequentially: the machine has two cores and
