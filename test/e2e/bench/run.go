@@ -288,32 +288,47 @@ func deleteNamespace(c kubernetes.Interface, ns string, timeout time.Duration) e
 	return nil
 }
 
-// installLocalPath builds local-path-provisioner (cached), its image,
-// imports it into every node's containerd, applies deploy/bench/local-path
-// and waits for the Deployment.
-func installLocalPath(ctx context.Context, cfg cluster.Config, c kubernetes.Interface, out io.Writer) error {
-	start := time.Now()
+// Prepare builds what the benchmark installs (the local-path-provisioner
+// tool, cached, and its image) without touching the cluster, and returns
+// the image tarball.
+func Prepare(ctx context.Context) (string, error) {
+	cfg, err := cluster.DefaultConfig()
+	if err != nil {
+		return "", err
+	}
+	return prepareLocalPath(ctx, cfg)
+}
+
+func prepareLocalPath(ctx context.Context, cfg cluster.Config) (string, error) {
 	for _, t := range cluster.Tools() {
 		if t.Name != "local-path-provisioner" {
 			continue
 		}
 		if _, err := t.Build(ctx, cfg.RepoRoot, filepath.Join(cfg.CacheDir, "bin")); err != nil {
-			return fmt.Errorf("build local-path-provisioner: %w", err)
+			return "", fmt.Errorf("build local-path-provisioner: %w", err)
 		}
 	}
 	// BuildImages insists on busybox too (it is cheap and already imported).
 	files, err := cluster.BuildImages(ctx, cfg, "busybox", "local-path-provisioner")
 	if err != nil {
-		return fmt.Errorf("local-path-provisioner image: %w", err)
+		return "", fmt.Errorf("local-path-provisioner image: %w", err)
 	}
-	var img string
 	for _, f := range files {
 		if strings.HasSuffix(f, "local-path-provisioner.tar") {
-			img = f
+			return f, nil
 		}
 	}
-	if img == "" {
-		return fmt.Errorf("hack/images built no local-path-provisioner image (binary %s missing?)", cfg.LocalPathBin())
+	return "", fmt.Errorf("hack/images built no local-path-provisioner image (binary %s missing?)", cfg.LocalPathBin())
+}
+
+// installLocalPath prepares local-path-provisioner, imports its image into
+// every node's containerd, applies deploy/bench/local-path and waits for
+// the Deployment.
+func installLocalPath(ctx context.Context, cfg cluster.Config, c kubernetes.Interface, out io.Writer) error {
+	start := time.Now()
+	img, err := prepareLocalPath(ctx, cfg)
+	if err != nil {
+		return err
 	}
 	nodes, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {

@@ -37,6 +37,7 @@ func main() {
 		jsonOut  = flag.String("json", "_output/bench/results.json", "raw results to write (empty: none)")
 		mdOut    = flag.String("markdown", "_output/bench/results.md", "markdown tables to write (empty: none; always printed)")
 		keep     = flag.Bool("keep-local-path", false, "leave local-path-provisioner installed afterwards")
+		prepare  = flag.Bool("prepare", false, "only build local-path-provisioner and its image (no cluster changes), then exit")
 		force    = flag.Bool("ignore-running-e2e", false, "run even while an e2e test binary is using the shared cluster")
 	)
 	flag.Parse()
@@ -56,6 +57,15 @@ func main() {
 	}
 	for _, p := range strings.Split(*provs, ",") {
 		opt.Provisioners = append(opt.Provisioners, strings.TrimSpace(p))
+	}
+	if *prepare {
+		img, err := bench.Prepare(context.Background())
+		if err != nil {
+			klog.ErrorS(err, "prepare failed")
+			os.Exit(1)
+		}
+		fmt.Println(img)
+		return
 	}
 	if pids := bench.RunningE2E("/proc"); len(pids) > 0 && !*force {
 		fmt.Fprintf(os.Stderr, "dhpp-bench: e2e tests are running on the shared cluster (pids %v); try later or pass --ignore-running-e2e\n", pids)
