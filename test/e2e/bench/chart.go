@@ -125,12 +125,14 @@ func Chart(results []Result) (*image.RGBA, error) {
 		by[r.Provisioner][r.N] = r
 	}
 	sort.Ints(ns)
-	w := marginL + len(ns)*panelW + 20
+	const title = "dhpp vs local-path-provisioner: latency per volume (log scale)"
+	// Wide enough for the title and legend even with a single N.
+	w := max(marginL+len(ns)*panelW+20, marginL+textWidth(title, 2)+20)
 	h := marginT + len(metrics)*(panelH+rowGap) + marginB
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
 	draw.Draw(img, img.Bounds(), &image.Uniform{paper}, image.Point{}, draw.Src)
 
-	drawText(img, marginL, 12, "dhpp vs local-path-provisioner: latency per volume (log scale)", ink, 2)
+	drawText(img, marginL, 12, title, ink, 2)
 	lx := marginL
 	for _, p := range provs {
 		fillRect(img, lx, 40, lx+14, 54, colorOf(p))
@@ -174,18 +176,19 @@ func Chart(results []Result) (*image.RGBA, error) {
 				cx := x0 + 10 + pi*colW
 				ds := m.raw(r)
 				c := colorOf(p)
-				for i, d := range ds {
-					x := cx + 8 + jitter(i, colW-16)
-					fillRect(img, x-1, ax.y(d.Seconds())-1, x+2, ax.y(d.Seconds())+2, c)
-				}
 				if len(ds) == 0 {
 					drawText(img, cx+8, (top+bottom)/2, "no data", otherColor, 1)
 					continue
 				}
+				// Bars first, dots on top: a bar must not hide the values.
 				s := Summarize(ds)
-				fillRect(img, cx+2, ax.y(s.P50.Seconds())-2, cx+colW-2, ax.y(s.P50.Seconds())+2, ink)
+				fillRect(img, cx+2, ax.y(s.P50.Seconds())-1, cx+colW-2, ax.y(s.P50.Seconds())+2, ink)
 				hline(img, cx+2, cx+colW-2, ax.y(s.P95.Seconds()), ink)
 				hline(img, cx+colW/3, cx+2*colW/3, ax.y(s.Max.Seconds()), ink)
+				for i, d := range ds {
+					x := cx + 8 + jitter(i, colW-16)
+					fillRect(img, x-1, ax.y(d.Seconds())-1, x+2, ax.y(d.Seconds())+2, c)
+				}
 				lbl := "p50 " + shortDur(s.P50)
 				drawText(img, cx+colW/2-textWidth(lbl, 1)/2, bottom+30, lbl, c, 1)
 			}

@@ -108,9 +108,8 @@ func TestChartPlacesFasterProvisionerLower(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantW := marginL + 2*panelW + 20
-	if img.Bounds().Dx() != wantW {
-		t.Errorf("width = %d, want %d (two N panels)", img.Bounds().Dx(), wantW)
+	if minW := marginL + 2*panelW; img.Bounds().Dx() < minW {
+		t.Errorf("width = %d, want at least %d (two N panels)", img.Bounds().Dx(), minW)
 	}
 	// Per row (metric) and N column: dhpp's dots sit lower on the picture
 	// (larger y: shorter latency) than local-path's.
