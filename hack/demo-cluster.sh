@@ -26,7 +26,7 @@ kubectl apply -k deploy/kustomize/overlays/local >/dev/null
 kubectl -n dhpp-system rollout status daemonset/dhpp-node --timeout=5m
 kubectl apply -f deploy/examples/statefulset.yaml
 echo "== waiting for the StatefulSet (3 replicas, one per node)"
-kubectl -n dhpp-demo rollout status statefulset/search --timeout=5m
+kubectl -n dhpp-demo rollout status statefulset/demo --timeout=5m
 echo
 echo "kubeconfig: $KUBECONFIG"
 echo "kubectl:    $cache/bin/kubernetes-v1.33.13/kubectl"

@@ -12,7 +12,7 @@ import (
 )
 
 // demoManifest is the StatefulSet the README's first command applies.
-const demoManifest = "demo/statefulset.yaml"
+const demoManifest = "../../deploy/examples/statefulset.yaml"
 
 // TestDemoManifest applies the demo StatefulSet, moved into a namespace of
 // its own (so a user's demo on the same cluster is left alone), and checks
