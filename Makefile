@@ -12,7 +12,7 @@ export DHPP_CACHE
 # install their own on first use).
 APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod busybox-static gcc libc6-dev
 
-.PHONY: all build demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e unit deps tools bench vet
+.PHONY: all build demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e unit deps tools bench bench-cluster vet
 
 all: build
 
@@ -71,3 +71,8 @@ tools:
 ## bench: the Go benchmarks behind docs/benchmarks.md (root).
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./pkg/node/ ./pkg/driver/
+
+## bench-cluster: provisioning at scale on the local cluster, dhpp side by side
+## with local-path-provisioner v0.0.30 (root; ~30 min; docs/benchmarks-cluster.md).
+bench-cluster: deps
+	$(GO) run ./test/e2e/cmd/dhpp-bench --n 10,100,300 --provisioners dhpp,local-path
