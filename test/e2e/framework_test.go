@@ -143,6 +143,9 @@ func hostLeftovers() []string {
 		{"mounts", "mount | grep -E '/mnt/dhpp-data|/var/lib/kubelet|_output/cluster|/run/dhpp-e2e' || true", func(s string) bool { return strings.TrimSpace(s) != "" }},
 		{"iptables", "iptables-save | grep -E 'KUBE|CNI|DHPP' || true", func(s string) bool { return strings.TrimSpace(s) != "" }},
 		{"links", "ip -br link", func(s string) bool { return strings.Contains(s, "dhpp-") }},
+		{"routes", "ip route", func(s string) bool {
+			return strings.Contains(s, "10.244.") || strings.Contains(s, "10.96.") || strings.Contains(s, "10.200.")
+		}},
 		{"cgroups", "ls -d /sys/fs/cgroup/*/dhpp-node-* 2>/dev/null || true", func(s string) bool { return strings.TrimSpace(s) != "" }},
 	}
 	var left []string
@@ -279,16 +282,19 @@ func (e *env) applyYAML(t *testing.T, ctx context.Context, manifest string) {
 	}
 }
 
-// exec runs a command in a pod's first container; the error carries its
-// output, which is how a failing dd or touch explains itself.
+// exec runs a command in a pod's first container and returns its stdout.
+// The error carries stdout and stderr, which is how a failing dd or touch
+// explains itself; stderr is kept out of the result because kubectl adds
+// its own noise there (e.g. websocket "Unknown stream id" lines).
 func (e *env) exec(ctx context.Context, ns, pod string, cmd ...string) (string, error) {
-	args := append([]string{"-n", ns, "exec", pod, "--"}, cmd...)
-	c := exec.CommandContext(ctx, e.cfg.KubeBin("kubectl"), append([]string{"--kubeconfig=" + e.cfg.KubeconfigPath()}, args...)...)
-	out, err := c.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("exec in %s/%s %q: %w: %s", ns, pod, strings.Join(cmd, " "), err, out)
+	args := append([]string{"--kubeconfig=" + e.cfg.KubeconfigPath(), "-n", ns, "exec", pod, "--"}, cmd...)
+	c := exec.CommandContext(ctx, e.cfg.KubeBin("kubectl"), args...)
+	var stdout, stderr strings.Builder
+	c.Stdout, c.Stderr = &stdout, &stderr
+	if err := c.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("exec in %s/%s %q: %w: %s%s", ns, pod, strings.Join(cmd, " "), err, stdout.String(), stderr.String())
 	}
-	return string(out), nil
+	return stdout.String(), nil
 }
 
 // sh runs a shell script in a pod and fails the test if it fails.

@@ -75,11 +75,11 @@ func readOnlyCheck(t *testing.T, e *env, ctx context.Context, ns, node string) {
 		t.Errorf("read-only pod reads %q, want %q", got, "before")
 	}
 	for _, cmd := range []string{"echo x > /data/f", "touch /data/new", "mkdir /data/d"} {
-		out, err := e.exec(ctx, ns, reader, "sh", "-c", cmd)
+		_, err := e.exec(ctx, ns, reader, "sh", "-c", cmd)
 		if err == nil {
 			t.Errorf("%q succeeded on a read-only mount", cmd)
-		} else if !strings.Contains(out, "Read-only file system") {
-			t.Errorf("%q failed, but not with EROFS: %s", cmd, out)
+		} else if !strings.Contains(err.Error(), "Read-only file system") {
+			t.Errorf("%q failed, but not with EROFS: %v", cmd, err)
 		}
 	}
 	mounts := e.sh(t, ctx, ns, reader, "grep ' /data ' /proc/mounts")
