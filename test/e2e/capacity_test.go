@@ -27,6 +27,24 @@ func TestCapacity(t *testing.T) {
 
 	before := map[string]int64{}
 	t.Run("one CSIStorageCapacity per node and class", func(t *testing.T) {
+		// Volumes earlier tests deleted sit in the trash until the purge,
+		// and a purge during the measurements below would free their
+		// written data and mask the fall: start from empty trashes.
+		trash := cluster.PoolDir + "/.dhpp/trash"
+		if err := poll(ctx, trashRetention+time.Minute, time.Second, "empty trash on every node", func() (bool, string, error) {
+			for _, n := range nodeNames() {
+				out, err := cluster.NodeExec(ctx, e.cfg, n, "ls", "-A", trash)
+				if err != nil {
+					return false, "", err
+				}
+				if out != "" {
+					return false, n + " trash: " + strings.ReplaceAll(out, "\n", " "), nil
+				}
+			}
+			return true, "", nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 		if err := poll(ctx, time.Minute, time.Second, "a capacity per node", func() (bool, string, error) {
 			caps, err := e.capacities(ctx)
 			if err != nil {
