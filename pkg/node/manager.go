@@ -545,6 +545,9 @@ func (m *Manager) RunTrashPurger(ctx context.Context, retention time.Duration) {
 		} else if n > 0 {
 			klog.InfoS("Purged trashed volumes", "count", n, "retention", retention)
 		}
+		for _, p := range m.pools {
+			p.CheckQuota()
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -58,6 +58,7 @@ type Pool struct {
 	rootFile *os.File // an open fd on it, for statfs and ioctls
 	backend  backend  // carves new volumes
 	// backends serves existing volumes by the backend that made them.
+	bmu      sync.Mutex
 	backends map[BackendKind]backend
 
 	mu          sync.RWMutex
@@ -125,6 +126,8 @@ func (p *Pool) init(kind BackendKind) error {
 
 // backendFor returns the backend that serves an existing volume.
 func (p *Pool) backendFor(kind BackendKind) (backend, error) {
+	p.bmu.Lock()
+	defer p.bmu.Unlock()
 	if b, ok := p.backends[kind]; ok {
 		return b, nil
 	}
@@ -472,6 +475,18 @@ func (p *Pool) expand(ctx context.Context, v *Volume, newSize int64) (*Volume, e
 	}
 	p.put(next)
 	return next.clone(), nil
+}
+
+// CheckQuota verifies that the pool's size enforcement is in effect (btrfs:
+// qgroup accounting consistent, else a rescan is started). The trash
+// purger calls it on every round.
+func (p *Pool) CheckQuota() {
+	p.bmu.Lock()
+	b, ok := p.backends[BackendBtrfs].(btrfsBackend)
+	p.bmu.Unlock()
+	if ok {
+		b.checkQuota()
+	}
 }
 
 func trashName(name string, t time.Time) string {

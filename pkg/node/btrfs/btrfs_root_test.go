@@ -458,3 +458,36 @@ func BenchmarkCreateDeleteSubvolume(b *testing.B) {
 		}
 	}
 }
+
+// TestQuotaStatusAndRescan: a freshly enabled quota is consistent, and a
+// rescan can be started (and waited for) at any time.
+func TestQuotaStatusAndRescan(t *testing.T) {
+	d := testdisk.New(t, "btrfs", 256<<20)
+	f, err := os.Open(d.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := EnableQuota(f); err != nil {
+		t.Fatal(err)
+	}
+	if err := WaitRescan(f); err != nil {
+		t.Fatal(err)
+	}
+	if err := Sync(f); err != nil {
+		t.Fatal(err)
+	}
+	st, err := Status(f)
+	if err != nil || st.Inconsistent {
+		t.Fatalf("Status after enable = %+v, %v; want consistent", st, err)
+	}
+	if err := StartRescan(f); err != nil {
+		t.Fatalf("StartRescan: %v", err)
+	}
+	if err := StartRescan(f); err != nil {
+		t.Fatalf("StartRescan while one may run: %v", err)
+	}
+	if err := WaitRescan(f); err != nil {
+		t.Fatal(err)
+	}
+}
