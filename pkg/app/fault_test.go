@@ -108,6 +108,41 @@ func (d *driverUnderTest) create(name string) (*csi.CreateVolumeResponse, error)
 	})
 }
 
+// publishRunning creates a volume and stages and publishes it as the
+// kubelet does for a running pod; cleanup unpublishes and unstages it.
+func (d *driverUnderTest) publishRunning(t *testing.T, name string) (volID, target string) {
+	t.Helper()
+	ctx := context.Background()
+	vol, err := d.create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	volID = vol.GetVolume().GetVolumeId()
+	work := t.TempDir()
+	staging := filepath.Join(work, "staging")
+	target = filepath.Join(work, "target")
+	for _, p := range []string{staging, target} {
+		if err := os.Mkdir(p, 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: staging, VolumeCapability: mountCap[0]}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: mountCap[0]}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := d.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: volID, TargetPath: target}); err != nil {
+			t.Errorf("NodeUnpublishVolume: %v", err)
+		}
+		if _, err := d.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: volID, StagingTargetPath: staging}); err != nil {
+			t.Errorf("NodeUnstageVolume: %v", err)
+		}
+	})
+	return volID, target
+}
+
 func (d *driverUnderTest) capacity() int64 {
 	d.t.Helper()
 	r, err := d.ctl.GetCapacity(context.Background(), &csi.GetCapacityRequest{VolumeCapabilities: mountCap})
@@ -233,28 +268,7 @@ func testFaultReadOnly(t *testing.T, fs string, backend node.BackendKind) {
 	ctx := context.Background()
 
 	// A published volume with data, as a running pod would have.
-	vol, err := d.create("pvc-running")
-	if err != nil {
-		t.Fatal(err)
-	}
-	volID := vol.GetVolume().GetVolumeId()
-	work := t.TempDir()
-	staging, target := filepath.Join(work, "staging"), filepath.Join(work, "target")
-	for _, p := range []string{staging, target} {
-		if err := os.Mkdir(p, 0o750); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := d.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: staging, VolumeCapability: mountCap[0]}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: mountCap[0]}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = d.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: volID, TargetPath: target})
-		_, _ = d.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: volID, StagingTargetPath: staging})
-	})
+	volID, target := d.publishRunning(t, "pvc-running")
 	data := []byte("written before the disk failed\n")
 	if err := os.WriteFile(filepath.Join(target, "db"), data, 0o644); err != nil {
 		t.Fatal(err)

@@ -353,32 +353,7 @@ func TestRAID10WriteEIOVM(t *testing.T) {
 	pl := map[string]string{"pool": "default"}
 
 	// A published volume with data, as a running pod would have.
-	vol, err := d.create("pvc-running")
-	if err != nil {
-		t.Fatal(err)
-	}
-	volID := vol.GetVolume().GetVolumeId()
-	work := t.TempDir()
-	staging, target := filepath.Join(work, "staging"), filepath.Join(work, "target")
-	for _, p := range []string{staging, target} {
-		if err := os.Mkdir(p, 0o750); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := d.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: volID, StagingTargetPath: staging, VolumeCapability: mountCap[0]}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: volID, StagingTargetPath: staging, TargetPath: target, VolumeCapability: mountCap[0]}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if _, err := d.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: volID, TargetPath: target}); err != nil {
-			t.Errorf("NodeUnpublishVolume: %v", err)
-		}
-		if _, err := d.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: volID, StagingTargetPath: staging}); err != nil {
-			t.Errorf("NodeUnstageVolume: %v", err)
-		}
-	})
+	volID, target := d.publishRunning(t, "pvc-running")
 	data := []byte("written before the disk failed\n")
 	if err := os.WriteFile(filepath.Join(target, "db"), data, 0o644); err != nil {
 		t.Fatal(err)
