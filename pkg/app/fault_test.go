@@ -143,6 +143,23 @@ func (d *driverUnderTest) publishRunning(t *testing.T, name string) (volID, targ
 	return volID, target
 }
 
+// waitUnfencedOnNode waits until the Node has lost the pool's fenced label
+// and carries exactly the events PoolFenced then PoolUnfenced.
+func (d *driverUnderTest) waitUnfencedOnNode(t *testing.T, nodeName string) {
+	t.Helper()
+	ctx := context.Background()
+	waitFor(t, "label removed and PoolFenced, PoolUnfenced events on "+nodeName, func() bool {
+		n, _ := d.kube.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
+		evs, _ := d.kube.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
+		_, labelled := n.Labels[kube.PoolLabelPrefix+"default"]
+		var rs []string
+		for _, e := range evs.Items {
+			rs = append(rs, e.Reason)
+		}
+		return !labelled && strings.Join(rs, ",") == kube.ReasonPoolFenced+","+kube.ReasonPoolUnfenced
+	})
+}
+
 func (d *driverUnderTest) capacity() int64 {
 	d.t.Helper()
 	r, err := d.ctl.GetCapacity(context.Background(), &csi.GetCapacityRequest{VolumeCapabilities: mountCap})
@@ -402,16 +419,7 @@ func testFaultReadOnly(t *testing.T, fs string, backend node.BackendKind) {
 		return err == nil
 	})
 	checkHealthy("unfenced")
-	waitFor(t, "label removed and PoolUnfenced event", func() bool {
-		n, _ := d.kube.CoreV1().Nodes().Get(ctx, "fault-node", metav1.GetOptions{})
-		evs, _ := d.kube.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
-		_, labelled := n.Labels[kube.PoolLabelPrefix+"default"]
-		var rs []string
-		for _, e := range evs.Items {
-			rs = append(rs, e.Reason)
-		}
-		return !labelled && strings.Join(rs, ",") == kube.ReasonPoolFenced+","+kube.ReasonPoolUnfenced
-	})
+	d.waitUnfencedOnNode(t, "fault-node")
 	if got, err := os.ReadFile(filepath.Join(target, "db")); err != nil || !bytes.Equal(got, data) {
 		t.Errorf("published volume after recovery: %q, %v", got, err)
 	}

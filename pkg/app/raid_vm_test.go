@@ -501,16 +501,7 @@ func TestRAID10WriteEIOVM(t *testing.T) {
 	if v, _ := d.gauge("dhpp_pool_health_state", map[string]string{"pool": "default", "state": "Healthy"}); v != 1 {
 		t.Errorf("unfenced: pool is not Healthy")
 	}
-	waitFor(t, "label removed and PoolFenced, PoolUnfenced events", func() bool {
-		n, _ := d.kube.CoreV1().Nodes().Get(ctx, "eio-node", metav1.GetOptions{})
-		evs, _ := d.kube.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
-		_, labelled := n.Labels[kube.PoolLabelPrefix+"default"]
-		var rs []string
-		for _, e := range evs.Items {
-			rs = append(rs, e.Reason)
-		}
-		return !labelled && strings.Join(rs, ",") == kube.ReasonPoolFenced+","+kube.ReasonPoolUnfenced
-	})
+	d.waitUnfencedOnNode(t, "eio-node")
 	// The running pod's data survived, and the pool takes writes again.
 	if got, err := os.ReadFile(filepath.Join(target, "db")); err != nil || !bytes.Equal(got, data) {
 		t.Errorf("published volume after recovery: %q, %v", got, err)

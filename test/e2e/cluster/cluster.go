@@ -184,9 +184,9 @@ func lock(ctx context.Context, out io.Writer, timeout time.Duration) (unlock fun
 // ErrAlreadyRunning is returned by Up when a live cluster is found.
 var ErrAlreadyRunning = errors.New("cluster is already running")
 
-// Up brings the cluster up and prints each phase's duration to out. On a
-// failure it leaves the state on disk; Down cleans it up.
-func Up(ctx context.Context, cfg Config, out io.Writer) error {
+// locked runs f as root under the machine-wide harness lock, so up, down
+// and the node test never interleave.
+func locked(ctx context.Context, cfg Config, out io.Writer, f func(context.Context, Config, io.Writer) error) error {
 	if os.Geteuid() != 0 {
 		return errNotRoot
 	}
@@ -195,7 +195,13 @@ func Up(ctx context.Context, cfg Config, out io.Writer) error {
 		return err
 	}
 	defer unlock()
-	return up(ctx, cfg, out)
+	return f(ctx, cfg, out)
+}
+
+// Up brings the cluster up and prints each phase's duration to out. On a
+// failure it leaves the state on disk; Down cleans it up.
+func Up(ctx context.Context, cfg Config, out io.Writer) error {
+	return locked(ctx, cfg, out, up)
 }
 
 func up(ctx context.Context, cfg Config, out io.Writer) error {
@@ -416,15 +422,7 @@ func InstallDHPP(ctx context.Context, cfg Config, out io.Writer) error {
 // cleaning by name (bridge, netns, loop devices of our images, cgroups)
 // where there is not. It is safe to run repeatedly.
 func Down(ctx context.Context, cfg Config, out io.Writer) error {
-	if os.Geteuid() != 0 {
-		return errNotRoot
-	}
-	unlock, err := lock(ctx, out, 30*time.Minute)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	return down(ctx, cfg, out)
+	return locked(ctx, cfg, out, down)
 }
 
 func down(ctx context.Context, cfg Config, out io.Writer) error {
