@@ -50,7 +50,10 @@ func TestRatios(t *testing.T) {
 func TestMarkdownAndJSON(t *testing.T) {
 	rep := &Report{Results: []Result{
 		{Provisioner: "dhpp", N: 10, Bound: Summary{Count: 10, P50: 200 * time.Millisecond}, BindThroughput: 2.5,
-			Usage: []ProcUsage{{Executable: "dhpp-driver", Processes: 3, CPUSeconds: 1.25, PeakRSS: 30 << 20}}},
+			NodeSelected: Summary{Count: 10, P50: 20 * time.Millisecond, Max: 40 * time.Millisecond},
+			PVCreated:    Summary{Count: 10, P50: 90 * time.Millisecond, Max: 1500 * time.Millisecond},
+			PVReleased:   Summary{Count: 10, P50: 300 * time.Millisecond},
+			Usage:        []ProcUsage{{Executable: "dhpp-driver", Processes: 3, CPUSeconds: 1.25, PeakRSS: 30 << 20}}},
 		{Provisioner: "local-path", N: 10, Bound: Summary{Count: 9, P50: 4 * time.Second}, Err: "claims not bound"},
 	}}
 	var b strings.Builder
@@ -61,6 +64,7 @@ func TestMarkdownAndJSON(t *testing.T) {
 		"| local-path | 10 | 9 | 4.00 s |",
 		"| dhpp | 10 | dhpp-driver (3) | 1.2 | 30 MiB | – |",
 		"| 10 | 20.0× |",
+		"| dhpp | 10 | 20 ms | 40 ms | 90 ms | 1.50 s | 200 ms | – | 300 ms | – | – | – |",
 		"- local-path N=10: claims not bound",
 	} {
 		if !strings.Contains(out, want) {

@@ -74,6 +74,12 @@ type Result struct {
 	Bound       Summary
 	Running     Summary
 	PVDeleted   Summary
+	// The stages of PVC→Bound, from the claim's create: node selected by
+	// the scheduler, PV created by the provisioner.
+	NodeSelected, PVCreated Summary
+	// The first stage of PV deletion, from the claim's delete: the PV
+	// binder marking the PV Released.
+	PVReleased Summary
 	// Volumes per second: N over the span from the first create to the
 	// last Bound, and from the first claim delete to the last PV gone.
 	BindThroughput, DeleteThroughput float64
@@ -190,6 +196,8 @@ func runRound(ctx context.Context, client kubernetes.Interface, p Provisioner, n
 	if t != nil {
 		r.BoundRaw, r.RunningRaw, r.DeletedRaw = nonZero(t.Bound), nonZero(t.Running), nonZero(t.PVDeleted)
 		r.Bound, r.Running, r.PVDeleted = Summarize(r.BoundRaw), Summarize(r.RunningRaw), Summarize(r.DeletedRaw)
+		r.NodeSelected, r.PVCreated = Summarize(nonZero(t.NodeSelected)), Summarize(nonZero(t.PVCreated))
+		r.PVReleased = Summarize(nonZero(t.PVReleased))
 		r.BindSpan, r.RunSpan, r.DeleteSpan, r.PodTeardown = t.BindSpan, t.RunSpan, t.DeleteSpan, t.PodTeardown
 		r.BindThroughput = Throughput(r.Bound.Count, t.BindSpan)
 		r.DeleteThroughput = Throughput(r.PVDeleted.Count, t.DeleteSpan)

@@ -37,6 +37,13 @@ type Workload struct {
 // duration means the event was not seen before the timeout.
 type Timings struct {
 	Bound, Running, PVDeleted []time.Duration
+	// The stages of PVC→Bound, from the claim's create: the scheduler
+	// writing the selected-node annotation, and the PV object appearing
+	// (the provisioner's work done; the rest is the PV binder's).
+	NodeSelected, PVCreated []time.Duration
+	// The first stage of PV deletion, from the claim's delete: the PV
+	// binder marking the PV Released (then the provisioner deletes it).
+	PVReleased []time.Duration
 	// Spans from the first create to the last Bound/Running, and from the
 	// first PVC delete to the last PV gone: the throughput denominators.
 	BindSpan, RunSpan, DeleteSpan time.Duration
@@ -132,6 +139,7 @@ func parallel(n, k int, f func(i int) error) error {
 // create/delete timestamps just before each call. The namespace must exist.
 func (w Workload) Run(ctx context.Context) (*Timings, error) {
 	bound, running, podGone, pvGone := newTimes(), newTimes(), newTimes(), newTimes()
+	selected, pvSeen, released := newTimes(), newTimes(), newTimes()
 	var pvMu sync.Mutex
 	pvOfClaim := map[string]string{} // PV name -> claim name
 	nodeOf := map[string]string{}    // claim -> node
@@ -145,8 +153,16 @@ func (w Workload) Run(ctx context.Context) (*Timings, error) {
 	pvInf := cache.NewSharedIndexInformer(cache.NewListWatchFromClient(w.Client.CoreV1().RESTClient(), "persistentvolumes", metav1.NamespaceAll, fields.Everything()), &corev1.PersistentVolume{}, 0, cache.Indexers{})
 
 	onPVC := func(obj any) {
-		if c, ok := obj.(*corev1.PersistentVolumeClaim); ok && c.Status.Phase == corev1.ClaimBound {
-			bound.mark(c.Name, time.Now())
+		c, ok := obj.(*corev1.PersistentVolumeClaim)
+		if !ok {
+			return
+		}
+		now := time.Now()
+		if _, ok := c.Annotations[annSelectedNode]; ok {
+			selected.mark(c.Name, now)
+		}
+		if c.Status.Phase == corev1.ClaimBound {
+			bound.mark(c.Name, now)
 		}
 	}
 	onPod := func(obj any) {
@@ -156,6 +172,11 @@ func (w Workload) Run(ctx context.Context) (*Timings, error) {
 	}
 	onPV := func(obj any) {
 		if pv, ok := obj.(*corev1.PersistentVolume); ok && pv.Spec.ClaimRef != nil && pv.Spec.ClaimRef.Namespace == w.Namespace {
+			now := time.Now()
+			pvSeen.mark(pv.Spec.ClaimRef.Name, now)
+			if pv.Status.Phase == corev1.VolumeReleased {
+				released.mark(pv.Spec.ClaimRef.Name, now)
+			}
 			pvMu.Lock()
 			pvOfClaim[pv.Name] = pv.Spec.ClaimRef.Name
 			if na := pv.Spec.NodeAffinity; na != nil && na.Required != nil {
@@ -224,9 +245,17 @@ func (w Workload) Run(ctx context.Context) (*Timings, error) {
 	defer cancelUp()
 	errBound := bound.waitCount(upCtx, w.N)
 	errRun := running.waitCount(upCtx, w.N)
-	t := &Timings{Bound: make([]time.Duration, w.N), Running: make([]time.Duration, w.N), PVDeleted: make([]time.Duration, w.N), Nodes: map[string]int{}}
+	t := &Timings{Bound: make([]time.Duration, w.N), Running: make([]time.Duration, w.N), PVDeleted: make([]time.Duration, w.N),
+		NodeSelected: make([]time.Duration, w.N), PVCreated: make([]time.Duration, w.N), PVReleased: make([]time.Duration, w.N),
+		Nodes: map[string]int{}}
 	var lastBound, lastRun time.Time
 	for i := range w.N {
+		if at, ok := selected.get(w.pvcName(i)); ok {
+			t.NodeSelected[i] = at.Sub(created[i])
+		}
+		if at, ok := pvSeen.get(w.pvcName(i)); ok {
+			t.PVCreated[i] = at.Sub(created[i])
+		}
 		if at, ok := bound.get(w.pvcName(i)); ok {
 			t.Bound[i] = at.Sub(created[i])
 			lastBound = later(lastBound, at)
@@ -283,6 +312,9 @@ func (w Workload) Run(ctx context.Context) (*Timings, error) {
 	errGone := pvGone.waitCount(delCtx, wantGone)
 	var lastGone time.Time
 	for i := range w.N {
+		if at, ok := released.get(w.pvcName(i)); ok {
+			t.PVReleased[i] = at.Sub(deleted[i])
+		}
 		if at, ok := pvGone.get(w.pvcName(i)); ok {
 			t.PVDeleted[i] = at.Sub(deleted[i])
 			lastGone = later(lastGone, at)
@@ -304,6 +336,10 @@ func (w Workload) Run(ctx context.Context) (*Timings, error) {
 	}
 	return t, nil
 }
+
+// annSelectedNode is how the scheduler hands a WaitForFirstConsumer claim
+// its node (k8s.io/component-helpers/storage/volume.AnnSelectedNode).
+const annSelectedNode = "volume.kubernetes.io/selected-node"
 
 func later(a, b time.Time) time.Time {
 	if b.After(a) {

@@ -2,11 +2,14 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -77,7 +80,15 @@ func startControlPlane(ctx context.Context, cfg Config, pki *PKI, st *State) err
 		"--service-cluster-ip-range=" + ServiceCIDR,
 		"--cluster-signing-cert-file=" + pki.CA(), "--cluster-signing-key-file=" + pki.path("ca.key"),
 		"--root-ca-file=" + pki.CA(), "--service-account-private-key-file=" + pki.path("sa.key"),
-		"--use-service-account-credentials=true", "--v=1"}
+		"--use-service-account-credentials=true",
+		// The PV binder binds one claim at a time with three writes (PV
+		// status, claim, claim status) plus its events, all under this
+		// client rate. Upstream's 20/30 capped it at about 4 claims/s once
+		// the API was fast (measured: N=100 PVC→Bound p50 16.6 s, 41
+		// client-side throttling waits; 3.5 s and none at 100/200).
+		// Clusters that create claims in bulk raise it the same way.
+		"--kube-api-qps=100", "--kube-api-burst=200",
+		"--v=1"}
 	if err := startCP(st, cfg, "kube-controller-manager", cm); err != nil {
 		return err
 	}
@@ -102,13 +113,44 @@ func startControlPlane(ctx context.Context, cfg Config, pki *PKI, st *State) err
 	return nil
 }
 
+// ControlPlaneNice is the CPU priority of the control plane's processes.
+//
+// A real cluster runs etcd and the control plane on machines of their own;
+// here they share two cores with three kubelets, three containerds and every
+// pod. The Debian kernel enables autogroup scheduling, which splits CPU time
+// fairly between sessions, not processes, and every container shim is a
+// session of its own: with 100 pods starting, etcd and kube-apiserver got
+// about 1/100 of the CPU each, every API call took 50-120 ms, and the PV
+// binder (one worker, three writes per claim) bound 3.5 claims/s. Measured
+// with `dhpp-bench --n 100 --provisioners dhpp`: PVC→Bound p50 13.4 s, max
+// 26 s at nice 0; 3.5 s and 4.8 s with the control plane at -10. -10 is the
+// autogroup nice (which decides between sessions) and the thread nice
+// (which decides where autogroup is off).
+const ControlPlaneNice = -10
+
 func startCP(st *State, cfg Config, name string, argv []string) error {
+	// nice(1) sets the priority before exec, so every thread inherits it.
+	argv = append([]string{"nice", "-n", strconv.Itoa(ControlPlaneNice)}, argv...)
 	p, err := startDaemon(name, filepath.Join(cfg.logDir(), name+".log"), argv)
 	if err != nil {
 		return err
 	}
 	st.ControlPlane = append(st.ControlPlane, p)
-	return st.save()
+	if err := st.save(); err != nil {
+		return err
+	}
+	return setAutogroupNice(p.PID, ControlPlaneNice)
+}
+
+// setAutogroupNice sets the nice value of pid's autogroup (its session's
+// share against other sessions; see sched(7)). Kernels built without
+// autogroup have no such file, and then the thread nice is what counts.
+func setAutogroupNice(pid, nice int) error {
+	err := os.WriteFile(fmt.Sprintf("/proc/%d/autogroup", pid), []byte(strconv.Itoa(nice)), 0)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("set the autogroup nice of pid %d: %w", pid, err)
+	}
+	return nil
 }
 
 // etcdHealthy asks etcd's /health endpoint (etcdctl is not in etcd-server).
