@@ -273,11 +273,15 @@ func (w Workload) Run(ctx context.Context) (*Timings, error) {
 	}
 
 	// Pods first: a claim in use is held by its protection finalizer, and
-	// then the PV deletion time would include pod teardown.
+	// then the PV deletion time would include pod teardown. The delete is
+	// graceful, as a StatefulSet's is: the pod object goes only after the
+	// kubelet has stopped it and unmounted its volumes. (A grace period of
+	// 0 is a force delete: the object vanishes at once while the volume is
+	// still mounted, and the provisioner's DeleteVolume then meets a
+	// mounted volume and backs off.)
 	podDel := time.Now()
-	zero := int64(0)
 	err = parallel(w.N, w.Parallel, func(i int) error {
-		err := w.Client.CoreV1().Pods(w.Namespace).Delete(ctx, w.podName(i), metav1.DeleteOptions{GracePeriodSeconds: &zero})
+		err := w.Client.CoreV1().Pods(w.Namespace).Delete(ctx, w.podName(i), metav1.DeleteOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete pod %s: %w", w.podName(i), err)
 		}
@@ -371,11 +375,13 @@ func (w Workload) claim(i int) *corev1.PersistentVolumeClaim {
 // not really mounted writable fails the pod) and then sleeps. The node is
 // pinned round-robin so both provisioners get the same spread.
 func (w Workload) pod(i int) *corev1.Pod {
-	zero := int64(0)
+	// 1 s: sleep as PID 1 ignores SIGTERM, so the kubelet kills it after
+	// the grace period; 0 would make every delete a force delete.
+	grace := int64(1)
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: w.podName(i), Labels: map[string]string{"app.kubernetes.io/name": "dhpp-bench"}},
 		Spec: corev1.PodSpec{
-			TerminationGracePeriodSeconds: &zero,
+			TerminationGracePeriodSeconds: &grace,
 			Containers: []corev1.Container{{
 				Name:            "c",
 				Image:           w.Image,
