@@ -6,7 +6,10 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -75,6 +78,34 @@ func TestProcAliveAndStop(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(log); !strings.Contains(string(b), "sleep 300") {
 		t.Errorf("log lacks the command line: %q", b)
+	}
+}
+
+// The control plane's session gets a lower autogroup nice than the pods'
+// shims, or 100 starting pods starve the API (see ControlPlaneNice).
+func TestSetAutogroupNice(t *testing.T) {
+	p, err := startDaemon("sleep", filepath.Join(t.TempDir(), "sleep.log"), []string{"sleep", "300"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = p.Stop(5 * time.Second) }()
+	// A positive nice needs no privilege, so this runs as any user.
+	if err := setAutogroupNice(p.PID, 7); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/autogroup", p.PID))
+	if errors.Is(err, fs.ErrNotExist) {
+		// Kernel without autogroup: a no-op, the thread nice applies.
+		t.Skip("this kernel has no autogroup scheduling (/proc/PID/autogroup)")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(strings.TrimSpace(string(b)), "nice 7") {
+		t.Errorf("autogroup of the daemon = %q, want nice 7", b)
+	}
+	if err := setAutogroupNice(1<<22+1, 7); err == nil {
+		t.Error("setAutogroupNice of a PID that does not exist: no error")
 	}
 }
 

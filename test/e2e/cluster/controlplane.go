@@ -146,8 +146,10 @@ func startCP(st *State, cfg Config, name string, argv []string) error {
 // share against other sessions; see sched(7)). Kernels built without
 // autogroup have no such file, and then the thread nice is what counts.
 func setAutogroupNice(pid, nice int) error {
-	err := os.WriteFile(fmt.Sprintf("/proc/%d/autogroup", pid), []byte(strconv.Itoa(nice)), 0)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat("/proc/self/autogroup"); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/autogroup", pid), []byte(strconv.Itoa(nice)), 0); err != nil {
 		return fmt.Errorf("set the autogroup nice of pid %d: %w", pid, err)
 	}
 	return nil
