@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +28,8 @@ type arrayWatcher struct {
 
 	mu    sync.RWMutex
 	state map[string]arrayState
+	// notify hears of changes in a pool's degradation (OnDegradation).
+	notify func(pool string, degraded bool, detail string)
 }
 
 type arrayPool struct{ name, path string }
@@ -66,7 +69,8 @@ func (w *arrayWatcher) Run(ctx context.Context) {
 	}
 }
 
-// check reads every pool's arrays once and logs what changed.
+// check reads every pool's arrays once, logs what changed and tells
+// notify when a pool's degradation changed.
 func (w *arrayWatcher) check() {
 	for _, p := range w.pools {
 		arrays, err := w.find(p.path)
@@ -77,8 +81,38 @@ func (w *arrayWatcher) check() {
 			n = arrayState{arrays: old.arrays, err: err.Error()}
 		}
 		w.state[p.name] = n
+		notify := w.notify
 		w.mu.Unlock()
 		logArrayChange(p, old, n, seen)
+		if notify != nil && degradationKey(old.arrays) != degradationKey(n.arrays) {
+			if d := degradedArrays(n.arrays); d != "" {
+				notify(p.name, true, d)
+			} else {
+				notify(p.name, false, describeArrays(n.arrays))
+			}
+		}
+	}
+}
+
+// OnDegradation registers f to hear, on the watcher's goroutine, when a
+// pool's arrays become degraded, lose or regain a member slot (another
+// disk fails, a rebuild completes) or regain full redundancy
+// (degradationKey). f is called at once
+// for every pool degraded now, so a restarted driver reports a
+// degradation that is still there. f must not block.
+func (w *arrayWatcher) OnDegradation(f func(pool string, degraded bool, detail string)) {
+	type degraded struct{ pool, detail string }
+	var now []degraded
+	w.mu.Lock()
+	w.notify = f
+	for _, p := range w.pools {
+		if d := degradedArrays(w.state[p.name].arrays); d != "" {
+			now = append(now, degraded{p.name, d})
+		}
+	}
+	w.mu.Unlock()
+	for _, d := range now {
+		f(d.pool, true, d.detail)
 	}
 }
 
@@ -145,6 +179,21 @@ func describeArrays(arrays []node.Array) string {
 		s[i] = a.String()
 	}
 	return strings.Join(s, "; ")
+}
+
+// degradationKey identifies how far arrays are degraded ("" if not at
+// all): which arrays, how many member slots lack a working device, whether
+// one is broken. md counts a failed member as missing at once, so a second
+// failure changes the key, while removing a failed member, adding a
+// replacement and rebuild progress do not, until the rebuild completes.
+func degradationKey(arrays []node.Array) string {
+	var s []string
+	for _, a := range arrays {
+		if a.IsDegraded() {
+			s = append(s, fmt.Sprintf("%s/%d/%t", a.Name, a.Degraded, a.State == "broken"))
+		}
+	}
+	return strings.Join(s, ";")
 }
 
 // degradedArrays describes the degraded ones among arrays, "" if none.

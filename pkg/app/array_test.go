@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -313,5 +314,60 @@ func TestArrayWatcherRun(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after cancel")
+	}
+}
+
+// TestArrayWatcherDegradationNotices walks a RAID10 under a pool through
+// a disk failure, a second failure, a rebuild with progress and recovery,
+// and checks what the Node Event callback hears at each reading: changes
+// in redundancy only, never rebuild progress or read errors.
+func TestArrayWatcherDegradationNotices(t *testing.T) {
+	ff := &fakeFinder{arrays: map[string][]node.Array{}}
+	mgr, err := node.New(node.Config{NodeID: "n1", Pools: []node.PoolConfig{{Name: "p", Path: t.TempDir(), Backend: node.BackendDir}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(mgr.Close)
+	path := mgr.Pools()[0].Path
+	w := newArrayWatcher(mgr.Pools(), time.Hour, ff.find)
+
+	// Degraded before the callback is registered (a driver restart): it
+	// hears of it at registration.
+	ff.set(path, raid10(1, "idle", "in_sync", "faulty", "in_sync", "in_sync"), nil)
+	w.check()
+	var got []string
+	w.OnDegradation(func(pool string, degraded bool, detail string) {
+		got = append(got, fmt.Sprintf("%s degraded=%t %s", pool, degraded, detail))
+	})
+	if len(got) != 1 || !strings.HasPrefix(got[0], "p degraded=true md0") || !strings.Contains(got[0], "faulty: vdb") {
+		t.Fatalf("at registration: %q, want one degraded notice naming vdb", got)
+	}
+
+	steps := []struct {
+		name    string
+		arrays  []node.Array
+		readErr error
+		want    string // substring of the one expected notice; "" for none
+	}{
+		{name: "unchanged", arrays: raid10(1, "idle", "in_sync", "faulty", "in_sync", "in_sync")},
+		{name: "array_state flips to active", arrays: withState(raid10(1, "idle", "in_sync", "faulty", "in_sync", "in_sync"), "active")},
+		{name: "sysfs unreadable", readErr: errors.New("boom")},
+		{name: "a second disk fails", arrays: raid10(2, "idle", "in_sync", "faulty", "faulty", "in_sync"), want: "degraded=true md0 (raid10, 4 devices): degraded, 2 missing, faulty: vdb vdc"},
+		{name: "faulty disks removed, replacements rebuilding", arrays: raid10(2, "recover", "in_sync", "spare", "spare", "in_sync")},
+		{name: "rebuild continues", arrays: withState(raid10(2, "recover", "in_sync", "spare", "spare", "in_sync"), "active")},
+		{name: "one slot rebuilt", arrays: raid10(1, "recover", "in_sync", "in_sync", "spare", "in_sync"), want: "degraded=true md0 (raid10, 4 devices): degraded, 1 missing;"},
+		{name: "rebuilt", arrays: raid10(0, "idle", "in_sync", "in_sync", "in_sync", "in_sync"), want: "degraded=false md0 (raid10, 4 devices): optimal"},
+		{name: "still optimal", arrays: raid10(0, "idle", "in_sync", "in_sync", "in_sync", "in_sync")},
+	}
+	for _, st := range steps {
+		got = nil
+		ff.set(path, st.arrays, st.readErr)
+		w.check()
+		switch {
+		case st.want == "" && len(got) != 0:
+			t.Errorf("%s: notices %q, want none", st.name, got)
+		case st.want != "" && (len(got) != 1 || !strings.Contains(got[0], st.want)):
+			t.Errorf("%s: notices %q, want one containing %q", st.name, got, st.want)
+		}
 	}
 }

@@ -150,14 +150,28 @@ func (d *driverUnderTest) waitUnfencedOnNode(t *testing.T, nodeName string) {
 	ctx := context.Background()
 	waitFor(t, "label removed and PoolFenced, PoolUnfenced events on "+nodeName, func() bool {
 		n, _ := d.kube.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
-		evs, _ := d.kube.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
 		_, labelled := n.Labels[kube.PoolLabelPrefix+"default"]
-		var rs []string
-		for _, e := range evs.Items {
-			rs = append(rs, e.Reason)
-		}
-		return !labelled && strings.Join(rs, ",") == kube.ReasonPoolFenced+","+kube.ReasonPoolUnfenced
+		return !labelled && d.eventReasons() == kube.ReasonPoolFenced+","+kube.ReasonPoolUnfenced
 	})
+}
+
+// nodeEvents lists the Events the driver posted, oldest first.
+func (d *driverUnderTest) nodeEvents() []corev1.Event {
+	d.t.Helper()
+	evs, err := d.kube.CoreV1().Events(metav1.NamespaceDefault).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		d.t.Fatalf("list events: %v", err)
+	}
+	return evs.Items
+}
+
+// eventReasons is the reasons of nodeEvents, comma-separated.
+func (d *driverUnderTest) eventReasons() string {
+	var rs []string
+	for _, e := range d.nodeEvents() {
+		rs = append(rs, e.Reason)
+	}
+	return strings.Join(rs, ",")
 }
 
 func (d *driverUnderTest) capacity() int64 {

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -264,6 +265,10 @@ func TestRAID10DegradedVM(t *testing.T) {
 		}
 	}
 	checkDegraded("member failed", "faulty: vdb")
+	waitFor(t, "a PoolDegraded Node Event", func() bool { return d.eventReasons() == kube.ReasonPoolDegraded })
+	if ev := d.nodeEvents()[0]; ev.Type != corev1.EventTypeWarning || !strings.Contains(ev.Message, "faulty: vdb") || !strings.Contains(ev.Message, "replace the failed disk") {
+		t.Errorf("PoolDegraded event: %s %q, want a Warning naming vdb and what to do", ev.Type, ev.Message)
+	}
 	if n := members("faulty"); n != 1 {
 		t.Errorf("member failed: %v members faulty, want 1", n)
 	}
@@ -309,6 +314,11 @@ func TestRAID10DegradedVM(t *testing.T) {
 	if f := d.probeFailures("default"); f != failuresBefore {
 		t.Errorf("probes failed during the failure and rebuild: %v failures, %v before", f, failuresBefore)
 	}
+	// Removing the failed disk and rebuilding onto the new one are no news;
+	// the end of the degradation is.
+	waitFor(t, "a PoolNotDegraded Node Event", func() bool {
+		return d.eventReasons() == kube.ReasonPoolDegraded+","+kube.ReasonPoolNotDegraded
+	})
 	t.Logf("member failure to array optimal again: %s (rebuild started after %s)", time.Since(failAt).Round(time.Millisecond), addAt.Sub(failAt).Round(time.Millisecond))
 }
 

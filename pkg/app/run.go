@@ -104,6 +104,8 @@ func run(ctx context.Context, c Config, hk hooks) error {
 		if err != nil {
 			return err
 		}
+		// A degraded RAID array under a pool is a Node Event, not fencing.
+		arrays.OnDegradation(fencer.PoolDegradationChanged)
 		// Before the probes and CSI start: a restart must not reopen a pool
 		// an operator has not unfenced.
 		rctx, rcancel := context.WithTimeout(ctx, restoreTimeout)

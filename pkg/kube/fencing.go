@@ -43,6 +43,10 @@ const (
 	ReasonPoolUnfenced  = "PoolUnfenced"
 	ReasonPoolsHealthy  = "NoPoolFenced"
 	ReasonUnfenceFailed = "UnfenceFailed"
+	// RAID redundancy under a pool (Events only: a degraded pool is not
+	// fenced, so the label and condition do not change).
+	ReasonPoolDegraded    = "PoolDegraded"
+	ReasonPoolNotDegraded = "PoolNotDegraded"
 
 	// component is the Events' source.
 	component = "dhpp-driver"
@@ -427,6 +431,22 @@ func (f *Fencer) handleAnnotations(ctx context.Context) error {
 		return fmt.Errorf("remove unfence annotations: %w", err)
 	}
 	return nil
+}
+
+// PoolDegradationChanged posts a Node Event when the md RAID arrays under
+// a pool lose or regain redundancy: Warning PoolDegraded (a disk to
+// replace) or Normal PoolNotDegraded. detail describes the degraded arrays,
+// or all arrays after a recovery. A degraded array still serves every read
+// and write, so this is an Event only, never fencing. It never blocks.
+func (f *Fencer) PoolDegradationChanged(pool string, degraded bool, detail string) {
+	if degraded {
+		f.queueEvent(corev1.EventTypeWarning, ReasonPoolDegraded, fmt.Sprintf(
+			"pool %q (%s) is on a degraded RAID array: %s. The pool keeps serving and taking volumes (it is not fenced), but one more disk failure may lose its data: replace the failed disk",
+			pool, f.cfg.PoolPaths[pool], detail))
+		return
+	}
+	f.queueEvent(corev1.EventTypeNormal, ReasonPoolNotDegraded, fmt.Sprintf(
+		"pool %q (%s) has full RAID redundancy again: %s", pool, f.cfg.PoolPaths[pool], detail))
 }
 
 func (f *Fencer) queueEvent(typ, reason, msg string) {

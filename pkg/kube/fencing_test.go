@@ -478,3 +478,39 @@ func TestRealMonitor(t *testing.T) {
 		return len(evs) >= 2 && evs[1].Reason == kube.ReasonPoolUnfenced
 	})
 }
+
+// TestPoolDegradationEvents: a degraded RAID under a pool is a Warning
+// Event on the Node that says what to do, and its recovery a Normal one;
+// neither fences (no label, the condition stays healthy).
+func TestPoolDegradationEvents(t *testing.T) {
+	h := start(t, newNode(nil, nil), newFakeMonitor("default"), false)
+	h.f.PoolDegradationChanged("default", true, "md0 (raid10, 4 devices): degraded, 1 missing, faulty: vdb")
+	h.f.PoolDegradationChanged("default", false, "md0 (raid10, 4 devices): optimal")
+	h.eventually("two events", func() bool { return len(h.events()) == 2 })
+	tests := []struct {
+		reason, typ string
+		msgParts    []string
+	}{
+		{kube.ReasonPoolDegraded, corev1.EventTypeWarning, []string{`pool "default" (/mnt/d)`, "faulty: vdb", "not fenced", "replace the failed disk"}},
+		{kube.ReasonPoolNotDegraded, corev1.EventTypeNormal, []string{`pool "default" (/mnt/d)`, "full RAID redundancy again", "optimal"}},
+	}
+	evs := h.events()
+	for i, tt := range tests {
+		ev := evs[i]
+		if ev.Reason != tt.reason || ev.Type != tt.typ || ev.InvolvedObject.Kind != "Node" || ev.InvolvedObject.Name != nodeName {
+			t.Errorf("event %d: %s %s on %s/%s, want %s %s on Node/%s", i, ev.Type, ev.Reason, ev.InvolvedObject.Kind, ev.InvolvedObject.Name, tt.typ, tt.reason, nodeName)
+		}
+		for _, part := range tt.msgParts {
+			if !strings.Contains(ev.Message, part) {
+				t.Errorf("event %d message %q lacks %q", i, ev.Message, part)
+			}
+		}
+	}
+	n := h.node()
+	if v, ok := n.Labels[kube.PoolLabelPrefix+"default"]; ok {
+		t.Errorf("degradation set the fencing label (%q)", v)
+	}
+	if c := condition(n); c != nil && c.Status != corev1.ConditionTrue {
+		t.Errorf("degradation changed the condition: %+v", c)
+	}
+}
