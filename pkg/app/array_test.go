@@ -292,19 +292,26 @@ func TestArrayChange(t *testing.T) {
 	}
 }
 
-// TestArrayWatcherRun: Run re-reads each period and stops with its context.
-func TestArrayWatcherRun(t *testing.T) {
-	ff := &fakeFinder{arrays: map[string][]node.Array{}}
+// newWatchedPool is an array watcher with the given period over one dir
+// pool "p" at path, whose arrays the test sets through ff.
+func newWatchedPool(t *testing.T, period time.Duration) (ff *fakeFinder, w *arrayWatcher, path string) {
+	t.Helper()
+	ff = &fakeFinder{arrays: map[string][]node.Array{}}
 	mgr, err := node.New(node.Config{NodeID: "n1", Pools: []node.PoolConfig{{Name: "p", Path: t.TempDir(), Backend: node.BackendDir}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(mgr.Close)
-	w := newArrayWatcher(mgr.Pools(), 10*time.Millisecond, ff.find)
+	return ff, newArrayWatcher(mgr.Pools(), period, ff.find), mgr.Pools()[0].Path
+}
+
+// TestArrayWatcherRun: Run re-reads each period and stops with its context.
+func TestArrayWatcherRun(t *testing.T) {
+	ff, w, path := newWatchedPool(t, 10*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { w.Run(ctx); close(done) }()
-	ff.set(mgr.Pools()[0].Path, raid10(1, "idle", "in_sync", "faulty"), nil)
+	ff.set(path, raid10(1, "idle", "in_sync", "faulty"), nil)
 	waitFor(t, "the watcher to see the degradation", func() bool { d, _ := w.PoolDegraded("p"); return d })
 	if pa := w.PoolArrays(); len(pa) != 1 || pa[0].Pool != "p" || len(pa[0].Arrays) != 1 {
 		t.Errorf("PoolArrays = %+v", pa)
@@ -322,14 +329,7 @@ func TestArrayWatcherRun(t *testing.T) {
 // and checks what the Node Event callback hears at each reading: changes
 // in redundancy only, never rebuild progress or read errors.
 func TestArrayWatcherDegradationNotices(t *testing.T) {
-	ff := &fakeFinder{arrays: map[string][]node.Array{}}
-	mgr, err := node.New(node.Config{NodeID: "n1", Pools: []node.PoolConfig{{Name: "p", Path: t.TempDir(), Backend: node.BackendDir}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(mgr.Close)
-	path := mgr.Pools()[0].Path
-	w := newArrayWatcher(mgr.Pools(), time.Hour, ff.find)
+	ff, w, path := newWatchedPool(t, time.Hour)
 
 	// Degraded before the callback is registered (a driver restart): it
 	// hears of it at registration.
