@@ -97,9 +97,9 @@ func (w *arrayWatcher) check() {
 // OnDegradation registers f to hear, on the watcher's goroutine, when a
 // pool's arrays become degraded, lose or regain a member slot (another
 // disk fails, a rebuild completes) or regain full redundancy
-// (degradationKey). f is called at once
-// for every pool degraded now, so a restarted driver reports a
-// degradation that is still there. f must not block.
+// (degradationKey). f is called at once for every pool degraded now, so a
+// restarted driver reports a degradation that is still there. f must not
+// block.
 func (w *arrayWatcher) OnDegradation(f func(pool string, degraded bool, detail string)) {
 	type degraded struct{ pool, detail string }
 	var now []degraded

@@ -117,10 +117,10 @@ func startControlPlane(ctx context.Context, cfg Config, pki *PKI, st *State) err
 //
 // A real cluster runs etcd and the control plane on machines of their own;
 // here they share two cores with three kubelets, three containerds and every
-// pod. The Debian kernel enables autogroup scheduling, which splits CPU time
-// fairly between sessions, not processes, and every container shim is a
-// session of its own: with 100 pods starting, etcd and kube-apiserver got
-// about 1/100 of the CPU each, every API call took 50-120 ms, and the PV
+// pod. This machine's kernel has autogroup scheduling on (as Debian's does),
+// which splits CPU time fairly between sessions, not processes, and every
+// container shim is a session of its own: with 100 pods starting, etcd and
+// kube-apiserver each got one shim's share, every API call took 50-120 ms, and the PV
 // binder (one worker, three writes per claim) bound 3.5 claims/s. Measured
 // with `dhpp-bench --n 100 --provisioners dhpp`: PVC→Bound p50 13.4 s, max
 // 26 s at nice 0; 3.5 s and 4.8 s with the control plane at -10. -10 is the
