@@ -148,6 +148,21 @@ func (d *Disk) Remount(opts ...string) error {
 	return nil
 }
 
+// RemountRetrying remounts with opt, retrying for up to a second while the
+// kernel refuses with EBUSY: a read-only remount fails while a file is open
+// for writing, as a health probe's file briefly is every period.
+func (d *Disk) RemountRetrying(t testing.TB, opt string) {
+	t.Helper()
+	var err error
+	for range 100 {
+		if err = d.Remount(opt); err == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("remount %s: %v", opt, err)
+}
+
 // teardown undoes New in reverse order. It reports problems with t.Errorf
 // instead of stopping, so that one failed step still lets the others run and
 // the machine is left as clean as possible.

@@ -143,6 +143,43 @@ func (d *driverUnderTest) publishRunning(t *testing.T, name string) (volID, targ
 	return volID, target
 }
 
+// runningData is what publishWithData writes, as a running pod's
+// database would have.
+var runningData = []byte("written before the disk failed\n")
+
+// publishWithData publishes a volume as publishRunning does and writes
+// runningData into its file "db".
+func (d *driverUnderTest) publishWithData(t *testing.T, name string) (volID, target string) {
+	t.Helper()
+	volID, target = d.publishRunning(t, name)
+	if err := os.WriteFile(filepath.Join(target, "db"), runningData, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return volID, target
+}
+
+// checkHealthy asserts that pool "default" and volume volID are healthy
+// in every channel: capacity offered, not fenced, no CSI volume or storage
+// health entry, legacy condition normal.
+func (d *driverUnderTest) checkHealthy(volID, stage string) {
+	d.t.Helper()
+	if c := d.capacity(); c <= 0 {
+		d.t.Errorf("%s: GetCapacity = %d, want > 0", stage, c)
+	}
+	if v, ok := d.gauge("dhpp_pool_fenced", map[string]string{"pool": "default"}); !ok || v != 0 {
+		d.t.Errorf("%s: dhpp_pool_fenced = %v (present %v), want 0", stage, v, ok)
+	}
+	if e, _ := d.volumeHealth(volID); len(e) != 0 {
+		d.t.Errorf("%s: volume health %v, want none", stage, e)
+	}
+	if s := d.storageHealth(); len(s) != 0 {
+		d.t.Errorf("%s: storage health %v, want none", stage, s)
+	}
+	if abnormal, msg := d.volumeCondition(volID); abnormal {
+		d.t.Errorf("%s: legacy condition abnormal: %s", stage, msg)
+	}
+}
+
 // waitUnfencedOnNode waits until the Node has lost the pool's fenced label
 // and carries exactly the events PoolFenced then PoolUnfenced.
 func (d *driverUnderTest) waitUnfencedOnNode(t *testing.T, nodeName string) {
@@ -251,20 +288,6 @@ func legacyCondition(t *testing.T, m proto.Message) (abnormal bool, msg string) 
 	return abnormal, msg
 }
 
-// remount retries while the kernel refuses a read-only remount because a
-// probe has the file open for writing at that instant (EBUSY).
-func remount(t *testing.T, d *testdisk.Disk, opt string) {
-	t.Helper()
-	var err error
-	for i := 0; i < 50; i++ {
-		if err = d.Remount(opt); err == nil {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("remount %s: %v", opt, err)
-}
-
 // TestFaultReadOnlyDisk injects a read-only remount under a running driver
 // and checks everything fencing promises, then heals the disk and unfences
 // by annotation. Loop pools are not in the table: an attached loop image is
@@ -299,40 +322,12 @@ func testFaultReadOnly(t *testing.T, fs string, backend node.BackendKind) {
 	ctx := context.Background()
 
 	// A published volume with data, as a running pod would have.
-	volID, target := d.publishRunning(t, "pvc-running")
-	data := []byte("written before the disk failed\n")
-	if err := os.WriteFile(filepath.Join(target, "db"), data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-
-	checkHealthy := func(stage string) {
-		t.Helper()
-		if c := d.capacity(); c <= 0 {
-			t.Errorf("%s: GetCapacity = %d, want > 0", stage, c)
-		}
-		if v, ok := d.gauge("dhpp_pool_fenced", map[string]string{"pool": "default"}); !ok || v != 0 {
-			t.Errorf("%s: dhpp_pool_fenced = %v (present %v), want 0", stage, v, ok)
-		}
-		gv, err := d.ctl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: volID})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if abnormal, msg := legacyCondition(t, gv.GetStatus()); abnormal {
-			t.Errorf("%s: ControllerGetVolume condition abnormal: %s", stage, msg)
-		}
-		vh, err := d.ctl.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: volID})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n := len(vh.GetVolumeHealth().GetHealthStatuses()); n != 0 {
-			t.Errorf("%s: volume health %v", stage, vh.GetVolumeHealth())
-		}
-	}
-	checkHealthy("before the fault")
+	volID, target := d.publishWithData(t, "pvc-running")
+	d.checkHealthy(volID, "before the fault")
 
 	// The fault.
 	faultAt := time.Now()
-	remount(t, disk, "ro")
+	disk.RemountRetrying(t, "ro")
 	var fencedAfter time.Duration
 	var createErr error
 	for {
@@ -401,7 +396,7 @@ func testFaultReadOnly(t *testing.T, fs string, backend node.BackendKind) {
 			t.Errorf("%s: volume health %v, want INACCESSIBLE", stage, vh.GetVolumeHealth())
 		}
 		// The running pod's data stays readable: fencing does not unmount.
-		if got, err := os.ReadFile(filepath.Join(target, "db")); err != nil || !bytes.Equal(got, data) {
+		if got, err := os.ReadFile(filepath.Join(target, "db")); err != nil || !bytes.Equal(got, runningData) {
 			t.Errorf("%s: published volume unreadable: %q, %v", stage, got, err)
 		}
 		n, err := d.kube.CoreV1().Nodes().Get(ctx, "fault-node", metav1.GetOptions{})
@@ -420,7 +415,7 @@ func testFaultReadOnly(t *testing.T, fs string, backend node.BackendKind) {
 	checkFenced("fenced")
 
 	// Heal the disk. Auto-unfence is off: the pool stays fenced.
-	remount(t, disk, "rw")
+	disk.RemountRetrying(t, "rw")
 	time.Sleep(3 * hc.Period)
 	checkFenced("disk healed, not yet unfenced")
 
@@ -432,9 +427,9 @@ func testFaultReadOnly(t *testing.T, fs string, backend node.BackendKind) {
 		_, err := d.create("pvc-after-unfence")
 		return err == nil
 	})
-	checkHealthy("unfenced")
+	d.checkHealthy(volID, "unfenced")
 	d.waitUnfencedOnNode(t, "fault-node")
-	if got, err := os.ReadFile(filepath.Join(target, "db")); err != nil || !bytes.Equal(got, data) {
+	if got, err := os.ReadFile(filepath.Join(target, "db")); err != nil || !bytes.Equal(got, runningData) {
 		t.Errorf("published volume after recovery: %q, %v", got, err)
 	}
 }

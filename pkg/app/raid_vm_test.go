@@ -363,31 +363,8 @@ func TestRAID10WriteEIOVM(t *testing.T) {
 	pl := map[string]string{"pool": "default"}
 
 	// A published volume with data, as a running pod would have.
-	volID, target := d.publishRunning(t, "pvc-running")
-	data := []byte("written before the disk failed\n")
-	if err := os.WriteFile(filepath.Join(target, "db"), data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-
-	checkHealthy := func(stage string) {
-		t.Helper()
-		if c := d.capacity(); c <= 0 {
-			t.Errorf("%s: GetCapacity = %d, want > 0", stage, c)
-		}
-		if v, ok := d.gauge("dhpp_pool_fenced", pl); !ok || v != 0 {
-			t.Errorf("%s: dhpp_pool_fenced = %v (present %v), want 0", stage, v, ok)
-		}
-		if e, _ := d.volumeHealth(volID); len(e) != 0 {
-			t.Errorf("%s: volume health %v, want none", stage, e)
-		}
-		if s := d.storageHealth(); len(s) != 0 {
-			t.Errorf("%s: storage health %v, want none", stage, s)
-		}
-		if abnormal, msg := d.volumeCondition(volID); abnormal {
-			t.Errorf("%s: legacy condition abnormal: %s", stage, msg)
-		}
-	}
-	checkHealthy("before the fault")
+	volID, target := d.publishWithData(t, "pvc-running")
+	d.checkHealthy(volID, "before the fault")
 	// The array under the dm device is found, and it is fine.
 	if v, ok := d.gauge("dhpp_pool_array_degraded_devices", map[string]string{"pool": "default", "array": "md0", "level": "raid10"}); !ok || v != 0 {
 		t.Errorf("md0 under dm: dhpp_pool_array_degraded_devices = %v (present %v), want 0", v, ok)
@@ -468,7 +445,7 @@ func TestRAID10WriteEIOVM(t *testing.T) {
 			t.Errorf("%s: NodeGetVolumeStats condition (%v, %q), want abnormal naming the error", stage, abnormal, m)
 		}
 		// Fencing does not unmount: the running pod still reads its data.
-		if got, err := os.ReadFile(filepath.Join(target, "db")); err != nil || !bytes.Equal(got, data) {
+		if got, err := os.ReadFile(filepath.Join(target, "db")); err != nil || !bytes.Equal(got, runningData) {
 			t.Errorf("%s: published volume unreadable: %q, %v", stage, got, err)
 		}
 		n, err := d.kube.CoreV1().Nodes().Get(ctx, "eio-node", metav1.GetOptions{})
@@ -507,16 +484,16 @@ func TestRAID10WriteEIOVM(t *testing.T) {
 		return err == nil
 	})
 	t.Logf("unfence annotation -> CreateVolume succeeds after %s", time.Since(unfenceAt).Round(time.Millisecond))
-	checkHealthy("unfenced")
+	d.checkHealthy(volID, "unfenced")
 	if v, _ := d.gauge("dhpp_pool_health_state", map[string]string{"pool": "default", "state": "Healthy"}); v != 1 {
 		t.Errorf("unfenced: pool is not Healthy")
 	}
 	d.waitUnfencedOnNode(t, "eio-node")
 	// The running pod's data survived, and the pool takes writes again.
-	if got, err := os.ReadFile(filepath.Join(target, "db")); err != nil || !bytes.Equal(got, data) {
+	if got, err := os.ReadFile(filepath.Join(target, "db")); err != nil || !bytes.Equal(got, runningData) {
 		t.Errorf("published volume after recovery: %q, %v", got, err)
 	}
-	if err := os.WriteFile(filepath.Join(target, "after"), data, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(target, "after"), runningData, 0o644); err != nil {
 		t.Errorf("write into the published volume after recovery: %v", err)
 	}
 	vmCmd(t, "sync")

@@ -188,20 +188,6 @@ func (h *harness) stayFor(want State, d time.Duration) {
 	}
 }
 
-// remount retries a remount that is busy because a probe has the file open
-// for writing at that moment.
-func remount(t *testing.T, d *testdisk.Disk, opt string) {
-	t.Helper()
-	var err error
-	for i := 0; i < 50; i++ {
-		if err = d.Remount(opt); err == nil {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatalf("remount %s: %v", opt, err)
-}
-
 // TestFaultReadOnly: remount read-only -> Fenced with reason read_only within
 // the bound; after remount rw the default (manual) policy keeps it fenced
 // however many probes succeed, until Unfence.
@@ -212,10 +198,10 @@ func TestFaultReadOnly(t *testing.T) {
 			h := newHarness(t, fstype, testdisk.MinSize[fstype]+64<<20, cfg)
 			h.waitSuccesses(2, 10*time.Second)
 
-			remount(t, h.disk, "ro")
+			h.disk.RemountRetrying(t, "ro")
 			h.assertFencedInTime(time.Now(), ReasonReadOnly)
 
-			remount(t, h.disk, "rw")
+			h.disk.RemountRetrying(t, "rw")
 			h.waitSuccesses(cfg.UnfenceThreshold+2, 10*time.Second)
 			if fenced, s := h.m.Fenced("p"); !fenced {
 				t.Fatalf("manual policy: pool unfenced itself after the fault was removed: %+v", s)
