@@ -67,8 +67,12 @@ type Capacity struct {
 	Total int64
 	// Free is what statfs says is available to unprivileged writers.
 	Free int64
-	// Provisioned is the sum of the sizes of the pool's live volumes.
+	// Provisioned is the sum of the sizes of the pool's live volumes and of
+	// the bytes reserved by creates and expansions in flight.
 	Provisioned int64
+	// Reserved is the part of Provisioned (and of Promised) held by creates
+	// and expansions that were admitted and have not finished yet.
+	Reserved int64
 	// Promised is the part of Provisioned that volumes have not written yet:
 	// space that is free on disk but already belongs to a volume.
 	Promised int64

@@ -61,12 +61,27 @@ type Pool struct {
 	bmu      sync.Mutex
 	backends map[BackendKind]backend
 
+	// admitMu serialises admission (see admit): the capacity check and the
+	// reservation it leads to are one step, so requests for different
+	// volumes cannot all be admitted against the same free space.
+	admitMu sync.Mutex
+
 	mu          sync.RWMutex
 	volumes     map[string]*Volume // live volumes by name
-	provisioned int64
-	// promisedBytes caches Capacity.Promised, computed at promisedAt.
+	provisioned int64              // Σ ReservedBytes of the live volumes
+	// reserved is what admitted creates and expansions hold until their
+	// record is put (which converts it into provisioned) or they fail
+	// (which releases it). Capacity counts it as provisioned and promised.
+	reserved int64
+	// promisedBytes caches the live volumes' unwritten bytes (Capacity's
+	// Promised without reservations), computed at promisedAt. put adds its
+	// delta to it and to promisedAdj; drop bumps drops. A recount started
+	// before a drop is not cached, one started before a put is cached with
+	// that put's delta added.
 	promisedBytes int64
 	promisedAt    time.Time
+	promisedAdj   int64
+	drops         uint64
 }
 
 func openPool(cfg PoolConfig, e *env) (*Pool, error) {
@@ -263,33 +278,47 @@ func (p *Pool) free() (int64, error) {
 const promisedTTL = time.Second
 
 // Capacity reports the pool's space (see Capacity for the arithmetic).
+// Reservations of requests in flight count as provisioned and promised.
 func (p *Pool) Capacity() (Capacity, error) {
 	total, free, err := p.statfs()
 	if err != nil {
 		return Capacity{}, err
 	}
-	promised, err := p.promised()
-	if err != nil {
-		return Capacity{}, err
-	}
-	p.mu.RLock()
-	prov := p.provisioned
-	p.mu.RUnlock()
-	return computeCapacity(total, free, prov, promised), nil
+	prov, reserved, promised := p.commitments()
+	c := computeCapacity(total, free, prov+reserved, promised+reserved)
+	c.Reserved = reserved
+	return c, nil
 }
 
-// promised sums, over live volumes, the reserved bytes not yet written.
-func (p *Pool) promised() (int64, error) {
+// commitments returns, as of one instant, the live volumes' provisioned
+// bytes, the bytes reserved by requests in flight, and the live volumes'
+// unwritten bytes (from the cache, or recounted when it is stale).
+func (p *Pool) commitments() (provisioned, reserved, promised int64) {
 	p.mu.RLock()
+	provisioned, reserved = p.provisioned, p.reserved
 	if !p.promisedAt.IsZero() && time.Since(p.promisedAt) < promisedTTL {
 		defer p.mu.RUnlock()
-		return p.promisedBytes, nil
+		return provisioned, reserved, p.promisedBytes
 	}
 	vols := make([]*Volume, 0, len(p.volumes))
 	for _, v := range p.volumes {
 		vols = append(vols, v)
 	}
+	adj, drops := p.promisedAdj, p.drops
 	p.mu.RUnlock()
+	// The sum is consistent with the provisioned and reserved bytes read
+	// above: a volume put since then was still counted as reserved.
+	promised = p.unwritten(vols)
+	p.mu.Lock()
+	if p.drops == drops {
+		p.promisedBytes, p.promisedAt = promised+p.promisedAdj-adj, time.Now()
+	}
+	p.mu.Unlock()
+	return provisioned, reserved, promised
+}
+
+// unwritten sums, over vols, the reserved bytes not yet written.
+func (p *Pool) unwritten(vols []*Volume) int64 {
 	var sum int64
 	for _, v := range vols {
 		used := int64(0)
@@ -300,10 +329,7 @@ func (p *Pool) promised() (int64, error) {
 		}
 		sum += max(v.ReservedBytes()-used, 0)
 	}
-	p.mu.Lock()
-	p.promisedBytes, p.promisedAt = sum, time.Now()
-	p.mu.Unlock()
-	return sum, nil
+	return sum
 }
 
 // VolumeCount is the number of live volumes in the pool.
@@ -322,7 +348,10 @@ func (p *Pool) get(name string) *Volume {
 	return nil
 }
 
-func (p *Pool) put(v *Volume) {
+// put records a volume's new state. If r is not nil, its reservation is
+// converted in the same step: the bytes move from reserved to provisioned,
+// so Capacity never sees them twice or not at all.
+func (p *Pool) put(v *Volume, r *reservation) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delta := v.ReservedBytes()
@@ -331,8 +360,17 @@ func (p *Pool) put(v *Volume) {
 	}
 	p.volumes[v.Name] = v.clone()
 	p.provisioned += delta
-	// New or grown reservations are unwritten at first.
-	p.promisedBytes = max(p.promisedBytes+delta, 0)
+	// New or grown reservations are unwritten at first, except for what
+	// the request itself wrote (mkfs metadata), which free space already
+	// shows: counting it as promised too would refuse space that exists.
+	unwritten := delta
+	if r != nil {
+		unwritten -= min(r.written, max(delta, 0))
+		p.reserved -= r.bytes
+		r.bytes = 0
+	}
+	p.promisedBytes = max(p.promisedBytes+unwritten, 0)
+	p.promisedAdj += unwritten
 }
 
 func (p *Pool) drop(name string) {
@@ -342,6 +380,7 @@ func (p *Pool) drop(name string) {
 		p.provisioned -= old.ReservedBytes()
 		delete(p.volumes, name)
 		p.promisedAt = time.Time{} // its unwritten part is unknown here: recount
+		p.drops++
 	}
 }
 
@@ -356,7 +395,8 @@ func (p *Pool) list() []*Volume {
 }
 
 // checkFits refuses a size the pool can never hold (ErrOutOfRange) or cannot
-// hold now (ErrNoSpace); extra is the growth being asked for.
+// hold now (ErrNoSpace); extra is the growth being asked for. It reserves
+// nothing: requests that change the pool go through admit.
 func (p *Pool) checkFits(size, extra int64) error {
 	c, err := p.Capacity()
 	if err != nil {
@@ -366,10 +406,44 @@ func (p *Pool) checkFits(size, extra int64) error {
 		return fmt.Errorf("%w: %d bytes requested, pool %q is only %d bytes in total", ErrOutOfRange, size, p.Name, c.Total)
 	}
 	if extra > c.Available {
-		return fmt.Errorf("%w: %d bytes requested, pool %q has %d bytes available (%d total, %d free on disk, %d provisioned of which %d not yet written)",
-			ErrNoSpace, extra, p.Name, c.Available, c.Total, c.Free, c.Provisioned, c.Promised)
+		return fmt.Errorf("%w: %d bytes requested, pool %q has %d bytes available (%d total, %d free on disk, %d provisioned of which %d not yet written; %d of them held by requests in flight)",
+			ErrNoSpace, extra, p.Name, c.Available, c.Total, c.Free, c.Provisioned, c.Promised, c.Reserved)
 	}
 	return nil
+}
+
+// reservation is capacity held for a create or expansion in flight.
+type reservation struct {
+	pool  *Pool
+	bytes int64 // still held; put and release zero it
+	// written is what the request wrote into the volume's storage (the
+	// blocks mkfs allocated in a loop image), measured before put.
+	written int64
+}
+
+// admit checks that a volume of size bytes, growing the pool's commitments
+// by extra bytes, fits, and reserves extra in the same step. The caller
+// must call release when done; put(v, r) converts the reservation first.
+func (p *Pool) admit(size, extra int64) (*reservation, error) {
+	p.admitMu.Lock()
+	defer p.admitMu.Unlock()
+	if err := p.checkFits(size, extra); err != nil {
+		return nil, err
+	}
+	r := &reservation{pool: p, bytes: max(extra, 0)}
+	p.mu.Lock()
+	p.reserved += r.bytes
+	p.mu.Unlock()
+	return r, nil
+}
+
+// release gives back what the reservation still holds (nothing once put
+// has converted it). It is safe to call more than once.
+func (r *reservation) release() {
+	r.pool.mu.Lock()
+	r.pool.reserved -= r.bytes
+	r.bytes = 0
+	r.pool.mu.Unlock()
 }
 
 // create carves a new volume. The volume is built in .dhpp/tmp and renamed
@@ -377,9 +451,11 @@ func (p *Pool) checkFits(size, extra int64) error {
 // volume (recovery trashes the remains) or a complete one.
 func (p *Pool) create(ctx context.Context, v *Volume) error {
 	b := p.backend
-	if err := p.checkFits(v.CapacityBytes, v.CapacityBytes); err != nil {
+	r, err := p.admit(v.CapacityBytes, v.CapacityBytes)
+	if err != nil {
 		return err
 	}
+	defer r.release()
 	tmp := path.Join(dirTmp, v.Name+"."+nonce())
 	if err := p.root.Mkdir(tmp, 0o711); err != nil {
 		return fmt.Errorf("pool %q: %w", p.Name, err)
@@ -397,6 +473,9 @@ func (p *Pool) create(ctx context.Context, v *Volume) error {
 	if err := b.Create(ctx, dir, v); err != nil {
 		return fail(fmt.Errorf("pool %q: create volume %q: %w", p.Name, v.Name, err))
 	}
+	if n, err := b.Allocated(dir, v); err == nil {
+		r.written = n
+	}
 	if err := Transition(PhaseCreating, PhaseReady); err != nil {
 		return fail(err)
 	}
@@ -410,11 +489,10 @@ func (p *Pool) create(ctx context.Context, v *Volume) error {
 	if err := p.root.Rename(tmp, path.Join(dirVolumes, v.Name)); err != nil {
 		return fail(fmt.Errorf("pool %q: publish volume %q: %w", p.Name, v.Name, err))
 	}
-	if err := syncDir(p.root, dirVolumes); err != nil {
-		return err
-	}
-	p.put(v)
-	return nil
+	// The volume is in volumes/ now, so it counts even if the fsync
+	// fails: a retried CreateVolume then finds it.
+	p.put(v, r)
+	return syncDir(p.root, dirVolumes)
 }
 
 // remove moves a volume to the trash. The data stays on disk until the
@@ -453,9 +531,11 @@ func (p *Pool) expand(ctx context.Context, v *Volume, newSize int64) (*Volume, e
 	if err != nil {
 		return nil, err
 	}
-	if err := p.checkFits(newSize, newSize-v.ReservedBytes()); err != nil {
+	r, err := p.admit(newSize, newSize-v.ReservedBytes())
+	if err != nil {
 		return nil, err
 	}
+	defer r.release()
 	rel := path.Join(dirVolumes, v.Name)
 	next := v.clone()
 	if err := Transition(v.Phase, PhaseResizing); err != nil {
@@ -465,7 +545,9 @@ func (p *Pool) expand(ctx context.Context, v *Volume, newSize int64) (*Volume, e
 	if err := writeRecord(p.root, rel, next); err != nil {
 		return nil, err
 	}
-	p.put(next)
+	// From here the record holds the target: the reservation becomes part
+	// of the volume's ReservedBytes, and stays so if the resize fails.
+	p.put(next, r)
 	if err := b.Resize(ctx, volumeDir{pool: p, rel: rel}, next, newSize); err != nil {
 		return nil, fmt.Errorf("pool %q: resize volume %q to %d bytes: %w", p.Name, v.Name, newSize, err)
 	}
@@ -473,7 +555,7 @@ func (p *Pool) expand(ctx context.Context, v *Volume, newSize int64) (*Volume, e
 	if err := writeRecord(p.root, rel, next); err != nil {
 		return nil, err
 	}
-	p.put(next)
+	p.put(next, nil)
 	return next.clone(), nil
 }
 
