@@ -1,21 +1,25 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/dhpp-io/dhpp/pkg/node/loopdev"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
-	utilexec "k8s.io/utils/exec"
 )
 
 // loopBackend carves a volume as a sparse image file. A Filesystem volume
@@ -180,27 +184,152 @@ func (loopBackend) fsTypeOf(r io.ReaderAt) string {
 	return ""
 }
 
-// growOffline grows an unmounted ext4 filesystem: e2fsck then resize2fs,
-// which (unlike online growth) needs no CAP_SYS_RESOURCE. xfs can only grow
-// mounted, so it is left to growFs after the mount.
-func (b loopBackend) growOffline(ctx context.Context, dev, fsType string) error {
-	if fsType != "ext4" {
-		return nil
+// growIntentName marks, in a loop volume's directory, an offline grow of
+// its ext4 filesystem that may have started: see growOffline.
+const growIntentName = "offline-grow"
+
+// growsOnline reports whether ext4 can be grown mounted, through
+// EXT4_IOC_RESIZE_FS, which needs CAP_SYS_RESOURCE (a privileged DaemonSet
+// has it). A variable so that tests can force the offline path.
+var growsOnline = sync.OnceValue(hasCapSysResource)
+
+func hasCapSysResource() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
 	}
-	need, err := b.needsGrow(dev)
-	if err != nil || !need {
+	return data[unix.CAP_SYS_RESOURCE/32].Effective&(1<<(unix.CAP_SYS_RESOURCE%32)) != 0
+}
+
+// growOffline brings an unmounted ext4 filesystem up to its device's size
+// before it is mounted, when it cannot grow online, and finishes an
+// offline grow that was interrupted.
+//
+// Online growth is preferred whenever the driver may use it: it is
+// journaled, so a kill or power loss in the middle leaves a filesystem the
+// next mount or grow simply continues. Stage then mounts first and growFs
+// grows the mounted filesystem.
+//
+// resize2fs on an unmounted filesystem is not journaled: killed halfway it
+// leaves the filesystem inconsistent, and the `e2fsck -p` that precedes a
+// grow then refuses it ("UNEXPECTED INCONSISTENCY") on every later stage.
+// So the intent is recorded first: the file growIntentName in the volume's
+// directory, created through the pool's root and fsynced with its
+// directory after the preliminary e2fsck and before resize2fs, removed only
+// once resize2fs has succeeded. A stage that finds it knows the damage can
+// be an interrupted resize of ours, repairs with `e2fsck -f -y` and runs
+// resize2fs again (which finishes the grow, or finds nothing to do).
+func (b loopBackend) growOffline(ctx context.Context, dir volumeDir, dev, fsType string) error {
+	if fsType != "ext4" {
+		return nil // xfs can only grow mounted: growFs does it
+	}
+	intent, err := b.hasGrowIntent(dir)
+	if err != nil {
 		return err
 	}
-	// e2fsck -p exits 1 when it fixed something, which is fine here.
-	if out, err := b.pool.env.exec.CommandContext(ctx, "e2fsck", "-f", "-p", dev).CombinedOutput(); err != nil {
-		if ee, ok := err.(utilexec.ExitError); !ok || ee.ExitStatus() > 1 {
-			return fmt.Errorf("e2fsck %s before growing: %w: %s", dev, err, strings.TrimSpace(string(out)))
+	if !intent {
+		if growsOnline() {
+			return nil
+		}
+		need, err := b.needsGrow(dev)
+		if err != nil || !need {
+			return err
+		}
+		// -p repairs only what is safe without a human, and exits 1 when
+		// it did; anything else is not ours to force.
+		if out, err := runFsTool(ctx, "e2fsck", "-f", "-p", dev); exitStatus(err) > 1 {
+			return fmt.Errorf("e2fsck %s before growing: %w: %s", dev, err, out)
+		}
+		if err := b.setGrowIntent(dir); err != nil {
+			return err
+		}
+	} else {
+		klog.InfoS("Finishing an interrupted offline grow: repairing the filesystem with e2fsck -f -y first", "image", dir.abs(imageName), "device", dev)
+		// Exit 1 and 2 mean errors were corrected; 4 and up that some were not.
+		if out, err := runFsTool(ctx, "e2fsck", "-f", "-y", dev); exitStatus(err) > 2 {
+			return fmt.Errorf("e2fsck -f -y %s to finish an interrupted grow: %w: %s", dev, err, out)
 		}
 	}
-	if out, err := b.pool.env.exec.CommandContext(ctx, "resize2fs", dev).CombinedOutput(); err != nil {
-		return fmt.Errorf("resize2fs %s: %w: %s", dev, err, strings.TrimSpace(string(out)))
+	if out, err := runFsTool(ctx, "resize2fs", dev); err != nil {
+		return fmt.Errorf("resize2fs %s: %w: %s", dev, err, out)
 	}
-	return nil
+	return b.clearGrowIntent(dir)
+}
+
+func (b loopBackend) hasGrowIntent(dir volumeDir) (bool, error) {
+	_, err := b.pool.root.Lstat(path.Join(dir.rel, growIntentName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// setGrowIntent creates the marker durably: the file and its directory
+// entry are fsynced before resize2fs may touch the filesystem.
+func (b loopBackend) setGrowIntent(dir volumeDir) error {
+	f, err := b.pool.root.OpenFile(path.Join(dir.rel, growIntentName), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("record the offline grow: %w", err)
+	}
+	_, err = f.WriteString("resize2fs of disk.img started; the next stage runs e2fsck -f -y and resize2fs again\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("record the offline grow: %w", err)
+	}
+	return syncDir(b.pool.root, dir.rel)
+}
+
+func (b loopBackend) clearGrowIntent(dir volumeDir) error {
+	if err := b.pool.root.Remove(path.Join(dir.rel, growIntentName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("clear the offline grow record: %w", err)
+	}
+	return syncDir(b.pool.root, dir.rel)
+}
+
+// fsToolStarted, if set (by tests), is called with each filesystem tool
+// growOffline starts, once it runs.
+var fsToolStarted func(name string, p *os.Process)
+
+// runFsTool runs e2fsck or resize2fs on a volume's device and returns its
+// trimmed output. The tool is not tied to the request's context: stopping
+// it halfway is what leaves a filesystem to repair. It is tied to the
+// driver instead (Pdeathsig, from a thread locked until it exits), so a
+// killed driver leaves no tool running unobserved on the device while its
+// successor repairs it.
+func runFsTool(ctx context.Context, name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(context.WithoutCancel(ctx), name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	if fsToolStarted != nil {
+		fsToolStarted(name, cmd.Process)
+	}
+	err := cmd.Wait()
+	return strings.TrimSpace(out.String()), err
+}
+
+// exitStatus is a finished command's exit status: 0 on success, the
+// process's status if it exited, 128 for anything else (killed, not run).
+func exitStatus(err error) int {
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee) && ee.Exited():
+		return ee.ExitCode()
+	}
+	return 128
 }
 
 // mountPointOf finds where a loop device is mounted, if anywhere.
@@ -289,7 +418,7 @@ func (b loopBackend) Stage(ctx context.Context, dir volumeDir, v *Volume, stagin
 			return err
 		}
 		dev := f.Name()
-		err = b.growOffline(ctx, dev, v.FsType)
+		err = b.growOffline(ctx, dir, dev, v.FsType)
 		if err == nil {
 			err = m.Mount(dev, stagingPath, v.FsType, mountFlags)
 		}

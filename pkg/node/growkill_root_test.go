@@ -1,0 +1,198 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dhpp-io/dhpp/internal/testdisk"
+)
+
+// TestOfflineGrowKillLoop proves that the offline grow of an ext4 loop
+// volume (e2fsck, then resize2fs, at the NodeStage after an expansion while
+// unstaged) survives SIGKILL at any moment. Each round makes a volume with
+// known data, expands it while unstaged, then starts stages whose e2fsck or
+// resize2fs gets a real SIGKILL after a random delay, until one stage gets
+// through. A last stage without kills must succeed and leave the full new
+// size, an `e2fsck -fn`-clean filesystem and the data intact.
+//
+// DHPP_GROW_KILL_ROUNDS sets the number of rounds (default 6, a few seconds
+// each); DHPP_GROW_KILL_SEED replays a run.
+func TestOfflineGrowKillLoop(t *testing.T) {
+	testdisk.RequireRoot(t)
+	rounds := envInt(t, "DHPP_GROW_KILL_ROUNDS", 6)
+	seed := uint64(envInt(t, "DHPP_GROW_KILL_SEED", int(time.Now().UnixNano()%1e9)))
+	t.Logf("%d rounds, DHPP_GROW_KILL_SEED=%d", rounds, seed)
+	rng := rand.New(rand.NewPCG(seed, seed))
+	forceOfflineGrow(t)
+	m := openManager(t, newPoolOnDisk(t, "ext4", 8<<30), BackendLoop, &fakeClock{t: time.Now()})
+	defer m.Close()
+
+	kills := map[string]int{}
+	interrupted := 0 // stages that left the grow record behind
+	for round := range rounds {
+		k, i := growKillRound(t, m, rng, fmt.Sprintf("grow-%02d", round))
+		for tool, n := range k {
+			kills[tool] += n
+		}
+		interrupted += i
+	}
+	t.Logf("SIGKILLs: %v; %d killed stages left an interrupted grow that the next stage repaired", kills, interrupted)
+	// The loop must have done what it claims, or it proves nothing.
+	if kills["resize2fs"] == 0 || interrupted == 0 {
+		t.Fatalf("no resize2fs was killed halfway (kills %v, interrupted %d): the delays miss the tool", kills, interrupted)
+	}
+}
+
+// growKillRound runs one volume through an expansion and killed stages; it
+// returns the kills by tool and how many stages left the grow record.
+func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name string) (map[string]int, int) {
+	t.Helper()
+	ctx := context.Background()
+	v, err := m.CreateVolume(ctx, CreateRequest{Name: name, RequiredBytes: 64 * mib, FsType: "ext4", Mode: 0o777})
+	if err != nil {
+		t.Fatal(err)
+	}
+	staging := filepath.Join(t.TempDir(), "staging")
+	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+		t.Fatal(err)
+	}
+	sums := writeKnownFiles(t, staging, rng)
+	if err := m.UnstageVolume(ctx, v.ID, staging); err != nil {
+		t.Fatal(err)
+	}
+	newSize := (256 + rng.Int64N(1792)) * mib
+	if _, err := m.ExpandVolume(ctx, v.ID, newSize, 0); err != nil {
+		t.Fatal(err)
+	}
+	dir := volumeDir{pool: m.Pools()[0], rel: "volumes/" + v.Name}
+	b := loopBackend{pool: dir.pool}
+
+	kills := map[string]int{}
+	interrupted := 0
+	for attempt := 0; attempt < 8; attempt++ {
+		// Here resize2fs runs for about 70 ms on these sizes and e2fsck
+		// for about 50: most delays land inside the tool, some after it.
+		victim, delay := "resize2fs", time.Duration(rng.Int64N(int64(100*time.Millisecond)))
+		if rng.IntN(4) == 0 {
+			victim, delay = "e2fsck", time.Duration(rng.Int64N(int64(60*time.Millisecond)))
+		}
+		fsToolStarted = func(tool string, p *os.Process) {
+			if tool == victim {
+				time.AfterFunc(delay, func() { _ = p.Kill() })
+			}
+		}
+		err := m.StageVolume(ctx, v.ID, staging, nil)
+		fsToolStarted = nil
+		if err == nil {
+			break // the tools finished before the kill: the grow is done
+		}
+		if !strings.Contains(err.Error(), "signal: killed") {
+			t.Fatalf("stage with %s killed after %v: %v; want the kill, nothing else", victim, delay, err)
+		}
+		kills[victim]++
+		if intent, err := b.hasGrowIntent(dir); err != nil {
+			t.Fatal(err)
+		} else if intent {
+			interrupted++
+		}
+	}
+	// Stage for real (a no-op if the last attempt got through).
+	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+		t.Fatalf("stage after the kills: %v", err)
+	}
+	checkKnownFiles(t, staging, sums)
+	if err := m.UnstageVolume(ctx, v.ID, staging); err != nil {
+		t.Fatal(err)
+	}
+	if intent, err := b.hasGrowIntent(dir); err != nil || intent {
+		t.Fatalf("grow record still there after a successful stage (%v)", err)
+	}
+	img := dir.abs(imageName)
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsBytes, err := filesystemBytes(f, "ext4")
+	f.Close()
+	if err != nil || fsBytes != newSize {
+		t.Fatalf("ext4 is %d bytes (%v) after the grow, want %d", fsBytes, err, newSize)
+	}
+	if out, err := exec.Command("e2fsck", "-f", "-n", img).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck -fn %s after the grow: %v\n%s", img, err, out)
+	}
+	if err := m.DeleteVolume(ctx, v.ID); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: 64 MiB → %d MiB, kills %v, %d interrupted grows repaired", name, newSize/mib, kills, interrupted)
+	return kills, interrupted
+}
+
+// forceOfflineGrow makes ext4 loop volumes grow offline for the test, as
+// they do in a driver without CAP_SYS_RESOURCE.
+func forceOfflineGrow(t *testing.T) {
+	saved := growsOnline
+	growsOnline = func() bool { return false }
+	t.Cleanup(func() { growsOnline = saved })
+}
+
+// writeKnownFiles writes a few files of random data, spread over the
+// filesystem, syncs them and returns their checksums.
+func writeKnownFiles(t *testing.T, dir string, rng *rand.Rand) map[string][32]byte {
+	t.Helper()
+	sums := map[string][32]byte{}
+	for i := range 4 {
+		data := make([]byte, (1+rng.IntN(6))*mib)
+		for j := 0; j+8 <= len(data); j += 8 {
+			v := rng.Uint64()
+			for k := range 8 {
+				data[j+k] = byte(v >> (8 * k))
+			}
+		}
+		name := filepath.Join(dir, fmt.Sprintf("d%d", i), "file")
+		if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(name, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sums[name] = sha256.Sum256(data)
+	}
+	syncFS(t, dir)
+	return sums
+}
+
+func checkKnownFiles(t *testing.T, dir string, sums map[string][32]byte) {
+	t.Helper()
+	for name, want := range sums {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatalf("after the grow: %v", err)
+		}
+		if got := sha256.Sum256(data); !bytes.Equal(got[:], want[:]) {
+			t.Fatalf("after the grow: %s changed", name)
+		}
+	}
+}
+
+func envInt(t *testing.T, name string, def int) int {
+	t.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		t.Fatalf("%s=%q: want a non-negative integer", name, s)
+	}
+	return n
+}
