@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/internal/vmtest"
+	utilexec "k8s.io/utils/exec"
 )
 
 // overcommitCases are the backends whose admission is checked on a real
@@ -260,4 +262,81 @@ func checkCapacityMatchesVolumes(t *testing.T, m *Manager) {
 	if fresh := mustCapacity(t, p); fresh.Promised > c.Promised || fresh.Provisioned != c.Provisioned {
 		t.Fatalf("cached capacity %+v undercounts a recount %+v", c, fresh)
 	}
+}
+
+// gatedExec holds every mkfs until the test lets it go (nil: run it;
+// an error: fail with it), so a create can be observed in flight.
+type gatedExec struct {
+	utilexec.Interface
+	entered chan string
+	proceed chan error
+}
+
+func (g gatedExec) CommandContext(ctx context.Context, name string, args ...string) utilexec.Cmd {
+	c := g.Interface.CommandContext(ctx, name, args...)
+	if strings.HasPrefix(name, "mkfs") {
+		return gatedCmd{Cmd: c, g: g}
+	}
+	return c
+}
+
+type gatedCmd struct {
+	utilexec.Cmd
+	g gatedExec
+}
+
+func (c gatedCmd) CombinedOutput() ([]byte, error) {
+	c.g.entered <- "mkfs"
+	if err := <-c.g.proceed; err != nil {
+		return nil, err
+	}
+	return c.Cmd.CombinedOutput()
+}
+
+// TestReservationInFlight watches a create while its mkfs runs: the
+// reservation already counts in Capacity (so GetCapacity and a concurrent
+// create see it), a failed create gives it back, and a finished one turns
+// it into the volume's provisioned bytes.
+func TestReservationInFlight(t *testing.T) {
+	testdisk.RequireRoot(t)
+	g := gatedExec{Interface: utilexec.New(), entered: make(chan string), proceed: make(chan error)}
+	m, err := New(Config{NodeID: "node-a", Exec: g,
+		Pools: []PoolConfig{{Name: "default", Path: newPoolOnDisk(t, "ext4", 4<<30), Backend: BackendLoop}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ctx := context.Background()
+	p := m.Pools()[0]
+	empty := mustCapacity(t, p)
+	const size = 1 << 30
+
+	for _, outcome := range []error{errors.New("mkfs failed on purpose"), nil} {
+		done := make(chan error)
+		go func() {
+			_, err := m.CreateVolume(ctx, CreateRequest{Name: "in-flight", RequiredBytes: size})
+			done <- err
+		}()
+		<-g.entered
+		c := mustCapacity(t, p)
+		if c.Reserved != size || c.Provisioned != size || c.Promised != size || c.Available > c.Free-size {
+			t.Fatalf("capacity during the create %+v: want %d bytes reserved, provisioned and promised", c, size)
+		}
+		// This fits into the free space, but not next to the reservation.
+		blk := roundUp(c.Available+size/2, mib)
+		if _, err := m.CreateVolume(ctx, CreateRequest{Name: "beside", RequiredBytes: blk, AccessType: AccessBlock}); !errors.Is(err, ErrNoSpace) ||
+			!strings.Contains(err.Error(), fmt.Sprintf("%d of them held by requests in flight", size)) {
+			t.Fatalf("create of %d bytes beside a %d-byte reservation (free %d): %v, want ErrNoSpace naming the reservation", blk, size, c.Free, err)
+		}
+		g.proceed <- outcome
+		err := <-done
+		c = mustCapacity(t, p)
+		switch {
+		case outcome != nil && (!errors.Is(err, outcome) || c.Reserved != 0 || c.Provisioned != empty.Provisioned || len(m.ListVolumes()) != 0):
+			t.Fatalf("failed create: %v, capacity %+v; want the error and the reservation released", err, c)
+		case outcome == nil && (err != nil || c.Reserved != 0 || c.Provisioned != size || len(m.ListVolumes()) != 1):
+			t.Fatalf("finished create: %v, capacity %+v; want the reservation converted into one %d-byte volume", err, c, size)
+		}
+	}
+	checkCapacityMatchesVolumes(t, m)
 }
