@@ -34,6 +34,7 @@ import (
 const (
 	namespace      = "dhpp-system"
 	serviceAccount = "dhpp-node"
+	controllerSA   = "dhpp-controller"
 	installScript  = "hack/deploytools/install.sh"
 )
 
@@ -361,7 +362,49 @@ func checkKeyFacts(t *testing.T, objs map[string]object) {
 	}
 
 	get[*corev1.ServiceAccount](t, objs, "/ServiceAccount/"+namespace+"/"+serviceAccount)
-	checkRBAC(t, objs)
+	checkRBAC(t, objs, serviceAccount, required, forbidden)
+	checkController(t, objs, d.Image)
+}
+
+// checkController: dhpp-controller runs from the driver's image, 2 replicas
+// with leader election, its own least-privilege ServiceAccount.
+func checkController(t *testing.T, objs map[string]object, driverImage string) {
+	t.Helper()
+	dep := get[*appsv1.Deployment](t, objs, "apps/Deployment/"+namespace+"/dhpp-controller")
+	if dep.Spec.Replicas == nil || *dep.Spec.Replicas != 2 {
+		t.Errorf("dhpp-controller replicas = %v, want 2", dep.Spec.Replicas)
+	}
+	pod := dep.Spec.Template.Spec
+	if pod.ServiceAccountName != controllerSA {
+		t.Errorf("dhpp-controller serviceAccount %q, want %q", pod.ServiceAccountName, controllerSA)
+	}
+	if len(pod.Containers) != 1 {
+		t.Fatalf("dhpp-controller has %d containers, want 1", len(pod.Containers))
+	}
+	c := pod.Containers[0]
+	if c.Image != driverImage || !slices.Equal(c.Command, []string{"/dhpp-controller"}) {
+		t.Errorf("dhpp-controller image %q command %q; want the driver's image %q and /dhpp-controller", c.Image, c.Command, driverImage)
+	}
+	for _, a := range []string{"--leader-election", "--leader-election-namespace=$(POD_NAMESPACE)", "--grace-period=2m", "--fenced-pool-limit=10m", "--metrics-address=:9808"} {
+		if !slices.Contains(c.Args, a) {
+			t.Errorf("dhpp-controller args %q lack %q", c.Args, a)
+		}
+	}
+	if slices.Contains(c.Args, "--dry-run") {
+		t.Errorf("dhpp-controller runs --dry-run by default")
+	}
+	if !hasEnv(c, "POD_NAMESPACE", "metadata.namespace") {
+		t.Errorf("dhpp-controller lacks POD_NAMESPACE (the Lease's namespace)")
+	}
+	if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" {
+		t.Errorf("dhpp-controller liveness probe = %+v, want GET /healthz", c.LivenessProbe)
+	}
+	sc := c.SecurityContext
+	if sc == nil || sc.Privileged != nil && *sc.Privileged || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Errorf("dhpp-controller security context = %+v, want unprivileged, non-root, no escalation", sc)
+	}
+	get[*corev1.ServiceAccount](t, objs, "/ServiceAccount/"+namespace+"/"+controllerSA)
+	checkRBAC(t, objs, controllerSA, controllerRequired, controllerForbidden)
 }
 
 // permission is one thing the ServiceAccount must be allowed to do.
@@ -389,6 +432,29 @@ var required = []permission{
 	{"dhpp-driver", "", "", "events", []string{"create", "patch"}},
 }
 
+// controllerRequired is what dhpp-controller does (pkg/controller).
+var controllerRequired = []permission{
+	{"dhpp-controller", "", "", "persistentvolumes", []string{"get", "list", "watch", "patch", "delete"}},
+	{"dhpp-controller", "", "", "persistentvolumeclaims", []string{"get", "list", "watch", "delete"}},
+	{"dhpp-controller", "", "", "nodes", []string{"get", "list", "watch"}},
+	{"dhpp-controller", "", "", "pods", []string{"list"}},
+	{"dhpp-controller", "", "", "pods/eviction", []string{"create"}},
+	{"dhpp-controller", "", "storage.k8s.io", "storageclasses", []string{"get", "list", "watch"}},
+	{"dhpp-controller", "", "", "events", []string{"create"}},
+	{"dhpp-controller", namespace, "coordination.k8s.io", "leases", []string{"get", "create", "update"}},
+}
+
+// controllerForbidden: pods leave only through the Eviction API, Nodes are
+// never changed, claims and PVs are never created or rewritten.
+var controllerForbidden = []permission{
+	{"nobody", "", "", "secrets", []string{"get", "list"}},
+	{"nobody", "", "", "pods", []string{"delete", "watch"}},
+	{"nobody", "", "", "nodes", []string{"patch", "update", "delete"}},
+	{"nobody", "", "", "persistentvolumeclaims", []string{"create", "update", "patch"}},
+	{"nobody", "", "", "persistentvolumes", []string{"create", "update"}},
+	{"nobody", "", "coordination.k8s.io", "leases", []string{"get", "update"}},
+}
+
 // forbidden are grants this driver must not hold (least privilege).
 var forbidden = []permission{
 	{"nobody", "", "", "secrets", []string{"get", "list"}},
@@ -398,15 +464,15 @@ var forbidden = []permission{
 	{"nobody", "", "", "nodes", []string{"delete", "update"}},
 }
 
-// checkRBAC evaluates the rules bound to the ServiceAccount the way the
+// checkRBAC evaluates the rules bound to the ServiceAccount sa the way the
 // API server would (without aggregation): cluster-wide grants come from
 // ClusterRoleBindings, namespaced ones also from RoleBindings there.
-func checkRBAC(t *testing.T, objs map[string]object) {
+func checkRBAC(t *testing.T, objs map[string]object, sa string, required, forbidden []permission) {
 	t.Helper()
 	var clusterRules, nsRules []rbacv1.PolicyRule
 	subjectIsSA := func(subs []rbacv1.Subject) bool {
 		return slices.ContainsFunc(subs, func(s rbacv1.Subject) bool {
-			return s.Kind == "ServiceAccount" && s.Name == serviceAccount && s.Namespace == namespace
+			return s.Kind == "ServiceAccount" && s.Name == sa && s.Namespace == namespace
 		})
 	}
 	for _, o := range objs {
@@ -439,14 +505,14 @@ func checkRBAC(t *testing.T, objs map[string]object) {
 	for _, p := range required {
 		for _, v := range p.verbs {
 			if !allowed(p, v) {
-				t.Errorf("%s needs %s %s.%s (namespace %q), not granted", p.who, v, p.resource, p.group, p.namespace)
+				t.Errorf("%s (ServiceAccount %s) needs %s %s.%s (namespace %q), not granted", p.who, sa, v, p.resource, p.group, p.namespace)
 			}
 		}
 	}
 	for _, p := range forbidden {
 		for _, v := range p.verbs {
 			if allowed(p, v) {
-				t.Errorf("ServiceAccount may %s %s.%s (namespace %q): more than dhpp needs", v, p.resource, p.group, p.namespace)
+				t.Errorf("ServiceAccount %s may %s %s.%s (namespace %q): more than it needs", sa, v, p.resource, p.group, p.namespace)
 			}
 		}
 	}
@@ -487,7 +553,8 @@ func TestAllowsEvaluatesRules(t *testing.T) {
 }
 
 // TestLocalOverlay checks that the e2e overlay changes exactly what it says:
-// local images that are never pulled and a 30 s trash retention, nothing else.
+// local images that are never pulled, a 30 s trash retention and short
+// dhpp-controller limits, nothing else.
 func TestLocalOverlay(t *testing.T) {
 	base := parse(t, kustomizeBuild(t, "kustomize/base"))
 	local := parse(t, kustomizeBuild(t, "kustomize/overlays/local"))
@@ -512,26 +579,40 @@ func TestLocalOverlay(t *testing.T) {
 		t.Errorf("local dhpp-driver args %q: want --trash-retention=30s instead of 15m", d.Args)
 	}
 
+	depKey := "apps/Deployment/" + namespace + "/dhpp-controller"
+	ctrl := get[*appsv1.Deployment](t, local, depKey).Spec.Template.Spec.Containers[0]
+	if ctrl.Image != wantImages["dhpp-driver"] || ctrl.ImagePullPolicy != corev1.PullNever {
+		t.Errorf("local dhpp-controller: image %q pull %q, want the driver's %q Never", ctrl.Image, ctrl.ImagePullPolicy, wantImages["dhpp-driver"])
+	}
+	for _, a := range []string{"--grace-period=20s", "--fenced-pool-limit=30s"} {
+		if !slices.Contains(ctrl.Args, a) {
+			t.Errorf("local dhpp-controller args %q lack %q (the e2e scenarios' short limits)", ctrl.Args, a)
+		}
+	}
+
 	// Undo the intended changes; what remains must equal the base.
-	raw := normalize(local[dsKey].raw)
-	containers := raw["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)
-	baseDS := get[*appsv1.DaemonSet](t, base, dsKey)
-	for i, c := range containers {
-		cm := c.(map[string]any)
-		delete(cm, "imagePullPolicy")
-		cm["image"] = baseDS.Spec.Template.Spec.Containers[i].Image
-		if args, ok := cm["args"].([]any); ok {
-			for j, a := range args {
-				if a == "--trash-retention=30s" {
-					args[j] = "--trash-retention=15m"
+	undo := map[string]string{"--trash-retention=30s": "--trash-retention=15m", "--grace-period=20s": "--grace-period=2m", "--fenced-pool-limit=30s": "--fenced-pool-limit=10m"}
+	for _, key := range []string{dsKey, depKey} {
+		raw := normalize(local[key].raw)
+		containers := raw["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)
+		baseContainers := base[key].raw["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)
+		for i, c := range containers {
+			cm := c.(map[string]any)
+			delete(cm, "imagePullPolicy")
+			cm["image"] = baseContainers[i].(map[string]any)["image"]
+			if args, ok := cm["args"].([]any); ok {
+				for j, a := range args {
+					if orig, ok := undo[a.(string)]; ok {
+						args[j] = orig
+					}
 				}
 			}
 		}
+		local[key] = object{key: key, raw: raw}
 	}
-	local[dsKey] = object{key: dsKey, raw: raw}
 	for _, k := range keys(base) {
 		if diff := cmp.Diff(normalize(base[k].raw), normalize(local[k].raw)); diff != "" {
-			t.Errorf("%s: overlay changes more than images, pull policy and retention (-base +local):\n%s", k, diff)
+			t.Errorf("%s: overlay changes more than images, pull policy, retention and controller limits (-base +local):\n%s", k, diff)
 		}
 	}
 }
@@ -595,6 +676,36 @@ func TestHelmValues(t *testing.T) {
 				}
 				if d.Ports[0].ContainerPort != 9900 || !slices.Contains(d.Args, "--metrics-address=:9900") || ds.Spec.Template.Annotations["prometheus.io/port"] != "9900" {
 					t.Errorf("metrics port not applied everywhere: port %d args %q annotations %v", d.Ports[0].ContainerPort, d.Args, ds.Spec.Template.Annotations)
+				}
+			},
+		},
+		{
+			name: "controller limits and dry run",
+			set:  []string{"--set", "controller.gracePeriod=5m", "--set", "controller.fencedPoolLimit=0", "--set", "controller.dryRun=true", "--set", "controller.replicas=3"},
+			check: func(t *testing.T, objs map[string]object) {
+				dep := get[*appsv1.Deployment](t, objs, "apps/Deployment/"+namespace+"/dhpp-controller")
+				c := dep.Spec.Template.Spec.Containers[0]
+				for _, a := range []string{"--grace-period=5m", "--fenced-pool-limit=0", "--dry-run"} {
+					if !slices.Contains(c.Args, a) {
+						t.Errorf("args %q lack %q", c.Args, a)
+					}
+				}
+				if *dep.Spec.Replicas != 3 {
+					t.Errorf("replicas = %d, want 3", *dep.Spec.Replicas)
+				}
+			},
+		},
+		{
+			name: "controller disabled",
+			set:  []string{"--set", "controller.enabled=false"},
+			check: func(t *testing.T, objs map[string]object) {
+				for k := range objs {
+					if strings.Contains(k, "dhpp-controller") {
+						t.Errorf("rendered although controller.enabled=false: %s", k)
+					}
+				}
+				if _, ok := objs["apps/DaemonSet/"+namespace+"/dhpp-node"]; !ok {
+					t.Error("the node DaemonSet went with the controller")
 				}
 			},
 		},

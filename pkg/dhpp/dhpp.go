@@ -26,7 +26,15 @@ const (
 	// (csi.storage.k8s.io/pvc/name and friends, with --extra-create-metadata);
 	// dhpp accepts and ignores them.
 	ParamPrefixCSI = "csi.storage.k8s.io/"
+	// ParamNodeLossPolicy is read by dhpp-controller, not by the driver:
+	// what to do with a claim whose volume's node or disk is lost
+	// ("keep", the default, or "recreate"). The driver accepts and ignores it.
+	ParamNodeLossPolicy = "nodeLossPolicy"
 )
+
+// AnnotationNodeLossPolicy on a PVC overrides its class's
+// ParamNodeLossPolicy for that claim.
+const AnnotationNodeLossPolicy = "dhpp.io/node-loss-policy"
 
 // Keys dhpp puts into a volume's volume_context (shown on the PV).
 const (

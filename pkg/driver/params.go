@@ -53,6 +53,7 @@ func ParseParameters(params map[string]string) (Parameters, error) {
 				return Parameters{}, fmt.Errorf("%w: parameter %q: %v", node.ErrInvalid, k, err)
 			}
 			p.Mode = m
+		case k == dhpp.ParamNodeLossPolicy: // dhpp-controller's, validated there
 		case strings.HasPrefix(k, dhpp.ParamPrefixCSI):
 			if label, ok := extraMetadata[k]; ok {
 				if p.Labels == nil {
