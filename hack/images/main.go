@@ -8,6 +8,8 @@
 //
 // Images whose inputs are not given (or, for the driver, whose source
 // directory cmd/dhpp-driver does not exist yet) are skipped with a message.
+// The driver's image also carries /dhpp-controller (cmd/dhpp-controller):
+// dhpp ships one image, and the controller Deployment runs that binary.
 package main
 
 import (
@@ -28,6 +30,8 @@ func main() {
 	flag.StringVar(&o.resizer, "resizer", "", "static csi-resizer binary; empty skips the image")
 	flag.StringVar(&o.driverPkg, "driver-pkg", "./cmd/dhpp-driver", "Go package of the driver, built static; skipped if its directory does not exist")
 	flag.StringVar(&o.driverBin, "driver-bin", "", "use this prebuilt static driver binary instead of building -driver-pkg")
+	flag.StringVar(&o.controllerPkg, "controller-pkg", "./cmd/dhpp-controller", "Go package of dhpp-controller, built static into the driver's image; left out if its directory does not exist")
+	flag.StringVar(&o.controllerBin, "controller-bin", "", "use this prebuilt static dhpp-controller binary instead of building -controller-pkg")
 	flag.StringVar(&o.only, "only", "", "comma-separated image names to build (default: all): "+strings.Join(imageNames, ","))
 	flag.Parse()
 	if o.out == "" {
@@ -46,6 +50,7 @@ func main() {
 
 type options struct {
 	out, provisioner, resizer, driverPkg, driverBin, only string
+	controllerPkg, controllerBin                          string
 }
 
 func (o options) wanted(name string) bool {

@@ -162,6 +162,16 @@ var driverTools = []string{
 	"mkfs.btrfs", "btrfs",
 }
 
+// goBuildStatic builds a Go package into a static binary.
+func goBuildStatic(pkg, out string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w: %s", pkg, err, b)
+	}
+	return nil
+}
+
 func driverImage(o options, work string) (*imagetar.Image, error) {
 	bin := o.driverBin
 	if bin == "" {
@@ -170,10 +180,19 @@ func driverImage(o options, work string) (*imagetar.Image, error) {
 			return nil, nil
 		}
 		bin = filepath.Join(work, "dhpp-driver")
-		cmd := exec.Command("go", "build", "-trimpath", "-o", bin, o.driverPkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("go build %s: %w: %s", o.driverPkg, err, out)
+		if err := goBuildStatic(o.driverPkg, bin); err != nil {
+			return nil, err
+		}
+	}
+	ctrl := o.controllerBin
+	if ctrl == "" && o.controllerPkg != "" {
+		if st, err := os.Stat(o.controllerPkg); err == nil && st.IsDir() {
+			ctrl = filepath.Join(work, "dhpp-controller")
+			if err := goBuildStatic(o.controllerPkg, ctrl); err != nil {
+				return nil, err
+			}
+		} else {
+			klog.InfoS("driver image without dhpp-controller: its source is not present", "package", o.controllerPkg)
 		}
 	}
 	skip := map[string]bool{}
@@ -187,6 +206,9 @@ func driverImage(o options, work string) (*imagetar.Image, error) {
 	img := &imagetar.Image{Tag: DriverTag, Entrypoint: []string{"/dhpp-driver"}}
 	img.Add(base...)
 	img.Add(imagetar.Entry{Path: "/dhpp-driver", Source: bin, Mode: 0o755})
+	if ctrl != "" {
+		img.Add(imagetar.Entry{Path: "/dhpp-controller", Source: ctrl, Mode: 0o755})
+	}
 	for _, t := range driverTools {
 		p, err := imagetar.HostPath(t)
 		if err != nil {

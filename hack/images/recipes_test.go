@@ -87,9 +87,9 @@ func TestImageContents(t *testing.T) {
 		{name: "csi-resizer", opts: options{resizer: static}, tag: ResizerTag, wantPaths: []string{"/busybox"}},
 		{
 			name: "dhpp-driver",
-			opts: options{driverBin: static},
+			opts: options{driverBin: static, controllerBin: static},
 			tag:  DriverTag,
-			wantPaths: []string{"/dhpp-driver", "/bin/busybox", "/etc/mke2fs.conf",
+			wantPaths: []string{"/dhpp-driver", "/dhpp-controller", "/bin/busybox", "/etc/mke2fs.conf",
 				"/usr/sbin/mkfs.ext4", "/usr/sbin/mkfs.xfs", "/usr/sbin/mkfs.btrfs", "/usr/bin/btrfs",
 				"/usr/sbin/losetup", "/usr/bin/mount", "/usr/sbin/xfs_growfs", "/usr/sbin/resize2fs"},
 			wantLinks: map[string]string{"/bin/sh": "/bin/busybox"},
