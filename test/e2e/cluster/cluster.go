@@ -388,7 +388,8 @@ func waitNodesReady(ctx context.Context, cfg Config, want int, timeout time.Dura
 // built images.
 const LocalOverlay = "deploy/kustomize/overlays/local"
 
-// InstallDHPP applies the local overlay and waits for its DaemonSets.
+// InstallDHPP applies the local overlay and waits for its DaemonSets and
+// for the dhpp-controller Deployment.
 func InstallDHPP(ctx context.Context, cfg Config, out io.Writer) error {
 	dir := filepath.Join(cfg.RepoRoot, LocalOverlay)
 	if _, err := os.Stat(filepath.Join(dir, "kustomization.yaml")); err != nil {
@@ -413,6 +414,18 @@ func InstallDHPP(ctx context.Context, cfg Config, out io.Writer) error {
 		if _, err := kubectl(ctx, cfg, "-n", ns, "rollout", "status", "daemonset/"+name, "--timeout=5m"); err != nil {
 			pods, _ := kubectl(ctx, cfg, "-n", ns, "get", "pods", "-o", "wide")
 			return fmt.Errorf("DaemonSet %s not ready: %w\n%s", ds, err, pods)
+		}
+	}
+	// dhpp-controller (a Deployment): both replicas up, one of them leads.
+	deps, err := kubectl(ctx, cfg, "-n", "dhpp-system", "get", "deployments", "-o", `jsonpath={range .items[*]}{.metadata.name}{"\n"}{end}`)
+	if err != nil {
+		return err
+	}
+	for _, d := range strings.Fields(deps) {
+		fmt.Fprintf(out, "    waiting for Deployment dhpp-system/%s\n", d)
+		if _, err := kubectl(ctx, cfg, "-n", "dhpp-system", "rollout", "status", "deployment/"+d, "--timeout=5m"); err != nil {
+			pods, _ := kubectl(ctx, cfg, "-n", "dhpp-system", "get", "pods", "-o", "wide")
+			return fmt.Errorf("Deployment %s not ready: %w\n%s", d, err, pods)
 		}
 	}
 	return nil
