@@ -1,0 +1,323 @@
+package crash
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dhpp-io/dhpp/pkg/dhpp"
+	"google.golang.org/grpc/codes"
+)
+
+// rpcTimeout bounds one call: a hung driver fails the test, it is not
+// mistaken for a kill.
+const rpcTimeout = 2 * time.Minute
+
+// maxErrors stops the loop early: after that many reported problems the
+// rest would mostly be consequences.
+const maxErrors = 8
+
+var mountCap = &csi.VolumeCapability{
+	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+}
+
+// pool is one --pool of the driver under test.
+type pool struct {
+	name, path, backend string
+}
+
+// harness is the shared state of one crash loop: the driver, the model of
+// every volume, the gate that pauses the workers, and the counters.
+type harness struct {
+	t       *testing.T
+	d       *driverProc
+	nodeID  string
+	pools   []pool
+	volsDir string // the kubelet's side: <volsDir>/<name>/{staging,target}
+	// onlineLoopGrow: ext4 inside loop images can grow while mounted
+	// (needs CAP_SYS_RESOURCE); without it loop volumes grow offline only.
+	onlineLoopGrow bool
+	gate           *gate
+	stats          *stats
+	begin          time.Time
+	kills          atomic.Int32
+	errs           atomic.Int32
+
+	mu   sync.Mutex
+	vols []*vol // every volume ever asked for, in creation order
+}
+
+func (h *harness) poolPath(name string) string {
+	for _, p := range h.pools {
+		if p.name == name {
+			return p.path
+		}
+	}
+	panic("unknown pool " + name)
+}
+
+func (h *harness) addVol(v *vol) {
+	h.mu.Lock()
+	h.vols = append(h.vols, v)
+	h.mu.Unlock()
+}
+
+func (h *harness) allVols() []*vol {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]*vol(nil), h.vols...)
+}
+
+// newVol makes the model of a volume not yet asked for, with its
+// kubelet-side directory.
+func (h *harness) newVol(name, pool string, reqBytes int64) *vol {
+	dir := filepath.Join(h.volsDir, name)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		h.t.Fatal(err)
+	}
+	v := &vol{
+		name: name, pool: pool, id: h.nodeID + "/" + pool + "/" + name, reqBytes: reqBytes,
+		staging: filepath.Join(dir, "staging"), target: filepath.Join(dir, "target"),
+	}
+	h.addVol(v)
+	return v
+}
+
+// call runs one RPC against the current incarnation and classifies the
+// result: an error from an incarnation that was killed meanwhile is
+// uncertain, any other error is a real answer.
+func (h *harness) call(v *vol, rpc, what string, f func(ctx context.Context, inc *incarnation) error) (outcome, error) {
+	inc := h.d.current()
+	kill := int(h.kills.Load())
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	err := f(ctx, inc)
+	cancel()
+	o := ok
+	if err != nil {
+		o = failed
+		if inc.killed.Load() {
+			o = uncertain
+		}
+	}
+	h.stats.count(rpc, o)
+	h.record(v, kill, rpc+what, o, err)
+	return o, err
+}
+
+func (h *harness) record(v *vol, kill int, what string, o outcome, err error) {
+	e := event{at: time.Since(h.begin), kill: kill, what: what, outcome: o}
+	if err != nil {
+		e.err = err.Error()
+	}
+	v.history = append(v.history, e)
+}
+
+// note adds a non-RPC step (a file write, a check) to the history.
+func (h *harness) note(v *vol, what string, err error) {
+	o := ok
+	if err != nil {
+		o = failed
+	}
+	h.record(v, int(h.kills.Load()), what, o, err)
+}
+
+// fail reports a broken promise about v with its whole history, and
+// leaves the volume alone from then on.
+func (h *harness) fail(v *vol, format string, args ...any) {
+	h.t.Helper()
+	h.errs.Add(1)
+	v.broken = true
+	h.t.Errorf("%s\n%s  driver log lines naming %s (last %d):\n%s", fmt.Sprintf(format, args...), v.historyText(), v.name, logLines, h.d.logsMentioning(v.name, logLines))
+}
+
+// logLines is how many driver log lines a failure message quotes.
+const logLines = 30
+
+// failf reports a problem that is not about one volume.
+func (h *harness) failf(format string, args ...any) {
+	h.t.Helper()
+	h.errs.Add(1)
+	h.t.Errorf(format, args...)
+}
+
+func (h *harness) tooManyErrors() bool { return h.errs.Load() >= maxErrors }
+
+// The requests, built in one place so that a retry is the same request.
+
+func (h *harness) createReq(v *vol) *csi.CreateVolumeRequest {
+	return &csi.CreateVolumeRequest{
+		Name:               v.name,
+		CapacityRange:      &csi.CapacityRange{RequiredBytes: v.reqBytes},
+		VolumeCapabilities: []*csi.VolumeCapability{mountCap},
+		Parameters:         map[string]string{dhpp.ParamPool: v.pool},
+	}
+}
+
+func (h *harness) create(v *vol) (outcome, *csi.Volume, error) {
+	var got *csi.Volume
+	o, err := h.call(v, "CreateVolume", fmt.Sprintf("(%s, %dMi)", v.pool, v.reqBytes>>20), func(ctx context.Context, inc *incarnation) error {
+		resp, err := inc.ctl.CreateVolume(ctx, h.createReq(v))
+		got = resp.GetVolume()
+		return err
+	})
+	return o, got, err
+}
+
+func (h *harness) delete(v *vol) (outcome, error) {
+	return h.call(v, "DeleteVolume", "", func(ctx context.Context, inc *incarnation) error {
+		_, err := inc.ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.id})
+		return err
+	})
+}
+
+func (h *harness) stage(v *vol) (outcome, error) {
+	// The kubelet creates the staging directory before NodeStageVolume.
+	if err := os.MkdirAll(v.staging, 0o750); err != nil {
+		h.t.Fatal(err)
+	}
+	return h.call(v, "NodeStageVolume", "", func(ctx context.Context, inc *incarnation) error {
+		_, err := inc.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging, VolumeCapability: mountCap})
+		return err
+	})
+}
+
+func (h *harness) unstage(v *vol) (outcome, error) {
+	return h.call(v, "NodeUnstageVolume", "", func(ctx context.Context, inc *incarnation) error {
+		_, err := inc.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging})
+		return err
+	})
+}
+
+func (h *harness) publish(v *vol) (outcome, error) {
+	return h.call(v, "NodePublishVolume", "", func(ctx context.Context, inc *incarnation) error {
+		_, err := inc.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{
+			VolumeId: v.id, StagingTargetPath: v.staging, TargetPath: v.target, VolumeCapability: mountCap,
+		})
+		return err
+	})
+}
+
+func (h *harness) unpublish(v *vol) (outcome, error) {
+	return h.call(v, "NodeUnpublishVolume", "", func(ctx context.Context, inc *incarnation) error {
+		_, err := inc.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.id, TargetPath: v.target})
+		return err
+	})
+}
+
+// expand is what csi-resizer and the kubelet do: ControllerExpandVolume,
+// then NodeExpandVolume on the node at volumePath. It returns the size
+// NodeExpandVolume reported.
+func (h *harness) expand(v *vol, size int64, volumePath string) (outcome, int64, error) {
+	rng := &csi.CapacityRange{RequiredBytes: size}
+	o, err := h.call(v, "ControllerExpandVolume", fmt.Sprintf("(%dMi)", size>>20), func(ctx context.Context, inc *incarnation) error {
+		_, err := inc.ctl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: v.id, CapacityRange: rng, VolumeCapability: mountCap})
+		return err
+	})
+	if o != ok {
+		return o, 0, err
+	}
+	var got int64
+	where := "target"
+	if volumePath == v.staging {
+		where = "staging, offline"
+	}
+	o, err = h.call(v, "NodeExpandVolume", fmt.Sprintf("(%dMi at %s)", size>>20, where), func(ctx context.Context, inc *incarnation) error {
+		resp, err := inc.node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{
+			VolumeId: v.id, VolumePath: volumePath, StagingTargetPath: v.staging, CapacityRange: rng, VolumeCapability: mountCap,
+		})
+		got = resp.GetCapacityBytes()
+		return err
+	})
+	return o, got, err
+}
+
+// expansionRefused reports an answer to an expand that is not a bug: the
+// pool is full, or (offline, at a path that is not a mount) the driver
+// declines to expand there.
+func expansionRefused(err error, offline bool) bool {
+	switch codeOf(err) {
+	case codes.ResourceExhausted, codes.OutOfRange:
+		return true
+	case codes.FailedPrecondition, codes.InvalidArgument, codes.NotFound:
+		return offline
+	}
+	return false
+}
+
+// gate pauses the workers between a kill and the end of the checks that
+// follow the restart, so the checker sees a model nobody is changing.
+type gate struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	closed bool
+	done   bool
+	active int
+}
+
+func newGate() *gate {
+	g := &gate{}
+	g.cond = sync.NewCond(&g.mu)
+	return g
+}
+
+// enter waits until the gate is open; false means the run is over.
+func (g *gate) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for g.closed && !g.done {
+		g.cond.Wait()
+	}
+	if g.done {
+		return false
+	}
+	g.active++
+	return true
+}
+
+func (g *gate) exit() {
+	g.mu.Lock()
+	g.active--
+	g.cond.Broadcast()
+	g.mu.Unlock()
+}
+
+// close stops new steps; those under way go on (and meet the kill).
+func (g *gate) close() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+}
+
+// drain waits for the steps under way to end.
+func (g *gate) drain() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for g.active > 0 {
+		g.cond.Wait()
+	}
+}
+
+func (g *gate) open() {
+	g.mu.Lock()
+	g.closed = false
+	g.cond.Broadcast()
+	g.mu.Unlock()
+}
+
+// finish ends the run: workers return from enter, steps under way end.
+func (g *gate) finish() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.done = true
+	g.cond.Broadcast()
+	for g.active > 0 {
+		g.cond.Wait()
+	}
+}

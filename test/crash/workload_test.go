@@ -1,0 +1,233 @@
+package crash
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+)
+
+// Workload shape: each worker keeps a few volumes of its own and moves each
+// through the kubelet's life cycle at random. Volumes never change hands,
+// so two calls on one volume are never concurrent (that would only earn
+// Aborted), while the workers together keep several calls in flight.
+const (
+	volsPerWorker = 3
+	minVolMiB     = 16 // the loop backend's ext4 minimum
+	maxVolMiB     = 32
+	growMaxMiB    = 128 // no expansion past this
+	filesPerVol   = 24
+	maxFileBytes  = 32 << 10
+)
+
+type worker struct {
+	h    *harness
+	id   int
+	rng  *rand.Rand
+	seq  int
+	vols []*vol
+}
+
+// run takes steps until the run is over; each step is one operation on one
+// volume and runs while the gate is open.
+func (w *worker) run() {
+	for w.h.gate.enter() {
+		w.step()
+		w.h.gate.exit()
+	}
+}
+
+// pick returns a choice by weight.
+func (w *worker) pick(weights ...int) int {
+	total := 0
+	for _, x := range weights {
+		total += x
+	}
+	n := w.rng.IntN(total)
+	for i, x := range weights {
+		if n < x {
+			return i
+		}
+		n -= x
+	}
+	return len(weights) - 1
+}
+
+func (w *worker) step() {
+	// Forget volumes that are gone or no longer to be touched. A volume
+	// with a pending call is resolved by the checker before the gate
+	// reopens, so none is seen here.
+	w.vols = slices.DeleteFunc(w.vols, func(v *vol) bool { return v.broken || v.exists == no || v.deleted == yes })
+	if len(w.vols) < volsPerWorker && (len(w.vols) == 0 || w.rng.IntN(3) == 0) {
+		w.create()
+		return
+	}
+	v := w.vols[w.rng.IntN(len(w.vols))]
+	switch {
+	case v.pub == yes:
+		switch w.pick(45, 15, 40) {
+		case 0:
+			w.write(v)
+		case 1:
+			w.expand(v, false)
+		default:
+			w.unpublish(v)
+		}
+	case v.staged == yes:
+		switch w.pick(70, 30) {
+		case 0:
+			w.publish(v)
+		default:
+			w.unstage(v)
+		}
+	default:
+		switch w.pick(55, 30, 15) {
+		case 0:
+			w.stage(v)
+		case 1:
+			w.delete(v)
+		default:
+			w.expand(v, true)
+		}
+	}
+}
+
+func (w *worker) create() {
+	h := w.h
+	w.seq++
+	p := h.pools[w.rng.IntN(len(h.pools))]
+	size := int64(minVolMiB+w.rng.IntN(maxVolMiB-minVolMiB+1)) << 20
+	v := h.newVol(fmt.Sprintf("w%d-%03d", w.id, w.seq), p.name, size)
+	w.vols = append(w.vols, v)
+	o, got, err := h.create(v)
+	switch o {
+	case ok:
+		v.exists = yes
+		if got.GetVolumeId() != v.id || got.GetCapacityBytes() < v.reqBytes {
+			h.fail(v, "CreateVolume answered volume %q of %d bytes; want ID %q and at least %d bytes", got.GetVolumeId(), got.GetCapacityBytes(), v.id, v.reqBytes)
+			return
+		}
+		v.capMin, v.capMax = got.GetCapacityBytes(), got.GetCapacityBytes()
+	case uncertain:
+		v.exists, v.pending = maybe, "create"
+	case failed:
+		v.exists = no
+		if !expansionRefused(err, false) {
+			h.fail(v, "CreateVolume failed: %v", err)
+		}
+	}
+}
+
+func (w *worker) delete(v *vol) {
+	switch o, err := w.h.delete(v); o {
+	case ok:
+		v.deleted = yes
+	case uncertain:
+		v.deleted, v.pending = maybe, "delete"
+	case failed:
+		w.h.fail(v, "DeleteVolume of an unpublished, unstaged volume failed: %v", err)
+	}
+}
+
+func (w *worker) stage(v *vol) {
+	switch o, err := w.h.stage(v); o {
+	case ok:
+		v.staged = yes
+	case uncertain:
+		v.staged, v.pending = maybe, "stage"
+	case failed:
+		w.h.fail(v, "NodeStageVolume failed: %v", err)
+	}
+}
+
+func (w *worker) unstage(v *vol) {
+	switch o, err := w.h.unstage(v); o {
+	case ok:
+		v.staged = no
+	case uncertain:
+		v.staged, v.pending = maybe, "unstage"
+	case failed:
+		w.h.fail(v, "NodeUnstageVolume failed: %v", err)
+	}
+}
+
+func (w *worker) publish(v *vol) {
+	switch o, err := w.h.publish(v); o {
+	case ok:
+		v.pub = yes
+		w.h.checkData(v, v.target)
+	case uncertain:
+		v.pub, v.pending = maybe, "publish"
+	case failed:
+		w.h.fail(v, "NodePublishVolume of a staged volume failed: %v", err)
+	}
+}
+
+func (w *worker) unpublish(v *vol) {
+	switch o, err := w.h.unpublish(v); o {
+	case ok:
+		v.pub = no
+	case uncertain:
+		v.pub, v.pending = maybe, "unpublish"
+	case failed:
+		w.h.fail(v, "NodeUnpublishVolume failed: %v", err)
+	}
+}
+
+// write adds a file of random content through the published target and
+// fsyncs it; from then on it must read back unchanged.
+func (w *worker) write(v *vol) {
+	if len(v.files) >= filesPerVol {
+		w.h.checkData(v, v.target)
+		return
+	}
+	v.fileSeq++
+	data := make([]byte, 1+w.rng.IntN(maxFileBytes))
+	for i := range data {
+		data[i] = byte(w.rng.Uint32())
+	}
+	f := file{name: fmt.Sprintf("f%03d", v.fileSeq), size: len(data), sum: sha256.Sum256(data)}
+	err := writeFile(v.target, f.name, data)
+	w.h.note(v, fmt.Sprintf("write+fsync %s (%d bytes)", f.name, f.size), err)
+	if err != nil {
+		w.h.fail(v, "writing %s through the published target %s: %v", f.name, v.target, err)
+		return
+	}
+	v.files = append(v.files, f)
+}
+
+// expand grows the volume by a few MiB: online at the publish target, or
+// offline (unstaged) with the staging directory as the volume path.
+func (w *worker) expand(v *vol, offline bool) {
+	h := w.h
+	if v.capMin >= growMaxMiB<<20 || (!offline && h.isLoop(v) && !h.onlineLoopGrow) {
+		return
+	}
+	size := v.capMin + int64(4+w.rng.IntN(13))<<20
+	at := v.target
+	if offline {
+		at = v.staging
+		if err := mkdirAll(at); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+	o, got, err := h.expand(v, size, at)
+	switch o {
+	case ok:
+		if got < size {
+			h.fail(v, "NodeExpandVolume to %d bytes answered %d bytes", size, got)
+			return
+		}
+		v.capMin, v.capMax = got, max(v.capMax, got)
+		if !offline {
+			h.checkGrown(v)
+		}
+	case uncertain:
+		v.capMax = max(v.capMax, size)
+		v.expandTo, v.expandAt, v.pending = size, at, "expand"
+	case failed:
+		if !expansionRefused(err, offline) {
+			h.fail(v, "expanding to %d bytes failed: %v", size, err)
+		}
+	}
+}
