@@ -19,6 +19,8 @@ import (
 // first (before anything is retried), then the retries of every call the
 // kill cut off, then the state they converge to.
 func (h *harness) checkAfterRestart() {
+	h.checking = true
+	defer func() { h.checking = false }()
 	h.checkTmpEmpty()
 	listed := h.listVolumes()
 	for _, v := range h.allVols() {
@@ -90,6 +92,10 @@ func (h *harness) checkRecovered(v *vol, listed map[string]*csi.Volume) {
 	case v.deleted == yes:
 		if isListed {
 			h.fail(v, "volume %s was deleted (DeleteVolume answered OK) but is listed again after restart #%d", v.id, h.kills.Load())
+		} else if !v.broken && !trashedWithRecord(h.poolPath(v.pool), v.name) {
+			// (An interrupted create of the same name may have left a
+			// second entry, without a record.)
+			h.fail(v, "volume %s was deleted, but no entry of its pool's trash holds its record after restart #%d (the data must stay for --trash-retention)", v.id, h.kills.Load())
 		}
 	case v.exists == no:
 		if isListed {

@@ -17,7 +17,7 @@ import (
 // The CI run is bounded to a few minutes; -crash.kills (or DHPP_CRASH_KILLS)
 // runs longer, e.g. `go test ./test/crash/ -crash.kills=1000 -timeout 3h`.
 var (
-	flagKills    = flag.Int("crash.kills", envInt("DHPP_CRASH_KILLS", 40), "how many times the driver is SIGKILLed (env DHPP_CRASH_KILLS)")
+	flagKills    = flag.Int("crash.kills", envInt("DHPP_CRASH_KILLS", 100), "how many times the driver is SIGKILLed (env DHPP_CRASH_KILLS)")
 	flagWorkers  = flag.Int("crash.workers", 4, "concurrent CSI clients")
 	flagSeed     = flag.Uint64("crash.seed", 0, "random seed (0: from the clock; the seed is logged)")
 	flagMaxDelay = flag.Duration("crash.max-delay", 1500*time.Millisecond, "longest time the driver runs before a kill")
@@ -105,11 +105,12 @@ func TestKillLoop(t *testing.T) {
 	h.gate.finish()
 	wg.Wait()
 
-	if !t.Failed() {
+	if inc := h.d.current(); !inc.killed.Load() {
+		h.checking = true // the final release is counted with the checks
 		h.releaseAll()
-	}
-	if err := h.d.stop(h.d.current()); err != nil {
-		t.Error(err)
+		if err := h.d.stop(inc); err != nil {
+			t.Error(err)
+		}
 	}
 	t.Log(h.stats.summary(int(h.kills.Load()), time.Since(h.begin)))
 }

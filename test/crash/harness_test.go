@@ -49,6 +49,9 @@ type harness struct {
 	begin          time.Time
 	kills          atomic.Int32
 	errs           atomic.Int32
+	// checking is set while the checker runs (workers paused): its calls,
+	// retries and repeats, are counted apart from the workers'.
+	checking bool
 
 	mu   sync.Mutex
 	vols []*vol // every volume ever asked for, in creation order
@@ -75,13 +78,10 @@ func (h *harness) allVols() []*vol {
 	return append([]*vol(nil), h.vols...)
 }
 
-// newVol makes the model of a volume not yet asked for, with its
-// kubelet-side directory.
+// newVol makes the model of a volume not yet asked for. Its kubelet-side
+// directory is made at its first stage.
 func (h *harness) newVol(name, pool string, reqBytes int64) *vol {
 	dir := filepath.Join(h.volsDir, name)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		h.t.Fatal(err)
-	}
 	v := &vol{
 		name: name, pool: pool, id: h.nodeID + "/" + pool + "/" + name, reqBytes: reqBytes,
 		staging: filepath.Join(dir, "staging"), target: filepath.Join(dir, "target"),
@@ -106,7 +106,11 @@ func (h *harness) call(v *vol, rpc, what string, f func(ctx context.Context, inc
 			o = uncertain
 		}
 	}
-	h.stats.count(rpc, o)
+	if h.checking {
+		h.stats.countCheck(o)
+	} else {
+		h.stats.count(rpc, o)
+	}
 	h.record(v, kill, rpc+what, o, err)
 	return o, err
 }
@@ -180,7 +184,7 @@ func (h *harness) delete(v *vol) (outcome, error) {
 func (h *harness) stage(v *vol) (outcome, error) {
 	// The kubelet creates the staging directory before NodeStageVolume.
 	if err := os.MkdirAll(v.staging, 0o750); err != nil {
-		h.t.Fatal(err)
+		return failed, err
 	}
 	return h.call(v, "NodeStageVolume", "", func(ctx context.Context, inc *incarnation) error {
 		_, err := inc.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging, VolumeCapability: mountCap})

@@ -241,3 +241,10 @@ func openers(dev string) []string {
 	}
 	return out
 }
+
+// trashedWithRecord reports whether the pool's trash has an entry of the
+// volume (<name>@<nanos>) with its record.
+func trashedWithRecord(poolPath, name string) bool {
+	m, _ := filepath.Glob(filepath.Join(poolPath, ".dhpp", "trash", name+"@*", "volume.json"))
+	return len(m) > 0
+}

@@ -123,6 +123,9 @@ type stats struct {
 	// "create:present", "create:absent", "delete:present", "delete:absent".
 	inflight map[string]int
 	files    int
+	// checks counts the checker's calls after restarts (retries of cut-off
+	// calls, repeated stage/publish/create), by outcome.
+	checks [3]int
 }
 
 func newStats() *stats {
@@ -138,6 +141,12 @@ func (s *stats) count(rpc string, o outcome) {
 		s.byRPC[rpc] = c
 	}
 	c[o]++
+}
+
+func (s *stats) countCheck(o outcome) {
+	s.mu.Lock()
+	s.checks[o]++
+	s.mu.Unlock()
 }
 
 func (s *stats) note(key string) {
@@ -171,8 +180,8 @@ func (s *stats) summary(kills int, elapsed time.Duration) string {
 	if len(r) > 0 {
 		p50, pmax = r[len(r)/2], r[len(r)-1]
 	}
-	return fmt.Sprintf("crash loop: %d kills in %s; ops ok/failed/uncertain: %s; in flight at a kill: %s; fsynced files checked: %d; restart-to-ready p50 %s max %s",
-		kills, elapsed.Round(100*time.Millisecond), strings.Join(parts, ", "), strings.Join(inflight, " "), s.files,
+	return fmt.Sprintf("crash loop: %d kills in %s; worker calls ok/failed/uncertain: %s; in flight at a kill: %s; after-restart retries and repeats ok/failed: %d/%d; fsynced file reads checked: %d; restart-to-ready p50 %s max %s",
+		kills, elapsed.Round(100*time.Millisecond), strings.Join(parts, ", "), strings.Join(inflight, " "), s.checks[ok], s.checks[failed], s.files,
 		p50.Round(time.Millisecond), pmax.Round(time.Millisecond))
 }
 

@@ -208,7 +208,8 @@ func (w *worker) expand(v *vol, offline bool) {
 	if offline {
 		at = v.staging
 		if err := mkdirAll(at); err != nil {
-			h.t.Fatal(err)
+			h.fail(v, "%v", err)
+			return
 		}
 	}
 	o, got, err := h.expand(v, size, at)
