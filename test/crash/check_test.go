@@ -204,7 +204,7 @@ func (h *harness) resolve(v *vol) {
 			h.fail(v, "retried NodeStageVolume after restart #%d: %v", h.kills.Load(), err)
 			return
 		}
-		v.staged = yes
+		v.staged, v.growPending = yes, false
 	case "unstage":
 		if o, err := h.unstage(v); o != ok {
 			h.fail(v, "retried NodeUnstageVolume after restart #%d: %v", h.kills.Load(), err)

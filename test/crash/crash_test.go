@@ -72,7 +72,7 @@ func TestKillLoop(t *testing.T) {
 	bin := buildDriver(t, work)
 	h := &harness{
 		t: t, nodeID: nodeID, pools: pools, volsDir: filepath.Join(work, "vols"), onlineLoopGrow: online,
-		gate: newGate(), stats: newStats(), begin: time.Now(),
+		gate: newGate(), stats: newStats(), aim: newAim(), begin: time.Now(),
 		d: newDriverProc(t, bin, work, nodeID, flags),
 	}
 	// Cleanup nets, in reverse order of running: kill whatever driver still
@@ -112,11 +112,12 @@ func TestKillLoop(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	t.Log(h.stats.summary(int(h.kills.Load()), time.Since(h.begin)))
+	t.Log(h.stats.summary(int(h.kills.Load()), h.aim.hitCounts(), time.Since(h.begin)))
 }
 
-// killLoop kills and restarts the driver n times at random moments, and
-// checks the invariants after each restart with the workers paused.
+// killLoop kills and restarts the driver n times, at random moments or
+// aimed into a kind of call, and checks the invariants after each restart
+// with the workers paused.
 func (h *harness) killLoop(rng *rand.Rand, n int) {
 	for range n {
 		if h.tooManyErrors() {
@@ -124,9 +125,15 @@ func (h *harness) killLoop(rng *rand.Rand, n int) {
 			return
 		}
 		inc := h.d.current()
-		select {
-		case <-time.After(killDelay(rng)):
-		case <-inc.exited:
+		if rng.IntN(2) == 0 {
+			// Aimed (target_test.go); if no such call starts in time,
+			// the kill happens anyway, at that random moment.
+			h.aim.wait(rng, pickKind(rng), 2**flagMaxDelay)
+		} else {
+			select {
+			case <-time.After(killDelay(rng)):
+			case <-inc.exited:
+			}
 		}
 		// No step starts after the kill; those under way meet it, and
 		// each ends with its call cut off (uncertain) or answered.

@@ -46,6 +46,7 @@ type harness struct {
 	onlineLoopGrow bool
 	gate           *gate
 	stats          *stats
+	aim            *aim
 	begin          time.Time
 	kills          atomic.Int32
 	errs           atomic.Int32
@@ -96,9 +97,20 @@ func (h *harness) newVol(name, pool string, reqBytes int64) *vol {
 func (h *harness) call(v *vol, rpc, what string, f func(ctx context.Context, inc *incarnation) error) (outcome, error) {
 	inc := h.d.current()
 	kill := int(h.kills.Load())
+	kind := rpc
+	if rpc == "NodeStageVolume" && v.growPending {
+		kind += "+grow"
+	}
+	if !h.checking {
+		h.aim.starting(kind)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	begin := time.Now()
 	err := f(ctx, inc)
 	cancel()
+	if err == nil {
+		h.aim.took(kind, time.Since(begin))
+	}
 	o := ok
 	if err != nil {
 		o = failed

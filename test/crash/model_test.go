@@ -85,6 +85,9 @@ type vol struct {
 	expandTo int64
 	// expandAt is where that expand was asked (target, or staging offline).
 	expandAt string
+	// growPending: a loop volume expanded while unstaged, whose
+	// filesystem grows at its next stage.
+	growPending bool
 
 	staging, target string // fixed per volume, as a kubelet's paths are
 	files           []file
@@ -157,7 +160,7 @@ func (s *stats) note(key string) {
 
 // summary is the one-line result: kills, outcomes per RPC (ok/failed/
 // uncertain), what in-flight creates and deletes had done, restart p50/max.
-func (s *stats) summary(kills int, elapsed time.Duration) string {
+func (s *stats) summary(kills int, aimed map[string]int, elapsed time.Duration) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var rpcs []string
@@ -174,14 +177,18 @@ func (s *stats) summary(kills int, elapsed time.Duration) string {
 	for _, k := range []string{"create:present", "create:absent", "delete:present", "delete:absent"} {
 		inflight = append(inflight, fmt.Sprintf("%s=%d", k, s.inflight[k]))
 	}
+	var aims []string
+	for _, k := range killKinds {
+		aims = append(aims, fmt.Sprintf("%s=%d", k, aimed[k]))
+	}
 	r := append([]time.Duration(nil), s.restarts...)
 	sort.Slice(r, func(i, j int) bool { return r[i] < r[j] })
 	var p50, pmax time.Duration
 	if len(r) > 0 {
 		p50, pmax = r[len(r)/2], r[len(r)-1]
 	}
-	return fmt.Sprintf("crash loop: %d kills in %s; worker calls ok/failed/uncertain: %s; in flight at a kill: %s; after-restart retries and repeats ok/failed: %d/%d; fsynced file reads checked: %d; restart-to-ready p50 %s max %s",
-		kills, elapsed.Round(100*time.Millisecond), strings.Join(parts, ", "), strings.Join(inflight, " "), s.checks[ok], s.checks[failed], s.files,
+	return fmt.Sprintf("crash loop: %d kills in %s (aimed: %s); worker calls ok/failed/uncertain: %s; in flight at a kill: %s; after-restart retries and repeats ok/failed: %d/%d; fsynced file reads checked: %d; restart-to-ready p50 %s max %s",
+		kills, elapsed.Round(100*time.Millisecond), strings.Join(aims, " "), strings.Join(parts, ", "), strings.Join(inflight, " "), s.checks[ok], s.checks[failed], s.files,
 		p50.Round(time.Millisecond), pmax.Round(time.Millisecond))
 }
 

@@ -15,7 +15,7 @@ const (
 	volsPerWorker = 3
 	minVolMiB     = 16 // the loop backend's ext4 minimum
 	maxVolMiB     = 32
-	growMaxMiB    = 128 // no expansion past this
+	growMaxMiB    = 160 // no expansion past this
 	filesPerVol   = 24
 	maxFileBytes  = 32 << 10
 )
@@ -132,7 +132,7 @@ func (w *worker) delete(v *vol) {
 func (w *worker) stage(v *vol) {
 	switch o, err := w.h.stage(v); o {
 	case ok:
-		v.staged = yes
+		v.staged, v.growPending = yes, false
 	case uncertain:
 		v.staged, v.pending = maybe, "stage"
 	case failed:
@@ -206,6 +206,9 @@ func (w *worker) expand(v *vol, offline bool) {
 	size := v.capMin + int64(4+w.rng.IntN(13))<<20
 	at := v.target
 	if offline {
+		// Larger steps offline: more block groups for resize2fs to add
+		// at the next stage, so a longer window for a kill to split.
+		size = v.capMin + int64(16+w.rng.IntN(33))<<20
 		at = v.staging
 		if err := mkdirAll(at); err != nil {
 			h.fail(v, "%v", err)
@@ -223,7 +226,9 @@ func (w *worker) expand(v *vol, offline bool) {
 		if !offline {
 			h.checkGrown(v)
 		}
+		v.growPending = offline && h.isLoop(v)
 	case uncertain:
+		v.growPending = offline && h.isLoop(v)
 		v.capMax = max(v.capMax, size)
 		v.expandTo, v.expandAt, v.pending = size, at, "expand"
 	case failed:
