@@ -106,6 +106,11 @@ func run(ctx context.Context, c Config, hk hooks) error {
 		}
 		// A degraded RAID array under a pool is a Node Event, not fencing.
 		arrays.OnDegradation(fencer.PoolDegradationChanged)
+	}
+	// A pool whose directory is missing is fenced before CSI is served,
+	// once the Fencer listens, so the Node says why.
+	fenceMissingPools(mon, mgr.Pools())
+	if fencer != nil {
 		// Before the probes and CSI start: a restart must not reopen a pool
 		// an operator has not unfenced.
 		rctx, rcancel := context.WithTimeout(ctx, restoreTimeout)
@@ -114,6 +119,8 @@ func run(ctx context.Context, c Config, hk hooks) error {
 		if err != nil {
 			klog.ErrorS(err, "Could not restore fenced pools from the Node; pools with a still-broken disk are fenced again by their probes")
 		}
+		reportQuarantined(fencer, mgr.Pools()...)
+		mgr.OnPoolOpened(func(p *node.Pool) { reportQuarantined(fencer, p) })
 	}
 	sock, err := driver.ParseEndpoint(c.Endpoint)
 	if err != nil {

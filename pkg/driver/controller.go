@@ -188,7 +188,8 @@ func (d *Driver) ListVolumes(_ context.Context, req *csi.ListVolumesRequest) (*c
 // GetCapacity reports what a new volume may get from the pool the
 // parameters name. It is 0 for another node's topology, for capabilities
 // the pool cannot serve, and for a fenced pool, so the scheduler (through
-// CSIStorageCapacity) sends PVCs elsewhere.
+// CSIStorageCapacity) sends PVCs elsewhere; also for a pool whose
+// directory is missing.
 func (d *Driver) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
 	params, err := ParseParameters(req.GetParameters())
 	if err != nil {
@@ -200,6 +201,9 @@ func (d *Driver) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*c
 	}
 	if t := req.GetAccessibleTopology(); t != nil && !d.topologyMatches(t) {
 		return &csi.GetCapacityResponse{}, nil
+	}
+	if pool.Missing() != nil {
+		return &csi.GetCapacityResponse{}, nil // its disk is not there: send PVCs elsewhere
 	}
 	for _, c := range req.GetVolumeCapabilities() {
 		access, _, err := checkCapability(c)

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -107,17 +106,6 @@ func ParseEndpoint(ep string) (string, error) {
 		return "", fmt.Errorf("endpoint %q: socket path must be absolute", ep)
 	}
 	return filepath.Clean(p), nil
-}
-
-// Listen removes a stale socket at path and listens on it.
-func Listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, err
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
-	}
-	return net.Listen("unix", path)
 }
 
 // Serve serves CSI on l until ctx is done, then stops gracefully.

@@ -36,7 +36,8 @@ func toStatus(err error) error {
 		code = codes.ResourceExhausted
 	case errors.Is(err, node.ErrBusy):
 		code = codes.Aborted
-	case errors.Is(err, node.ErrInUse), errors.Is(err, node.ErrNotStaged), errors.Is(err, node.ErrWrongNode):
+	case errors.Is(err, node.ErrInUse), errors.Is(err, node.ErrNotStaged), errors.Is(err, node.ErrWrongNode),
+		errors.Is(err, node.ErrQuarantined), errors.Is(err, node.ErrPoolMissing):
 		code = codes.FailedPrecondition
 	}
 	return status.Error(code, err.Error())

@@ -47,6 +47,9 @@ const (
 	// fenced, so the label and condition do not change).
 	ReasonPoolDegraded    = "PoolDegraded"
 	ReasonPoolNotDegraded = "PoolNotDegraded"
+	// ReasonVolumesQuarantined: volumes whose record cannot be trusted
+	// were found in a pool (Event only: the pool keeps serving).
+	ReasonVolumesQuarantined = "VolumesQuarantined"
 
 	// component is the Events' source.
 	component = "dhpp-driver"
@@ -243,6 +246,9 @@ func (f *Fencer) Restore(ctx context.Context) error {
 	for _, pool := range f.cfg.Monitor.Pools() {
 		if node.Labels[PoolLabelPrefix+pool] != PoolLabelFenced {
 			continue
+		}
+		if s, _ := f.cfg.Monitor.Status(pool); s.State == health.Fenced {
+			continue // fenced already at start (e.g. its directory is missing): keep that reason
 		}
 		msg := fmt.Sprintf("fenced before the driver restarted (node label %s%s=%s); after repairing the disk: kubectl annotate node %s %s%s=now",
 			PoolLabelPrefix, pool, PoolLabelFenced, f.cfg.NodeName, UnfenceAnnotationPrefix, pool)
@@ -454,4 +460,33 @@ func (f *Fencer) queueEvent(typ, reason, msg string) {
 	f.events = append(f.events, f.event(typ, reason, msg))
 	f.mu.Unlock()
 	f.queue.Add(keyEvents)
+}
+
+// maxListedQuarantined bounds how many volumes a VolumesQuarantined Event
+// names: a renamed node quarantines every volume, and an Event message is
+// for people (the driver log names every one).
+const maxListedQuarantined = 5
+
+// VolumesQuarantined posts a Warning Event on the Node saying that pool
+// has volumes whose record cannot be trusted; problems describes each (a
+// volume and what is wrong with its record). It never blocks.
+func (f *Fencer) VolumesQuarantined(pool string, problems []string) {
+	if len(problems) == 0 {
+		return
+	}
+	listed := make([]string, 0, maxListedQuarantined)
+	for _, p := range problems[:min(len(problems), maxListedQuarantined)] {
+		if len(p) > 300 {
+			p = p[:300] + "…"
+		}
+		listed = append(listed, p)
+	}
+	more := ""
+	if n := len(problems) - len(listed); n > 0 {
+		more = fmt.Sprintf("; and %d more (see the driver log)", n)
+	}
+	f.queueEvent(corev1.EventTypeWarning, ReasonVolumesQuarantined, fmt.Sprintf(
+		"pool %q (%s) has %d quarantined volume(s) whose record cannot be trusted: %s%s. Their data is left untouched and their names reserved: "+
+			"creating, deleting or using them fails with FailedPrecondition until an operator repairs each record or moves its directory out of the pool's volumes/ directory (re-read every trash-purge round)",
+		pool, f.cfg.PoolPaths[pool], len(problems), strings.Join(listed, "; "), more))
 }

@@ -46,6 +46,10 @@ var (
 		"Sum of the sizes of the pool's volumes.", []string{"pool"}, nil)
 	descPoolVolumes = prometheus.NewDesc("dhpp_pool_volumes",
 		"Number of volumes in the pool.", []string{"pool"}, nil)
+	descPoolQuarantined = prometheus.NewDesc("dhpp_pool_quarantined_volumes",
+		"Volume directories of the pool whose record cannot be trusted (unreadable, or disagreeing with where it lies): left untouched, their names reserved, every request on them refused until an operator acts.", []string{"pool"}, nil)
+	descPoolMissing = prometheus.NewDesc("dhpp_pool_missing",
+		"1 while the pool's directory is missing or is not the one the driver opened (an unmounted data disk?): the pool refuses every request; else 0.", []string{"pool"}, nil)
 	descVolumeCapacity = prometheus.NewDesc("dhpp_volume_capacity_bytes",
 		"Provisioned size of a volume.", []string{"pool", "volume", "backend"}, nil)
 	descVolumeUsed = prometheus.NewDesc("dhpp_volume_used_bytes",
@@ -65,7 +69,7 @@ func NewCollector(src Source) *Collector { return &Collector{src: src} }
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPoolCapacity, descPoolAvailable, descPoolProvisioned,
-		descPoolVolumes, descVolumeCapacity, descVolumeUsed, descScrapeErrors} {
+		descPoolVolumes, descPoolQuarantined, descPoolMissing, descVolumeCapacity, descVolumeUsed, descScrapeErrors} {
 		ch <- d
 	}
 }
@@ -80,6 +84,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range c.src.Pools() {
 		poolPath[p.Name] = p.Path
 		ch <- prometheus.MustNewConstMetric(descPoolVolumes, prometheus.GaugeValue, float64(p.VolumeCount()), p.Name)
+		ch <- prometheus.MustNewConstMetric(descPoolQuarantined, prometheus.GaugeValue, float64(len(p.Quarantined())), p.Name)
+		missing := p.Missing() != nil
+		ch <- prometheus.MustNewConstMetric(descPoolMissing, prometheus.GaugeValue, boolGauge(missing), p.Name)
+		if missing {
+			continue // dhpp_pool_missing says why its figures are absent
+		}
 		capa, err := p.Capacity()
 		if err != nil {
 			errs++

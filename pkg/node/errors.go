@@ -25,6 +25,12 @@ var (
 	ErrNotStaged = errors.New("not staged")
 	// ErrWrongNode: the volume ID names another node; nothing here may touch it.
 	ErrWrongNode = errors.New("volume is on another node")
+	// ErrQuarantined: the volume's record cannot be trusted; the volume is
+	// left untouched and its name reserved until an operator acts.
+	ErrQuarantined = errors.New("volume quarantined")
+	// ErrPoolMissing: the volume's pool directory is missing (an unmounted
+	// data disk?); its volumes may come back, so nothing is answered for them.
+	ErrPoolMissing = errors.New("pool missing")
 	// ErrUnsupported: the pool's backend cannot do what was asked (e.g. Block on btrfs).
 	ErrUnsupported = errors.New("unsupported")
 )

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -38,6 +39,7 @@ type Config struct {
 
 // env is what pools and backends share: the node's tools.
 type env struct {
+	nodeID        string
 	mounter       mount.Interface
 	exec          utilexec.Interface
 	mountInfoPath string
@@ -54,11 +56,16 @@ type Manager struct {
 	env         *env
 	defaultSize int64
 	locks       keyLocks
+	// onPoolOpened is told of each pool opened after start (OnPoolOpened).
+	onPoolOpened atomic.Pointer[func(*Pool)]
 }
 
 // New opens every pool, selects its backend and rebuilds the volume index
-// from disk. It fails if any pool cannot be opened: a node that silently
-// runs without one of its disks would send volumes elsewhere unexplained.
+// from disk. It fails if a pool cannot be opened, except for a pool whose
+// directory does not exist (usually an unmounted data disk): that one is
+// kept unopened, refusing every request (see Pool.Missing), so the node's
+// other pools serve; the caller fences it, and RunTrashPurger opens it
+// when its directory appears.
 func New(cfg Config) (*Manager, error) {
 	if err := ValidateNodeID(cfg.NodeID); err != nil {
 		return nil, err
@@ -66,7 +73,7 @@ func New(cfg Config) (*Manager, error) {
 	if len(cfg.Pools) == 0 {
 		return nil, fmt.Errorf("%w: no pool configured", ErrInvalid)
 	}
-	e := &env{mounter: cfg.Mounter, exec: cfg.Exec, mountInfoPath: cfg.MountInfoPath, now: cfg.Now}
+	e := &env{nodeID: cfg.NodeID, mounter: cfg.Mounter, exec: cfg.Exec, mountInfoPath: cfg.MountInfoPath, now: cfg.Now}
 	if e.exec == nil {
 		e.exec = utilexec.New()
 	}
@@ -99,7 +106,9 @@ func New(cfg Config) (*Manager, error) {
 			m.Close()
 			return nil, err
 		}
-		klog.InfoS("Pool ready", "pool", p.Name, "volumes", p.VolumeCount(), "recovery", time.Since(start))
+		if p.opened.Load() {
+			klog.InfoS("Pool ready", "pool", p.Name, "volumes", p.VolumeCount(), "quarantined", len(p.Quarantined()), "recovery", time.Since(start))
+		}
 		seenPath[p.Path] = p.Name
 		m.pools = append(m.pools, p)
 		m.byName[p.Name] = p
@@ -111,6 +120,54 @@ func New(cfg Config) (*Manager, error) {
 func (m *Manager) Close() {
 	for _, p := range m.pools {
 		p.Close()
+	}
+}
+
+// OnPoolOpened registers f to be called, on the trash purger's goroutine,
+// with each pool that was missing at start and has been opened since.
+func (m *Manager) OnPoolOpened(f func(*Pool)) { m.onPoolOpened.Store(&f) }
+
+// OpenMissingPools opens the pools whose directory was missing at start
+// and exists now, and returns them. RunTrashPurger calls it every round.
+func (m *Manager) OpenMissingPools() []*Pool {
+	var opened []*Pool
+	for _, p := range m.pools {
+		ok, err := p.openIfPresent()
+		if err != nil {
+			klog.ErrorS(err, "Pool directory is back but the pool cannot be opened; retrying next round", "pool", p.Name, "path", p.Path)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		klog.InfoS("Pool directory appeared; pool opened. It stays fenced until unfenced (kubectl annotate node <node> unfence.dhpp.io/<pool>=now)",
+			"pool", p.Name, "path", p.Path, "backend", p.Backend(), "volumes", p.VolumeCount(), "quarantined", len(p.Quarantined()))
+		opened = append(opened, p)
+		if f := m.onPoolOpened.Load(); f != nil {
+			(*f)(p)
+		}
+	}
+	return opened
+}
+
+// RecheckQuarantined re-reads every quarantined record, so an operator's
+// repair (or removal of the directory) takes effect without a restart. A
+// volume busy with another operation is left for the next round.
+func (m *Manager) RecheckQuarantined() {
+	for _, p := range m.pools {
+		if p.Missing() != nil {
+			continue
+		}
+		for _, q := range p.Quarantined() {
+			unlock, err := m.lock(q.Name)
+			if err != nil {
+				continue
+			}
+			if what := p.recheckQuarantined(q.Name); what != "" {
+				klog.InfoS("Quarantined volume "+what, "pool", p.Name, "volume", q.Name, "record", q.Record)
+			}
+			unlock()
+		}
 	}
 }
 
@@ -170,6 +227,11 @@ func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume,
 	if req.AccessType == "" {
 		req.AccessType = AccessMount
 	}
+	if err := p.Missing(); err != nil {
+		// Another node may serve the volume: ResourceExhausted, as for a
+		// full or fenced pool.
+		return nil, fmt.Errorf("%w: %v", ErrNoSpace, err)
+	}
 	key := volumeKey(m.nodeID, p.Name, req.Name)
 	id := VolumeID{Node: m.nodeID, Pool: p.Name, Name: key}
 	if err := id.Validate(); err != nil {
@@ -181,8 +243,13 @@ func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume,
 	}
 	defer unlock()
 
+	// The name may exist in any pool; a quarantined one reserves it.
 	for _, other := range m.pools {
-		if v := other.get(volumeKey(m.nodeID, other.Name, req.Name)); v != nil && v.csiName() == req.Name {
+		v, err := other.lookup(volumeKey(m.nodeID, other.Name, req.Name))
+		if err != nil {
+			return nil, err
+		}
+		if v != nil && v.csiName() == req.Name {
 			return v, compatible(v, p.Name, req)
 		}
 	}
@@ -238,7 +305,8 @@ func compatible(v *Volume, pool string, req CreateRequest) error {
 	return nil
 }
 
-// resolve parses a volume ID and finds the pool it names on this node.
+// resolve parses a volume ID and finds the pool it names on this node,
+// refusing (ErrPoolMissing) a pool whose directory is missing.
 func (m *Manager) resolve(id string) (VolumeID, *Pool, error) {
 	vid, err := ParseVolumeID(id)
 	if err != nil {
@@ -252,10 +320,14 @@ func (m *Manager) resolve(id string) (VolumeID, *Pool, error) {
 		return vid, nil, fmt.Errorf("%w: volume %q is in pool %q, which is not configured on node %q (pools: %s); its data, if any, is untouched",
 			ErrWrongNode, id, vid.Pool, m.nodeID, strings.Join(m.poolNames(), ", "))
 	}
+	if err := p.Missing(); err != nil {
+		return vid, nil, fmt.Errorf("volume %q: %w", id, err)
+	}
 	return vid, p, nil
 }
 
-// GetVolume returns a live volume.
+// GetVolume returns a live volume; a quarantined one or one in a missing
+// pool is an error that says so.
 func (m *Manager) GetVolume(id string) (*Volume, error) {
 	vid, p, err := m.resolve(id)
 	if err != nil {
@@ -264,7 +336,10 @@ func (m *Manager) GetVolume(id string) (*Volume, error) {
 		}
 		return nil, err
 	}
-	v := p.get(vid.Name)
+	v, err := p.lookup(vid.Name)
+	if err != nil {
+		return nil, err
+	}
 	if v == nil {
 		return nil, fmt.Errorf("%w: volume %q does not exist", ErrNotFound, id)
 	}
@@ -275,6 +350,8 @@ func (m *Manager) GetVolume(id string) (*Volume, error) {
 // does not exist succeeds (CSI idempotency). A volume ID of another node or
 // of a pool not configured here is refused with ErrWrongNode rather than
 // "succeeding": that would let Kubernetes forget a volume whose data lives on.
+// For the same reason a quarantined volume, or any volume of a pool whose
+// directory is missing, is refused (ErrQuarantined, ErrPoolMissing).
 func (m *Manager) DeleteVolume(ctx context.Context, id string) error {
 	vid, p, err := m.resolve(id)
 	if err != nil {
@@ -285,9 +362,9 @@ func (m *Manager) DeleteVolume(ctx context.Context, id string) error {
 		return err
 	}
 	defer unlock()
-	v := p.get(vid.Name)
-	if v == nil {
-		return nil
+	v, err := p.lookup(vid.Name)
+	if err != nil || v == nil {
+		return err
 	}
 	return p.remove(ctx, v)
 }
@@ -304,7 +381,10 @@ func (m *Manager) ResolveExpansion(id string, required, limit int64) (int64, *Vo
 	if err != nil {
 		return 0, nil, err
 	}
-	v := p.get(vid.Name)
+	v, err := p.lookup(vid.Name)
+	if err != nil {
+		return 0, nil, err
+	}
 	if v == nil {
 		return 0, nil, fmt.Errorf("%w: volume %q does not exist", ErrNotFound, id)
 	}
@@ -524,6 +604,9 @@ func (m *Manager) PurgeTrash(ctx context.Context, retention time.Duration) (int,
 	total := 0
 	var errs []error
 	for _, p := range m.pools {
+		if p.Missing() != nil {
+			continue // not through a descriptor on a disk no longer there
+		}
 		n, err := p.PurgeTrash(ctx, retention)
 		total += n
 		if err != nil {
@@ -535,18 +618,24 @@ func (m *Manager) PurgeTrash(ctx context.Context, retention time.Duration) (int,
 
 // RunTrashPurger purges the trash periodically until ctx is done. It checks
 // a few times per retention period so entries go soon after they expire.
+// Each round also opens pools whose directory has appeared and re-reads
+// quarantined records.
 func (m *Manager) RunTrashPurger(ctx context.Context, retention time.Duration) {
 	every := min(max(retention/4, time.Second), time.Minute)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
+		m.OpenMissingPools()
+		m.RecheckQuarantined()
 		if n, err := m.PurgeTrash(ctx, retention); err != nil {
 			klog.ErrorS(err, "Purging trash; will retry", "purged", n)
 		} else if n > 0 {
 			klog.InfoS("Purged trashed volumes", "count", n, "retention", retention)
 		}
 		for _, p := range m.pools {
-			p.CheckQuota()
+			if p.Missing() == nil {
+				p.CheckQuota()
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -241,7 +241,11 @@ func checkCapacityMatchesVolumes(t *testing.T, m *Manager) {
 		t.Fatal(err)
 	}
 	var onDisk int64
-	for _, v := range readRecords(p.root, p.Name, names) {
+	vols, quarantined := readRecords(p.root, p.env.nodeID, p.Name, p.Path, names)
+	if len(quarantined) != 0 {
+		t.Fatalf("records left untrustworthy: %+v", quarantined)
+	}
+	for _, v := range vols {
 		onDisk += v.ReservedBytes()
 	}
 	var listed int64

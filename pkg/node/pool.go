@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -53,6 +54,18 @@ type Pool struct {
 	Path   string
 	fsType string // default filesystem of loop volumes
 	env    *env
+	cfg    PoolConfig // as configured, to open a pool that was missing
+
+	// opened is set once the directory is open and its volumes are read.
+	// A pool whose directory was missing at start stays unopened (every
+	// request on it is refused, see Missing) until openIfPresent finds the
+	// directory. The fields below up to backends are written before opened
+	// is set and never after, so a reader that saw it set may use them.
+	opened atomic.Bool
+	openMu sync.Mutex // serialises openIfPresent
+	// dev and ino identify the directory that was opened, to notice a
+	// different one (or none) at Path later: an unmounted disk.
+	dev, ino uint64
 
 	root     *os.Root // the pool directory, for traversal-safe path operations
 	rootFile *os.File // an open fd on it, for statfs and ioctls
@@ -66,9 +79,12 @@ type Pool struct {
 	// volumes cannot all be admitted against the same free space.
 	admitMu sync.Mutex
 
-	mu          sync.RWMutex
-	volumes     map[string]*Volume // live volumes by name
-	provisioned int64              // Σ ReservedBytes of the live volumes
+	mu      sync.RWMutex
+	volumes map[string]*Volume // live volumes by name
+	// quarantined are volume directories whose record cannot be trusted,
+	// by name: left alone, their names reserved.
+	quarantined map[string]Quarantine
+	provisioned int64 // Σ ReservedBytes of the live volumes
 	// reserved is what admitted creates and expansions hold until their
 	// record is put (which converts it into provisioned) or they fail
 	// (which releases it). Capacity counts it as provisioned and promised.
@@ -96,28 +112,99 @@ func openPool(cfg PoolConfig, e *env) (*Pool, error) {
 			return nil, fmt.Errorf("pool %q: %w", cfg.Name, err)
 		}
 	}
-	p := &Pool{Name: cfg.Name, Path: filepath.Clean(cfg.Path), fsType: cfg.FsType, env: e, volumes: map[string]*Volume{}}
+	p := &Pool{Name: cfg.Name, Path: filepath.Clean(cfg.Path), fsType: cfg.FsType, env: e, cfg: cfg,
+		volumes: map[string]*Volume{}, quarantined: map[string]Quarantine{}}
 	// The pool directory must exist: creating it would hide an unmounted
-	// data disk and fill the root filesystem instead.
+	// data disk and fill the root filesystem instead. A missing one leaves
+	// the pool unopened rather than failing the driver: the node's other
+	// pools keep serving, and this one opens when its directory appears.
 	st, err := os.Stat(p.Path)
-	if err != nil {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		klog.ErrorS(err, "Pool directory is missing: is the data disk mounted? The pool is fenced and refuses every request until the directory appears (checked every trash-purge round); dhpp does not create pool directories",
+			"pool", p.Name, "path", p.Path)
+		return p, nil
+	case err != nil:
 		return nil, fmt.Errorf("pool %q: %w (is the data disk mounted? dhpp does not create pool directories)", cfg.Name, err)
-	}
-	if !st.IsDir() {
+	case !st.IsDir():
 		return nil, fmt.Errorf("%w: pool %q: %s is not a directory", ErrInvalid, cfg.Name, p.Path)
 	}
-	if p.root, err = os.OpenRoot(p.Path); err != nil {
-		return nil, fmt.Errorf("pool %q: %w", cfg.Name, err)
-	}
-	if p.rootFile, err = p.root.Open("."); err != nil {
-		p.root.Close()
-		return nil, fmt.Errorf("pool %q: %w", cfg.Name, err)
-	}
-	if err := p.init(cfg.Backend); err != nil {
-		p.Close()
+	if err := p.open(); err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+// open opens the pool's directory, selects its backend and reads its
+// volumes, then marks the pool opened.
+func (p *Pool) open() error {
+	var err error
+	if p.root, err = os.OpenRoot(p.Path); err != nil {
+		return fmt.Errorf("pool %q: %w", p.Name, err)
+	}
+	if p.rootFile, err = p.root.Open("."); err != nil {
+		p.Close()
+		return fmt.Errorf("pool %q: %w", p.Name, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(p.rootFile.Fd()), &st); err != nil {
+		p.Close()
+		return fmt.Errorf("pool %q: stat %s: %w", p.Name, p.Path, err)
+	}
+	p.dev, p.ino = st.Dev, st.Ino
+	if err := p.init(p.cfg.Backend); err != nil {
+		p.Close()
+		return err
+	}
+	p.opened.Store(true)
+	return nil
+}
+
+// openIfPresent opens a pool that was missing at start if its directory
+// exists now. It reports whether it opened the pool; an error means the
+// directory is there but the pool could not be opened (retried next time).
+func (p *Pool) openIfPresent() (bool, error) {
+	p.openMu.Lock()
+	defer p.openMu.Unlock()
+	if p.opened.Load() {
+		return false, nil
+	}
+	st, err := os.Stat(p.Path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("pool %q: %w", p.Name, err)
+	case !st.IsDir():
+		return false, fmt.Errorf("pool %q: %s is not a directory", p.Name, p.Path)
+	}
+	if err := p.open(); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// Missing returns nil while the pool's directory is the one the driver
+// opened, else an ErrPoolMissing error naming the pool, its path and the
+// likely cause. Every request on the pool's volumes checks it: the data of
+// a pool whose disk is not mounted may come back, so nothing is answered
+// for it, and nothing is written through a descriptor on a disk that is no
+// longer where the pool is.
+func (p *Pool) Missing() error {
+	if !p.opened.Load() {
+		return fmt.Errorf("%w: pool %q: its directory %s was missing when the driver started; is the data disk mounted? "+
+			"The driver opens the pool when the directory appears (checked every trash-purge round, at most a minute)", ErrPoolMissing, p.Name, p.Path)
+	}
+	var st unix.Stat_t
+	err := unix.Stat(p.Path, &st)
+	if err == nil && st.Dev == p.dev && st.Ino == p.ino {
+		return nil
+	}
+	why := "is another directory than the one the driver opened"
+	if err != nil {
+		why = fmt.Sprintf("is gone (%v)", err)
+	}
+	return fmt.Errorf("%w: pool %q: its directory %s %s; is the data disk mounted? Remount it there, or restart the driver to open what is there now", ErrPoolMissing, p.Name, p.Path, why)
 }
 
 func (p *Pool) init(kind BackendKind) error {
@@ -154,19 +241,27 @@ func (p *Pool) backendFor(kind BackendKind) (backend, error) {
 	return b, nil
 }
 
-// Backend is the kind of backend that carves this pool's new volumes.
-func (p *Pool) Backend() BackendKind { return p.backend.Kind() }
+// Backend is the kind of backend that carves this pool's new volumes (the
+// configured kind while the pool is not opened).
+func (p *Pool) Backend() BackendKind {
+	if !p.opened.Load() {
+		return p.cfg.Backend
+	}
+	return p.backend.Kind()
+}
 
 // SizeEnforced reports whether the pool's new volumes have enforced sizes.
-func (p *Pool) SizeEnforced() bool { return p.backend.Enforced() }
+func (p *Pool) SizeEnforced() bool { return p.opened.Load() && p.backend.Enforced() }
 
 // Close releases the pool's file descriptors.
 func (p *Pool) Close() {
 	if p.rootFile != nil {
 		p.rootFile.Close()
+		p.rootFile = nil
 	}
 	if p.root != nil {
 		p.root.Close()
+		p.root = nil
 	}
 }
 
@@ -195,12 +290,18 @@ func (p *Pool) recover() error {
 	if err != nil {
 		return err
 	}
-	for _, v := range readRecords(p.root, p.Name, names) {
+	vols, quarantined := readRecords(p.root, p.env.nodeID, p.Name, p.Path, names)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, v := range vols {
 		if v.Phase == PhaseResizing {
 			klog.InfoS("Volume was being resized when the driver stopped; the next expand request completes it", "volume", v.ID, "from", v.CapacityBytes, "to", v.TargetBytes)
 		}
 		p.volumes[v.Name] = v
 		p.provisioned += v.ReservedBytes()
+	}
+	for _, q := range quarantined {
+		p.quarantined[q.Name] = q
 	}
 	return nil
 }
@@ -211,10 +312,12 @@ func (p *Pool) recover() error {
 const recoveryWorkers = 16
 
 // readRecords reads the records of the named volume directories
-// concurrently. Entries that are not volumes, or whose record cannot be
-// read, are logged and left untouched on disk: never guess, never delete.
-func readRecords(root *os.Root, pool string, names []string) []*Volume {
+// concurrently. Entries that are not volumes are logged; those whose record
+// cannot be trusted are logged and quarantined. Both are left untouched on
+// disk: never guess, never delete.
+func readRecords(root *os.Root, nodeID, pool, poolPath string, names []string) ([]*Volume, []Quarantine) {
 	out := make([]*Volume, len(names))
+	bad := make([]*Quarantine, len(names))
 	work := make(chan int)
 	var wg sync.WaitGroup
 	for range min(recoveryWorkers, len(names)) {
@@ -227,9 +330,11 @@ func readRecords(root *os.Root, pool string, names []string) []*Volume {
 					klog.ErrorS(nil, "Ignoring a foreign entry in the pool's volumes directory", "pool", pool, "entry", name)
 					continue
 				}
-				v, err := readRecord(root, path.Join(dirVolumes, name), name)
-				if err != nil {
-					klog.ErrorS(err, "Ignoring a volume whose record cannot be read; it stays on disk untouched", "pool", pool, "volume", name)
+				v, problem := loadVolume(root, nodeID, pool, name)
+				if problem != "" {
+					q := &Quarantine{Pool: pool, Name: name, Record: filepath.Join(poolPath, dirVolumes, name, recordFile), Problem: problem}
+					klog.ErrorS(q.Err(), "Volume quarantined", "pool", pool, "volume", name)
+					bad[i] = q
 					continue
 				}
 				out[i] = v
@@ -241,7 +346,74 @@ func readRecords(root *os.Root, pool string, names []string) []*Volume {
 	}
 	close(work)
 	wg.Wait()
-	return slices.DeleteFunc(out, func(v *Volume) bool { return v == nil })
+	var quarantined []Quarantine
+	for _, q := range bad {
+		if q != nil {
+			quarantined = append(quarantined, *q)
+		}
+	}
+	return slices.DeleteFunc(out, func(v *Volume) bool { return v == nil }), quarantined
+}
+
+// Quarantined lists the pool's quarantined volumes by name.
+func (p *Pool) Quarantined() []Quarantine {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	out := make([]Quarantine, 0, len(p.quarantined))
+	for _, q := range p.quarantined {
+		out = append(out, q)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// lookup returns the live volume of that name, nil if there is none, or
+// the quarantine error if its record cannot be trusted.
+func (p *Pool) lookup(name string) (*Volume, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if q, ok := p.quarantined[name]; ok {
+		return nil, q.Err()
+	}
+	if v, ok := p.volumes[name]; ok {
+		return v.clone(), nil
+	}
+	return nil, nil
+}
+
+// recheckQuarantined re-reads one quarantined volume (its name's lock
+// held): a repaired record makes it a live volume again, a directory moved
+// away releases the name. It reports what happened, "" if nothing changed.
+func (p *Pool) recheckQuarantined(name string) string {
+	p.mu.RLock()
+	q, ok := p.quarantined[name]
+	p.mu.RUnlock()
+	if !ok {
+		return ""
+	}
+	if _, err := p.root.Lstat(path.Join(dirVolumes, name)); errors.Is(err, fs.ErrNotExist) {
+		p.mu.Lock()
+		delete(p.quarantined, name)
+		p.mu.Unlock()
+		return "released: its directory is gone"
+	}
+	v, problem := loadVolume(p.root, p.env.nodeID, p.Name, name)
+	if problem != "" {
+		if problem != q.Problem {
+			q.Problem = problem
+			p.mu.Lock()
+			p.quarantined[name] = q
+			p.mu.Unlock()
+		}
+		return ""
+	}
+	// Live first, then out of quarantine: a lookup in between sees the
+	// quarantine, never "no such volume".
+	p.put(v, nil)
+	p.mu.Lock()
+	delete(p.quarantined, name)
+	p.mu.Unlock()
+	return "released: its record is valid again"
 }
 
 func (p *Pool) readDirNames(rel string) ([]string, error) {
@@ -259,6 +431,9 @@ func (p *Pool) readDirNames(rel string) ([]string, error) {
 
 // free is the pool filesystem's size and space available to writers.
 func (p *Pool) statfs() (total, free int64, err error) {
+	if !p.opened.Load() {
+		return 0, 0, p.Missing()
+	}
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(int(p.rootFile.Fd()), &st); err != nil {
 		return 0, 0, fmt.Errorf("pool %q: statfs: %w", p.Name, err)

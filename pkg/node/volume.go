@@ -1,12 +1,14 @@
 package node
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"time"
 )
 
@@ -145,7 +147,8 @@ func writeNewRecord(root *os.Root, dir string, v *Volume) error {
 }
 
 // readRecord loads dir/volume.json and checks that it is one this driver
-// understands and that it names the directory it lives in.
+// understands and that it names the directory it lives in. The trash purge
+// uses it; live volumes are read by loadVolume, which checks more.
 func readRecord(root *os.Root, dir, wantName string) (*Volume, error) {
 	data, err := root.ReadFile(path.Join(dir, recordFile))
 	if err != nil {
@@ -164,6 +167,98 @@ func readRecord(root *os.Root, dir, wantName string) (*Volume, error) {
 		return nil, fmt.Errorf("volume record %s has phase %q", path.Join(dir, recordFile), v.Phase)
 	}
 	return v, nil
+}
+
+// Quarantine is a volume directory in volumes/ whose record cannot be
+// trusted: unreadable, not JSON, of another version, or describing another
+// volume than the one its directory and pool say it is. Where the record
+// lies is the truth: a record that disagrees was damaged or tampered with
+// (writeRecord never leaves a torn record, so a crash cannot cause this).
+// Nothing of it is touched, and its name stays reserved: creating or
+// deleting it is refused until an operator repairs the record or moves the
+// directory away (README, "Quarantined volumes").
+type Quarantine struct {
+	Pool string
+	// Name is the directory's name, the volume's key.
+	Name string
+	// Record is the record file's absolute path.
+	Record string
+	// Problem says what is wrong with the record.
+	Problem string
+}
+
+// Err is the error every request on the quarantined volume gets.
+func (q Quarantine) Err() error {
+	return fmt.Errorf("%w: volume %q in pool %q is quarantined: its record %s %s. Its data is left untouched and the name stays reserved. "+
+		"An operator repairs the record (or moves the directory %s out of the pool's volumes/ directory); the driver re-reads quarantined records every trash-purge round (at most a minute) and at start",
+		ErrQuarantined, q.Name, q.Pool, q.Record, q.Problem, filepath.Dir(q.Record))
+}
+
+// loadVolume reads the record of volumes/<name> in a pool and checks it
+// against where it lies: this node, this pool, this directory. It returns
+// the volume, or what is wrong with the record. A leftover volume.json.tmp
+// (a crash during writeRecord, before its rename) is never read: the
+// record it was to replace is still whole.
+func loadVolume(root *os.Root, nodeID, pool, name string) (*Volume, string) {
+	data, err := root.ReadFile(path.Join(dirVolumes, name, recordFile))
+	if err != nil {
+		return nil, fmt.Sprintf("cannot be read (%v)", unwrapPath(err))
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, "is empty"
+	}
+	v := &Volume{}
+	if err := json.Unmarshal(data, v); err != nil {
+		return nil, fmt.Sprintf("is not a valid record (%v)", err)
+	}
+	if problem := v.mismatch(nodeID, pool, name); problem != "" {
+		return nil, problem
+	}
+	return v, ""
+}
+
+func knownBackend(k BackendKind) bool {
+	_, err := ParseBackendKind(string(k))
+	return err == nil && k != BackendAuto
+}
+
+// unwrapPath drops the path from a *PathError: the message names the
+// record already.
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// mismatch says how the record disagrees with the volume that lies at
+// volumes/<name> of pool on node nodeID, or "" if it does not.
+func (v *Volume) mismatch(nodeID, pool, name string) string {
+	want := VolumeID{Node: nodeID, Pool: pool, Name: name}.String()
+	switch {
+	case v.Version != recordVersion:
+		return fmt.Sprintf("has version %d, this driver reads version %d", v.Version, recordVersion)
+	case v.Name != name:
+		return fmt.Sprintf("names volume %q, but lies in directory %q", v.Name, name)
+	case v.Pool != pool:
+		return fmt.Sprintf("names pool %q, but lies in pool %q", v.Pool, pool)
+	case v.ID != want:
+		return fmt.Sprintf("has volume ID %q, but where it lies its ID is %q (node %q, pool %q); if this node or pool was renamed, run the driver with the old names", v.ID, want, nodeID, pool)
+	case v.CSIName != "" && volumeKey(nodeID, pool, v.CSIName) != name:
+		return fmt.Sprintf("has CSI name %q, which is not stored under directory %q", v.CSIName, name)
+	case !v.Phase.Live():
+		return fmt.Sprintf("has phase %q, which no volume in volumes/ has", v.Phase)
+	case v.Phase == PhaseResizing && v.TargetBytes <= 0:
+		return "is Resizing without a target size"
+	case !knownBackend(v.Backend):
+		return fmt.Sprintf("names backend %q, which is not one this driver carves volumes with", v.Backend)
+	case v.CapacityBytes <= 0:
+		return fmt.Sprintf("has size %d bytes", v.CapacityBytes)
+	case v.AccessType != AccessMount && v.AccessType != AccessBlock:
+		return fmt.Sprintf("has access type %q (mount or block expected)", v.AccessType)
+	}
+	return ""
 }
 
 // syncDir makes directory entry changes (create, rename) in dir durable.
