@@ -53,13 +53,17 @@ func startDriver(t *testing.T, nodeID string, hc health.Config, pools ...node.Po
 // startDriverKube is startDriver, without any Kubernetes API if !withKube.
 func startDriverKube(t *testing.T, withKube bool, nodeID string, hc health.Config, pools ...node.PoolConfig) *driverUnderTest {
 	t.Helper()
-	work := t.TempDir()
-	sock := filepath.Join(work, "csi.sock")
-	listening := make(chan string, 1)
-	cfg := Config{
-		Endpoint: "unix://" + sock, NodeID: nodeID, Pools: pools, TrashRetention: time.Minute,
+	return startDriverConfig(t, withKube, Config{
+		Endpoint: "unix://" + filepath.Join(t.TempDir(), "csi.sock"), NodeID: nodeID, Pools: pools, TrashRetention: time.Minute,
 		DefaultVolumeSize: 64 << 20, MetricsAddress: "127.0.0.1:0", Health: hc,
-	}
+	})
+}
+
+// startDriverConfig is startDriverKube with the whole configuration given.
+func startDriverConfig(t *testing.T, withKube bool, cfg Config) *driverUnderTest {
+	t.Helper()
+	nodeID := cfg.NodeID
+	listening := make(chan string, 1)
 	d := &driverUnderTest{t: t, cfg: cfg}
 	hk := hooks{httpListening: func(a string) { listening <- a }}
 	if withKube {
@@ -88,7 +92,7 @@ func startDriverKube(t *testing.T, withKube bool, nodeID string, hc health.Confi
 	case <-time.After(20 * time.Second):
 		t.Fatal("driver did not start within 20 s")
 	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(cfg.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

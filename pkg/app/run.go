@@ -49,6 +49,18 @@ func run(ctx context.Context, c Config, hk hooks) error {
 		return err
 	}
 	klog.InfoS("Starting dhpp-driver", "version", dhpp.Version, "node", c.NodeID, "pools", len(c.Pools))
+	// Claim the CSI socket before anything else: a second instance must
+	// fail before it opens the pools (whose recovery would move the
+	// running instance's half-made volumes to the trash).
+	sock, err := driver.ParseEndpoint(c.Endpoint)
+	if err != nil {
+		return err
+	}
+	sockLock, err := driver.LockSocket(sock)
+	if err != nil {
+		return err
+	}
+	defer sockLock.Release()
 	start := time.Now()
 	mgr, err := node.New(node.Config{NodeID: c.NodeID, Pools: c.Pools, DefaultSize: c.DefaultVolumeSize})
 	if err != nil {
@@ -122,11 +134,7 @@ func run(ctx context.Context, c Config, hk hooks) error {
 		reportQuarantined(fencer, mgr.Pools()...)
 		mgr.OnPoolOpened(func(p *node.Pool) { reportQuarantined(fencer, p) })
 	}
-	sock, err := driver.ParseEndpoint(c.Endpoint)
-	if err != nil {
-		return err
-	}
-	l, err := driver.Listen(sock)
+	l, err := sockLock.Listen()
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", sock, err)
 	}

@@ -19,32 +19,74 @@ import (
 const LockSuffix = ".lock"
 
 // Listen listens on the unix socket at path, for as long as this process
-// is the only driver instance on it. It first takes an exclusive lock on
-// <path>.lock, held until the listener is closed (the kernel drops it when
-// the process dies, even by kill -9), so a second instance fails without
-// touching the first one's socket. A socket file left by a crashed
-// instance is replaced, but only after a connect test shows that nothing
-// answers on it: an instance that predates the lock file is not taken over
-// either. Anything at path that is not a socket is left alone.
+// is the only driver instance on it: LockSocket, then SocketLock.Listen.
 func Listen(path string) (net.Listener, error) {
+	lock, err := LockSocket(path)
+	if err != nil {
+		return nil, err
+	}
+	l, err := lock.Listen()
+	if err != nil {
+		lock.Release()
+		return nil, err
+	}
+	return l, nil
+}
+
+// SocketLock is the claim of one driver instance on a CSI socket.
+type SocketLock struct {
+	path string
+	file *os.File
+	once sync.Once
+}
+
+// LockSocket claims the CSI socket at path for this process, before the
+// driver touches anything else (its pools above all), so that a second
+// instance fails without disturbing the first. It takes an exclusive lock
+// on <path>.lock, held until Release or until the listener from Listen is
+// closed; the kernel drops it when the process dies, even by kill -9. It
+// also refuses when something answers on the socket without holding the
+// lock (a driver that predates the lock file).
+func LockSocket(path string) (*SocketLock, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, err
 	}
-	lock, err := lockSocket(path)
+	f, err := lockFile(path)
 	if err != nil {
 		return nil, err
 	}
-	l, err := listenUnlocked(path)
-	if err != nil {
-		lock.Close()
+	l := &SocketLock{path: path, file: f}
+	if err := checkNotServed(path); err != nil {
+		l.Release()
 		return nil, err
 	}
-	return &lockedListener{Listener: l, lock: lock}, nil
+	return l, nil
 }
 
-// lockSocket takes the instance lock of the socket at path and writes this
+// Release gives the claim up. Closing Listen's listener also does.
+func (l *SocketLock) Release() { l.once.Do(func() { l.file.Close() }) }
+
+// Listen replaces a socket file left behind by a crashed instance (after
+// a connect test shows nothing answers on it) and listens on the socket.
+// Anything at the path that is not a socket is left alone. Closing the
+// listener removes the socket, then releases the lock.
+func (l *SocketLock) Listen() (net.Listener, error) {
+	if err := checkNotServed(l.path); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(l.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", l.path, err)
+	}
+	nl, err := net.Listen("unix", l.path)
+	if err != nil {
+		return nil, err
+	}
+	return &lockedListener{Listener: nl, lock: l}, nil
+}
+
+// lockFile takes the instance lock of the socket at path and writes this
 // process's id into the lock file, for the next instance's error message.
-func lockSocket(path string) (*os.File, error) {
+func lockFile(path string) (*os.File, error) {
 	name := path + LockSuffix
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -75,44 +117,40 @@ func lockSocket(path string) (*os.File, error) {
 // Accept); a dead socket is refused at once.
 const connectTimeout = time.Second
 
-// listenUnlocked replaces a stale socket at path and listens on it. The
-// caller holds the instance lock.
-func listenUnlocked(path string) (net.Listener, error) {
+// checkNotServed returns nil if nothing is at path, or a socket on which
+// nobody listens; an error if something answers on it, or if path is not
+// a socket.
+func checkNotServed(path string) error {
 	st, err := os.Lstat(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
+		return nil
 	case err != nil:
-		return nil, err
+		return err
 	case st.Mode().Type() != os.ModeSocket:
-		return nil, fmt.Errorf("%s exists and is not a socket (%s); not removing it", path, st.Mode().Type())
-	default:
-		c, err := net.DialTimeout("unix", path, connectTimeout)
-		if err == nil {
-			c.Close()
-			return nil, fmt.Errorf("another process serves the CSI socket %s (without holding %s%s, e.g. an older dhpp-driver); refusing to take it over. Find it with: ss -xlp | grep %s",
-				path, path, LockSuffix, path)
-		}
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, fmt.Errorf("check whether anything serves the socket %s: %w", path, err)
-		}
-		// Nobody listens: left behind by an instance that died.
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
-		}
+		return fmt.Errorf("%s exists and is not a socket (%s); not removing it", path, st.Mode().Type())
 	}
-	return net.Listen("unix", path)
+	c, err := net.DialTimeout("unix", path, connectTimeout)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("another process serves the CSI socket %s (without holding %s%s, e.g. an older dhpp-driver); refusing to take it over. Find it with: ss -xlp | grep %s",
+			path, path, LockSuffix, path)
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("check whether anything serves the socket %s: %w", path, err)
+	}
+	return nil // left behind by an instance that died
 }
 
 // lockedListener releases the instance lock when the listener is closed,
 // after the socket is gone (net.UnixListener removes it on Close).
 type lockedListener struct {
 	net.Listener
-	lock *os.File
-	once sync.Once
+	lock *SocketLock
 }
 
 func (l *lockedListener) Close() error {
 	err := l.Listener.Close()
-	l.once.Do(func() { l.lock.Close() })
+	l.lock.Release()
 	return err
 }
