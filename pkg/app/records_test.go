@@ -137,6 +137,22 @@ func TestUntrustedRecordsAndMissingPool(t *testing.T) {
 			_, err := d.node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: bad, StagingTargetPath: stage})
 			return err
 		}()},
+		{"NodeUnpublishVolume", func() error {
+			_, err := d.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: bad, TargetPath: target})
+			return err
+		}()},
+		{"NodeGetVolumeStats", func() error {
+			_, err := d.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: bad, VolumePath: target})
+			return err
+		}()},
+		{"NodeExpandVolume", func() error {
+			_, err := d.node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: bad, VolumePath: target, CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}})
+			return err
+		}()},
+		{"ControllerExpandVolume", func() error {
+			_, err := d.ctl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: bad, CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}})
+			return err
+		}()},
 	} {
 		wantCode(t, c.name+"(quarantined)", c.err, codes.FailedPrecondition, "quarantined", record)
 	}

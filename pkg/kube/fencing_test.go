@@ -517,3 +517,47 @@ func TestPoolDegradationEvents(t *testing.T) {
 		t.Errorf("degradation changed the condition: %+v", c)
 	}
 }
+
+// TestVolumesQuarantinedEvent: one Warning Event per pool, naming at most a
+// few volumes (a renamed node quarantines them all) and what to do.
+func TestVolumesQuarantinedEvent(t *testing.T) {
+	h := start(t, newNode(nil, nil), newFakeMonitor("default"), false)
+	var problems []string
+	for i := range 7 {
+		problems = append(problems, fmt.Sprintf("pvc-%d: record /mnt/d/volumes/pvc-%d/volume.json is empty", i, i))
+	}
+	h.f.VolumesQuarantined("default", problems)
+	h.f.VolumesQuarantined("default", nil) // nothing to say: no Event
+	h.eventually("an event", func() bool { return len(h.events()) == 1 })
+	time.Sleep(50 * time.Millisecond)
+	evs := h.events()
+	if len(evs) != 1 {
+		t.Fatalf("events %v, want one", reasons(evs))
+	}
+	ev := evs[0]
+	if ev.Reason != kube.ReasonVolumesQuarantined || ev.Type != corev1.EventTypeWarning || ev.InvolvedObject.Kind != "Node" || ev.InvolvedObject.Name != nodeName {
+		t.Fatalf("event %s %s on %s/%s", ev.Type, ev.Reason, ev.InvolvedObject.Kind, ev.InvolvedObject.Name)
+	}
+	for _, part := range []string{`pool "default" (/mnt/d) has 7 quarantined`, "pvc-0: record /mnt/d/volumes/pvc-0/volume.json is empty", "pvc-4:", "and 2 more (see the driver log)", "FailedPrecondition", "repairs each record"} {
+		if !strings.Contains(ev.Message, part) {
+			t.Errorf("message %q lacks %q", ev.Message, part)
+		}
+	}
+	if strings.Contains(ev.Message, "pvc-5:") {
+		t.Errorf("message lists more than 5 volumes: %q", ev.Message)
+	}
+}
+
+// TestRestoreKeepsFenceReason: a pool fenced at start for a reason of its
+// own (its directory is missing) keeps that reason when the Node label
+// also says fenced.
+func TestRestoreKeepsFenceReason(t *testing.T) {
+	mon := newFakeMonitor("default")
+	if err := mon.Fence("default", "directory /mnt/d is missing"); err != nil {
+		t.Fatal(err)
+	}
+	start(t, newNode(map[string]string{kube.PoolLabelPrefix + "default": kube.PoolLabelFenced}, nil), mon, true)
+	if s, _ := mon.Status("default"); s.State != health.Fenced || s.LastError != "directory /mnt/d is missing" {
+		t.Fatalf("status after restore %+v, want the start-up reason kept", s)
+	}
+}

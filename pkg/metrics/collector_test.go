@@ -232,3 +232,48 @@ func syncfs(t testing.TB, dir string) {
 		t.Fatal(err)
 	}
 }
+
+// TestCollectorQuarantinedAndMissing: a pool with a damaged record and a
+// pool whose directory is missing are reported by their own gauges; the
+// missing pool's capacity series are absent without counting as errors.
+func TestCollectorQuarantinedAndMissing(t *testing.T) {
+	a := t.TempDir()
+	m := newManager(t, node.PoolConfig{Name: "a", Path: a, Backend: node.BackendDir})
+	create(t, m, "a", "pvc-1", mib, node.AccessMount)
+	create(t, m, "a", "pvc-2", mib, node.AccessMount)
+	m.Close()
+	if err := os.WriteFile(filepath.Join(a, "volumes/pvc-2/volume.json"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m = newManager(t, node.PoolConfig{Name: "a", Path: a, Backend: node.BackendDir},
+		node.PoolConfig{Name: "b", Path: filepath.Join(t.TempDir(), "unmounted"), Backend: node.BackendDir})
+	c := NewCollector(m)
+	const want = `
+# HELP dhpp_pool_quarantined_volumes Volume directories of the pool whose record cannot be trusted (unreadable, or disagreeing with where it lies): left untouched, their names reserved, every request on them refused until an operator acts.
+# TYPE dhpp_pool_quarantined_volumes gauge
+dhpp_pool_quarantined_volumes{pool="a"} 1
+dhpp_pool_quarantined_volumes{pool="b"} 0
+# HELP dhpp_pool_missing 1 while the pool's directory is missing or is not the one the driver opened (an unmounted data disk?): the pool refuses every request; else 0.
+# TYPE dhpp_pool_missing gauge
+dhpp_pool_missing{pool="a"} 0
+dhpp_pool_missing{pool="b"} 1
+# HELP dhpp_pool_volumes Number of volumes in the pool.
+# TYPE dhpp_pool_volumes gauge
+dhpp_pool_volumes{pool="a"} 1
+dhpp_pool_volumes{pool="b"} 0
+# HELP dhpp_metrics_collect_errors Pools and volumes whose figures could not be read in this scrape (e.g. a vanished disk); their series are missing from it.
+# TYPE dhpp_metrics_collect_errors gauge
+dhpp_metrics_collect_errors 0
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want),
+		"dhpp_pool_quarantined_volumes", "dhpp_pool_missing", "dhpp_pool_volumes", "dhpp_metrics_collect_errors"); err != nil {
+		t.Fatal(err)
+	}
+	mfs := gather(t, c)
+	if _, ok := value(t, mfs, "dhpp_pool_capacity_bytes", map[string]string{"pool": "b"}); ok {
+		t.Error("a missing pool has a capacity series")
+	}
+	if _, ok := value(t, mfs, "dhpp_pool_capacity_bytes", map[string]string{"pool": "a"}); !ok {
+		t.Error("the healthy pool lost its capacity series")
+	}
+}

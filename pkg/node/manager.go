@@ -593,10 +593,29 @@ func (m *Manager) UnpublishVolume(_ context.Context, id, target string) error {
 	if _, err := ParseVolumeID(id); err != nil {
 		return err
 	}
+	if err := m.refuseUntrusted(id); err != nil {
+		return err
+	}
 	if err := mount.CleanupMountPoint(target, m.env.mounter, false); err != nil {
 		return fmt.Errorf("unpublish volume %q from %s: %w", id, target, err)
 	}
 	return nil
+}
+
+// refuseUntrusted returns the error of a volume of this node that no
+// request may act on: its record is quarantined (ErrQuarantined) or its
+// pool's directory is missing (ErrPoolMissing). Anything else is for the
+// caller to judge.
+func (m *Manager) refuseUntrusted(id string) error {
+	vid, p, err := m.resolve(id)
+	if err != nil {
+		if errors.Is(err, ErrPoolMissing) {
+			return err
+		}
+		return nil
+	}
+	_, err = p.lookup(vid.Name)
+	return err
 }
 
 // PurgeTrash purges every pool's trash of entries older than retention.

@@ -64,6 +64,7 @@ func TestMissingPoolAtStart(t *testing.T) {
 		{"PublishVolume", func() error {
 			return m.PublishVolume(ctx, PublishRequest{VolumeID: id, TargetPath: filepath.Join(t.TempDir(), "t"), AccessType: AccessMount})
 		}, ErrPoolMissing},
+		{"UnpublishVolume", func() error { return m.UnpublishVolume(ctx, id, filepath.Join(t.TempDir(), "t")) }, ErrPoolMissing},
 	}
 	for _, r := range refused {
 		if err := r.call(); !errors.Is(err, r.want) || !strings.Contains(err.Error(), missing) {

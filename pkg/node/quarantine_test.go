@@ -197,6 +197,7 @@ func TestQuarantinedRecords(t *testing.T) {
 					return m.PublishVolume(ctx, PublishRequest{VolumeID: victim.ID, TargetPath: filepath.Join(t.TempDir(), "t"), AccessType: AccessMount})
 				}},
 				{"VolumeUsage", func() error { _, err := m.VolumeUsage(victim.ID, ""); return err }},
+				{"UnpublishVolume", func() error { return m.UnpublishVolume(ctx, victim.ID, filepath.Join(t.TempDir(), "t")) }},
 			}
 			for _, c := range calls {
 				err := c.call()
