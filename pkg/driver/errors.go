@@ -37,7 +37,7 @@ func toStatus(err error) error {
 	case errors.Is(err, node.ErrBusy):
 		code = codes.Aborted
 	case errors.Is(err, node.ErrInUse), errors.Is(err, node.ErrNotStaged), errors.Is(err, node.ErrWrongNode),
-		errors.Is(err, node.ErrQuarantined), errors.Is(err, node.ErrPoolMissing):
+		errors.Is(err, node.ErrQuarantined), errors.Is(err, node.ErrPoolMissing), errors.Is(err, node.ErrWrongPath):
 		code = codes.FailedPrecondition
 	}
 	return status.Error(code, err.Error())

@@ -64,10 +64,18 @@ func checkPath(field, p string) error {
 }
 
 // checkVolumePath validates the volume_path of NodeGetVolumeStats and
-// NodeExpandVolume. The spec's error for "no volume at this path" is
-// NotFound, so only a missing field or a NUL byte is InvalidArgument; a
-// relative or absent path is a path where the volume is not.
-func checkVolumePath(p string) error {
+// NodeExpandVolume: it must be where the volume is published or staged. The
+// spec's error for "no volume at this path" is NotFound, so only a missing
+// field or a NUL byte is InvalidArgument; a relative, absent or foreign path
+// is a path where the volume is not.
+func (d *Driver) checkVolumePath(id, p, staging string) error {
+	if err := checkVolumePathSyntax(p); err != nil {
+		return err
+	}
+	return toStatus(d.nodes.CheckVolumePath(id, p, staging))
+}
+
+func checkVolumePathSyntax(p string) error {
 	switch {
 	case p == "":
 		return required("volume_path")
@@ -185,7 +193,7 @@ func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeSta
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if err := checkVolumePath(req.GetVolumePath()); err != nil {
+	if err := d.checkVolumePath(v.ID, req.GetVolumePath(), req.GetStagingTargetPath()); err != nil {
 		return nil, err
 	}
 	u, err := d.nodes.VolumeUsage(v.ID, req.GetVolumePath())
@@ -226,7 +234,7 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if err := checkVolumePath(req.GetVolumePath()); err != nil {
+	if err := d.checkVolumePath(v.ID, req.GetVolumePath(), req.GetStagingTargetPath()); err != nil {
 		return nil, err
 	}
 	if req.GetCapacityRange() == nil {

@@ -86,15 +86,18 @@ type backend interface {
 	// Destroy releases what a plain recursive removal cannot (subvolumes,
 	// loop devices) before a trashed volume is removed.
 	Destroy(ctx context.Context, dir volumeDir) error
-	// Stage prepares the volume on this node (loop: attach + mount) and
-	// returns what NodePublish binds: a directory or a block device.
+	// Stage prepares the volume on this node (loop: attach + mount). The
+	// caller has checked that stagingPath is either the volume's staging
+	// mount already or free to mount onto.
 	Stage(ctx context.Context, dir volumeDir, v *Volume, stagingPath string, mountFlags []string) error
-	// Unstage undoes Stage.
+	// Unstage undoes Stage after the caller unmounted the staging mount:
+	// it releases what Stage holds besides the mount (loop devices).
 	Unstage(ctx context.Context, dir volumeDir, v *Volume, stagingPath string) error
-	// Publications lists the target paths the volume is published at on
-	// this node (not counting its staging mount), from the mount table.
-	Publications(dir volumeDir, v *Volume, stagingPath string, infos []mount.MountInfo) []string
-	// PublishSource is what NodePublish bind-mounts onto the target path.
+	// Placement finds the volume in the mount table: its loop devices and
+	// every mount point that shows its storage (see placement).
+	Placement(dir volumeDir, v *Volume, infos []mount.MountInfo) (placement, error)
+	// PublishSource is what NodePublish bind-mounts onto the target path;
+	// the caller has checked that stagingPath is the volume's.
 	PublishSource(dir volumeDir, v *Volume, stagingPath string) (string, error)
 }
 

@@ -145,8 +145,9 @@ func (b btrfsBackend) checkQuota() {
 func (btrfsBackend) Stage(context.Context, volumeDir, *Volume, string, []string) error { return nil }
 func (btrfsBackend) Unstage(context.Context, volumeDir, *Volume, string) error         { return nil }
 
-func (b btrfsBackend) Publications(dir volumeDir, _ *Volume, _ string, infos []mount.MountInfo) []string {
-	return mountUsers(infos, b.pool.Path, dir.abs(dataName))
+// Placement: the volume is where its data directory is bind-mounted.
+func (b btrfsBackend) Placement(dir volumeDir, _ *Volume, infos []mount.MountInfo) (placement, error) {
+	return placement{mounts: bindsOf(infos, dir.abs(dataName))}, nil
 }
 
 func (b btrfsBackend) PublishSource(dir volumeDir, _ *Volume, _ string) (string, error) {

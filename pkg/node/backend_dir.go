@@ -42,8 +42,9 @@ func (b dirBackend) Usage(dir volumeDir, v *Volume, _ string) (Usage, error) {
 func (dirBackend) Stage(context.Context, volumeDir, *Volume, string, []string) error { return nil }
 func (dirBackend) Unstage(context.Context, volumeDir, *Volume, string) error         { return nil }
 
-func (b dirBackend) Publications(dir volumeDir, _ *Volume, _ string, infos []mount.MountInfo) []string {
-	return mountUsers(infos, b.pool.Path, dir.abs(dataName))
+// Placement: the volume is where its data directory is bind-mounted.
+func (b dirBackend) Placement(dir volumeDir, _ *Volume, infos []mount.MountInfo) (placement, error) {
+	return placement{mounts: bindsOf(infos, dir.abs(dataName))}, nil
 }
 
 func (b dirBackend) PublishSource(dir volumeDir, _ *Volume, _ string) (string, error) {
@@ -52,14 +53,14 @@ func (b dirBackend) PublishSource(dir volumeDir, _ *Volume, _ string) (string, e
 
 // checkedDir returns the host path of a directory inside the pool after
 // checking, through the pool's os.Root, that it is a real directory and no
-// component is a symlink leading elsewhere.
+// component is a symlink (leading out of the pool or to another volume).
 func checkedDir(p *Pool, rel string) (string, error) {
-	st, err := p.root.Lstat(rel)
+	st, err := lstatNoSymlink(p, rel)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("%w (not a directory of the volume)", err)
 	}
 	if !st.IsDir() {
-		return "", fmt.Errorf("%s in pool %q is not a directory", rel, p.Name)
+		return "", fmt.Errorf("%w: %s in pool %q is not a directory", ErrWrongPath, rel, p.Name)
 	}
 	return p.abs(rel), nil
 }

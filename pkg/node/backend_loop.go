@@ -106,22 +106,19 @@ func (b loopBackend) Create(ctx context.Context, dir volumeDir, v *Volume) error
 // size and a mounted filesystem is grown online. A volume that is not staged
 // has its filesystem grown at the next Stage.
 func (b loopBackend) Resize(_ context.Context, dir volumeDir, v *Volume, newSize int64) error {
-	rel := path.Join(dir.rel, imageName)
-	f, err := b.pool.root.OpenFile(rel, os.O_RDWR, 0)
+	f, err := b.openImage(dir, os.O_RDWR)
 	if err != nil {
 		return err
 	}
+	defer f.Close()
 	st, err := f.Stat()
 	if err == nil && st.Size() < newSize {
 		err = f.Truncate(newSize)
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
 		return fmt.Errorf("grow image: %w", err)
 	}
-	devs, err := loopdev.Find(dir.abs(imageName))
+	devs, err := loopdev.FindFile(f)
 	if err != nil {
 		return err
 	}
@@ -334,16 +331,57 @@ func exitStatus(err error) int {
 
 // mountPointOf finds where a loop device is mounted, if anywhere.
 func (b loopBackend) mountPointOf(dev string) string {
-	infos, err := mount.ParseMountInfo(b.pool.env.mountInfoPath)
+	infos, err := readMountTable(b.pool.env.mountInfoPath)
 	if err != nil {
 		return ""
 	}
-	for _, mi := range infos {
-		if mi.Source == dev {
-			return mi.MountPoint
-		}
+	if mps := mountsOfDevice(infos, dev); len(mps) > 0 {
+		return mps[0]
 	}
 	return ""
+}
+
+// mountsOfDevice lists the mounts of the filesystem on a block device (by
+// device number: the mount's source string is whatever name mount was given).
+func mountsOfDevice(infos []mount.MountInfo, dev string) []string {
+	var st unix.Stat_t
+	if err := unix.Stat(dev, &st); err != nil {
+		return nil
+	}
+	var out []string
+	for _, mi := range infos {
+		if uint32(mi.Major) == unix.Major(st.Rdev) && uint32(mi.Minor) == unix.Minor(st.Rdev) {
+			out = append(out, mi.MountPoint)
+		}
+	}
+	return out
+}
+
+// bindsOfDevice lists the bind mounts of a block device's node (a Block
+// volume's publish targets): mount points that are that very device.
+func bindsOfDevice(infos []mount.MountInfo, dev string) []string {
+	var want unix.Stat_t
+	if err := unix.Stat(dev, &want); err != nil {
+		return nil
+	}
+	var out []string
+	for _, mi := range infos {
+		if path.Base(mi.Root) != filepath.Base(dev) {
+			continue // cheap filter: a bind of /dev/loopN has root .../loopN
+		}
+		var st unix.Stat_t
+		if unix.Stat(mi.MountPoint, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK && st.Rdev == want.Rdev {
+			out = append(out, mi.MountPoint)
+		}
+	}
+	return out
+}
+
+// openImage opens the volume's image with no symlink followed (see
+// openNoSymlink): the loop device is bound to this descriptor, never to
+// whatever the path names.
+func (b loopBackend) openImage(dir volumeDir, flag int) (*os.File, error) {
+	return openNoSymlink(b.pool, path.Join(dir.rel, imageName), flag)
 }
 
 // Allocated is the image's allocated blocks: sparse images occupy only
@@ -366,74 +404,95 @@ func (b loopBackend) Usage(dir volumeDir, v *Volume, volumePath string) (Usage, 
 	return statfsUsage(volumePath)
 }
 
+// Destroy checks that no loop device is bound to the image. Anything in
+// place of the image that is not a plain file (a planted symlink) has no
+// device of dhpp's and is removed as itself.
 func (b loopBackend) Destroy(_ context.Context, dir volumeDir) error {
-	img := dir.abs(imageName)
-	if _, err := b.pool.root.Lstat(path.Join(dir.rel, imageName)); errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	devs, err := loopdev.Find(img)
+	devs, err := b.devices(dir)
 	if err != nil {
 		return err
 	}
 	if len(devs) > 0 {
-		return fmt.Errorf("%w: image %s is still attached to %s", ErrInUse, img, strings.Join(devs, ", "))
+		return fmt.Errorf("%w: image %s is still attached to %s", ErrInUse, dir.abs(imageName), strings.Join(devs, ", "))
 	}
 	return nil
 }
 
-func (b loopBackend) attached(dir volumeDir) (string, error) {
-	devs, err := loopdev.Find(dir.abs(imageName))
-	if err != nil || len(devs) == 0 {
-		return "", err
+// devices lists the loop devices bound to the volume's image; none if there
+// is no image, or something other than a plain file in its place.
+func (b loopBackend) devices(dir volumeDir) ([]string, error) {
+	img, err := b.openImage(dir, os.O_RDONLY)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrWrongPath) {
+		return nil, nil
 	}
-	return devs[0], nil
+	if err != nil {
+		return nil, err
+	}
+	defer img.Close()
+	return loopdev.FindFile(img)
 }
 
+// Stage binds the image, opened with no symlink followed, to a loop device
+// by descriptor. A Filesystem volume is then mounted at stagingPath, which
+// the caller checked is free, or already this volume's staging mount.
 func (b loopBackend) Stage(ctx context.Context, dir volumeDir, v *Volume, stagingPath string, mountFlags []string) error {
-	if _, err := b.pool.root.Lstat(path.Join(dir.rel, imageName)); err != nil {
-		return err
-	}
-	img := dir.abs(imageName)
-	if v.AccessType == AccessBlock {
-		if dev, err := b.attached(dir); err != nil || dev != "" {
-			return err
-		}
-		_, err := loopdev.Attach(img, loopdev.Options{DirectIO: true})
-		return err
-	}
-	m := b.pool.env.mounter
-	if err := os.MkdirAll(stagingPath, 0o750); err != nil {
-		return err
-	}
-	notMnt, err := m.IsLikelyNotMountPoint(stagingPath)
+	img, err := b.openImage(dir, os.O_RDWR)
 	if err != nil {
 		return err
 	}
-	if notMnt {
-		// AutoClear: the device detaches itself when the filesystem is
-		// unmounted, so a crash between unmount and detach leaks nothing.
-		// The open descriptor keeps the device bound until the mount holds it.
-		f, err := loopdev.AttachOpen(img, loopdev.Options{DirectIO: true, AutoClear: true})
+	defer img.Close()
+	devs, err := loopdev.FindFile(img)
+	if err != nil {
+		return err
+	}
+	if v.AccessType == AccessBlock {
+		if len(devs) > 0 {
+			return nil
+		}
+		f, err := loopdev.AttachFile(img, loopdev.Options{DirectIO: true})
 		if err != nil {
 			return err
 		}
-		dev := f.Name()
-		err = b.growOffline(ctx, dir, dev, v.FsType)
-		if err == nil {
-			err = m.Mount(dev, stagingPath, v.FsType, mountFlags)
-		}
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("mount %s (%s) at %s: %w", img, dev, stagingPath, err)
-		}
-		if err := b.initRoot(stagingPath, v); err != nil {
-			return err
-		}
+		return f.Close()
 	}
 	if dev := b.sourceOf(stagingPath); dev != "" {
-		return b.growFs(dev, stagingPath) // catches up with an offline expand
+		return b.growFs(dev, stagingPath) // staged already; catches up with an offline expand
+	}
+	if err := os.MkdirAll(stagingPath, 0o750); err != nil {
+		return err
+	}
+	f, err := b.openDevice(img, devs)
+	if err != nil {
+		return err
+	}
+	dev := f.Name()
+	err = b.growOffline(ctx, dir, dev, v.FsType)
+	if err == nil {
+		err = b.pool.env.mounter.Mount(dev, stagingPath, v.FsType, mountFlags)
+	}
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("mount %s (%s) at %s: %w", img.Name(), dev, stagingPath, err)
+	}
+	if err := b.initRoot(stagingPath, v); err != nil {
+		return err
+	}
+	if dev := b.sourceOf(stagingPath); dev != "" {
+		return b.growFs(dev, stagingPath)
 	}
 	return nil
+}
+
+// openDevice returns a loop device bound to img, open: one found unmounted
+// (left by an interrupted stage) is reused rather than binding a second
+// device to the same image. A new one is AutoClear: it detaches itself when
+// the filesystem is unmounted, so a crash between unmount and detach leaks
+// nothing; the open descriptor keeps it bound until the mount holds it.
+func (b loopBackend) openDevice(img *os.File, devs []string) (*os.File, error) {
+	if len(devs) > 0 {
+		return os.OpenFile(devs[0], os.O_RDWR, 0)
+	}
+	return loopdev.AttachFile(img, loopdev.Options{DirectIO: true, AutoClear: true})
 }
 
 // initRoot applies the volume's mode to the root of a filesystem that has
@@ -453,7 +512,7 @@ func (b loopBackend) initRoot(mountPoint string, v *Volume) error {
 }
 
 func (b loopBackend) sourceOf(mountPoint string) string {
-	infos, err := mount.ParseMountInfo(b.pool.env.mountInfoPath)
+	infos, err := readMountTable(b.pool.env.mountInfoPath)
 	if err != nil {
 		return ""
 	}
@@ -465,19 +524,15 @@ func (b loopBackend) sourceOf(mountPoint string) string {
 	return ""
 }
 
-func (b loopBackend) Unstage(_ context.Context, dir volumeDir, v *Volume, stagingPath string) error {
-	if v.AccessType == AccessMount && stagingPath != "" {
-		notMnt, err := b.pool.env.mounter.IsLikelyNotMountPoint(stagingPath)
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		if err == nil && !notMnt {
-			if err := b.pool.env.mounter.Unmount(stagingPath); err != nil {
-				return err
-			}
-		}
+// Unstage detaches the image's loop devices that nothing mounts any more
+// (the caller unmounted the staging mount; Block volumes have none).
+func (b loopBackend) Unstage(_ context.Context, dir volumeDir, v *Volume, _ string) error {
+	img, err := b.openImage(dir, os.O_RDONLY)
+	if err != nil {
+		return err
 	}
-	devs, err := loopdev.Find(dir.abs(imageName))
+	defer img.Close()
+	devs, err := loopdev.FindFile(img)
 	if err != nil {
 		return err
 	}
@@ -485,50 +540,47 @@ func (b loopBackend) Unstage(_ context.Context, dir volumeDir, v *Volume, stagin
 		if b.mountPointOf(dev) != "" {
 			continue // still mounted elsewhere; AutoClear detaches it later
 		}
-		// DetachFile checks the binding on the same descriptor it detaches
-		// through, so a device number reused by someone else is left alone.
-		if err := loopdev.DetachFile(dev, dir.abs(imageName)); err != nil && !errors.Is(err, loopdev.ErrOtherBacking) {
+		// DetachBacking checks the binding on the same descriptor it
+		// detaches through, so a device number reused by someone else is
+		// left alone.
+		if err := loopdev.DetachBacking(dev, img); err != nil && !errors.Is(err, loopdev.ErrOtherBacking) {
 			klog.ErrorS(err, "Detaching loop device", "volume", v.ID, "device", dev)
 		}
 	}
 	return nil
 }
 
-// Publications of a loop volume are mounts of its loop device other than
-// the staging mount: binds of the mounted filesystem (same source device)
-// or, for Block, binds of the device node itself (root "/loopN" on /dev).
-func (b loopBackend) Publications(dir volumeDir, v *Volume, stagingPath string, infos []mount.MountInfo) []string {
-	dev, err := b.attached(dir)
-	if err != nil || dev == "" {
-		return nil
+// Placement of a loop volume: the devices bound to its image and, for a
+// Filesystem volume, every mount of their filesystem (the staging mount and
+// the binds of it); for a Block volume, the binds of their device nodes.
+func (b loopBackend) Placement(dir volumeDir, v *Volume, infos []mount.MountInfo) (placement, error) {
+	devs, err := b.devices(dir)
+	if err != nil {
+		return placement{}, err
 	}
-	var out []string
-	for _, mi := range infos {
-		switch {
-		case mi.MountPoint == stagingPath:
-		case v.AccessType == AccessMount && mi.Source == dev:
-			out = append(out, mi.MountPoint)
-		case v.AccessType == AccessBlock && mi.Root == "/"+filepath.Base(dev) && strings.Contains(mi.FsType, "tmpfs"):
-			out = append(out, mi.MountPoint)
+	pl := placement{devices: devs}
+	for _, dev := range devs {
+		if v.AccessType == AccessMount {
+			pl.mounts = append(pl.mounts, mountsOfDevice(infos, dev)...)
+		} else {
+			pl.mounts = append(pl.mounts, bindsOfDevice(infos, dev)...)
 		}
 	}
-	return out
+	return pl, nil
 }
 
+// PublishSource: a Filesystem volume is bound from its staging mount (the
+// caller checked it is the volume's), a Block volume from its loop device.
 func (b loopBackend) PublishSource(dir volumeDir, v *Volume, stagingPath string) (string, error) {
-	if v.AccessType == AccessBlock {
-		dev, err := b.attached(dir)
-		if err != nil {
-			return "", err
-		}
-		if dev == "" {
-			return "", fmt.Errorf("%w: block volume %q is not staged on this node (no loop device)", ErrNotStaged, v.ID)
-		}
-		return dev, nil
+	if v.AccessType == AccessMount {
+		return stagingPath, nil
 	}
-	notMnt, err := b.pool.env.mounter.IsLikelyNotMountPoint(stagingPath)
-	if err != nil || notMnt {
-		return "", fmt.Errorf("%w: volume %q is not staged at %q", ErrNotStaged, v.ID, stagingPath)
+	devs, err := b.devices(dir)
+	if err != nil {
+		return "", err
 	}
-	return stagingPath, nil
+	if len(devs) == 0 {
+		return "", fmt.Errorf("%w: block volume %q is not staged on this node (no loop device)", ErrNotStaged, v.ID)
+	}
+	return devs[0], nil
 }

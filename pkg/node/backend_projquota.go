@@ -256,8 +256,9 @@ func (*projQuotaBackend) Stage(context.Context, volumeDir, *Volume, string, []st
 }
 func (*projQuotaBackend) Unstage(context.Context, volumeDir, *Volume, string) error { return nil }
 
-func (b *projQuotaBackend) Publications(dir volumeDir, _ *Volume, _ string, infos []mount.MountInfo) []string {
-	return mountUsers(infos, b.pool.Path, dir.abs(dataName))
+// Placement: the volume is where its data directory is bind-mounted.
+func (b *projQuotaBackend) Placement(dir volumeDir, _ *Volume, infos []mount.MountInfo) (placement, error) {
+	return placement{mounts: bindsOf(infos, dir.abs(dataName))}, nil
 }
 
 func (b *projQuotaBackend) PublishSource(dir volumeDir, _ *Volume, _ string) (string, error) {

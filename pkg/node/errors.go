@@ -23,6 +23,10 @@ var (
 	ErrInUse = errors.New("in use")
 	// ErrNotStaged: a publish found no staged volume where it must be.
 	ErrNotStaged = errors.New("not staged")
+	// ErrWrongPath: a path in the request does not belong to the volume (a
+	// mount of something else, another volume's staging path, a non-empty
+	// directory, a planted symlink); nothing was touched.
+	ErrWrongPath = errors.New("path does not belong to the volume")
 	// ErrWrongNode: the volume ID names another node; nothing here may touch it.
 	ErrWrongNode = errors.New("volume is on another node")
 	// ErrQuarantined: the volume's record cannot be trusted; the volume is

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path"
 	"path/filepath"
 	"sort"
@@ -442,20 +441,6 @@ func (m *Manager) ListVolumes() []*Volume {
 	return out
 }
 
-// VolumeUsage reports a volume's space from its backend's accounting.
-func (m *Manager) VolumeUsage(id, volumePath string) (Usage, error) {
-	v, err := m.GetVolume(id)
-	if err != nil {
-		return Usage{}, err
-	}
-	p := m.byName[v.Pool]
-	b, err := p.backendFor(v.Backend)
-	if err != nil {
-		return Usage{}, err
-	}
-	return b.Usage(volumeDir{pool: p, rel: path.Join(dirVolumes, v.Name)}, v, volumePath)
-}
-
 // volumeOp looks a volume up and returns it with its backend and directory.
 func (m *Manager) volumeOp(id string) (*Volume, backend, volumeDir, error) {
 	v, err := m.GetVolume(id)
@@ -487,135 +472,6 @@ func (m *Manager) withVolume(id string, fn func(v *Volume, b backend, dir volume
 		return err
 	}
 	return fn(v, b, dir)
-}
-
-// StageVolume prepares a volume on this node (loop: attach and mount at
-// stagingPath; other backends need nothing). Idempotent.
-func (m *Manager) StageVolume(ctx context.Context, id, stagingPath string, mountFlags []string) error {
-	return m.withVolume(id, func(v *Volume, b backend, dir volumeDir) error {
-		return b.Stage(ctx, dir, v, stagingPath, mountFlags)
-	})
-}
-
-// UnstageVolume undoes StageVolume. Idempotent; a volume that no longer
-// exists has nothing staged.
-func (m *Manager) UnstageVolume(ctx context.Context, id, stagingPath string) error {
-	err := m.withVolume(id, func(v *Volume, b backend, dir volumeDir) error {
-		return b.Unstage(ctx, dir, v, stagingPath)
-	})
-	if errors.Is(err, ErrNotFound) {
-		return nil
-	}
-	return err
-}
-
-// PublishRequest asks to make a volume visible at a target path.
-type PublishRequest struct {
-	VolumeID, StagingPath, TargetPath string
-	AccessType                        AccessType
-	ReadOnly                          bool
-	// SingleWriter is the ReadWriteOncePod mode (SINGLE_NODE_SINGLE_WRITER):
-	// the volume may be published at one target only.
-	SingleWriter bool
-	MountFlags   []string
-}
-
-// PublishVolume bind-mounts the volume (directory or block device) onto the
-// target path, read-only if asked. Idempotent: an existing mount at the
-// target is kept. Publishes of one volume to different targets (several pods
-// on this node) may run concurrently, so this takes no volume lock.
-func (m *Manager) PublishVolume(_ context.Context, req PublishRequest) error {
-	v, b, dir, err := m.volumeOp(req.VolumeID)
-	if err != nil {
-		return err
-	}
-	if req.AccessType != v.AccessType {
-		return fmt.Errorf("%w: volume %q is a %s volume and cannot be published as %s", ErrInvalid, v.ID, v.AccessType, req.AccessType)
-	}
-	source, err := b.PublishSource(dir, v, req.StagingPath)
-	if err != nil {
-		return err
-	}
-	// Refuse before touching the target path: a refused publish leaves nothing behind.
-	if req.SingleWriter {
-		infos, err := mount.ParseMountInfo(m.env.mountInfoPath)
-		if err != nil {
-			return fmt.Errorf("read mount table: %w", err)
-		}
-		var others []string
-		for _, p := range b.Publications(dir, v, req.StagingPath, infos) {
-			if p != req.TargetPath {
-				others = append(others, p)
-			}
-		}
-		if len(others) > 0 {
-			return fmt.Errorf("%w: volume %q is ReadWriteOncePod (single writer) and already published at %s", ErrInUse, v.ID, strings.Join(others, ", "))
-		}
-	}
-	if err := m.makeTarget(req.TargetPath, v.AccessType); err != nil {
-		return err
-	}
-	notMnt, err := m.env.mounter.IsLikelyNotMountPoint(req.TargetPath)
-	if err != nil {
-		return fmt.Errorf("check target %s: %w", req.TargetPath, err)
-	}
-	if !notMnt {
-		return nil
-	}
-	opts := []string{"bind"}
-	if req.ReadOnly {
-		opts = append(opts, "ro")
-	}
-	opts = append(opts, req.MountFlags...)
-	if err := m.env.mounter.Mount(source, req.TargetPath, "", opts); err != nil {
-		return fmt.Errorf("bind-mount volume %q at %s: %w", v.ID, req.TargetPath, err)
-	}
-	return nil
-}
-
-func (m *Manager) makeTarget(target string, a AccessType) error {
-	if a == AccessMount {
-		return os.MkdirAll(target, 0o750)
-	}
-	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY, 0o640)
-	if err != nil {
-		return err
-	}
-	return f.Close()
-}
-
-// UnpublishVolume unmounts the target and removes it. Idempotent; it works
-// even for volumes unknown here, since the target is the CO's to clean.
-func (m *Manager) UnpublishVolume(_ context.Context, id, target string) error {
-	if _, err := ParseVolumeID(id); err != nil {
-		return err
-	}
-	if err := m.refuseUntrusted(id); err != nil {
-		return err
-	}
-	if err := mount.CleanupMountPoint(target, m.env.mounter, false); err != nil {
-		return fmt.Errorf("unpublish volume %q from %s: %w", id, target, err)
-	}
-	return nil
-}
-
-// refuseUntrusted returns the error of a volume of this node that no
-// request may act on: its record is quarantined (ErrQuarantined) or its
-// pool's directory is missing (ErrPoolMissing). Anything else is for the
-// caller to judge.
-func (m *Manager) refuseUntrusted(id string) error {
-	vid, p, err := m.resolve(id)
-	if err != nil {
-		if errors.Is(err, ErrPoolMissing) {
-			return err
-		}
-		return nil
-	}
-	_, err = p.lookup(vid.Name)
-	return err
 }
 
 // PurgeTrash purges every pool's trash of entries older than retention.

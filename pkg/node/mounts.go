@@ -2,14 +2,11 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"path"
 	"path/filepath"
 	"strings"
 
-	"github.com/dhpp-io/dhpp/pkg/node/loopdev"
 	mount "k8s.io/mount-utils"
 )
 
@@ -18,21 +15,17 @@ import (
 // and loop devices attached to its image. Deleting or purging a volume with
 // users would pull data out from under a running pod, so callers refuse.
 func (p *Pool) usersOf(_ context.Context, v *Volume, rel string) ([]string, error) {
-	infos, err := mount.ParseMountInfo(p.env.mountInfoPath)
+	infos, err := readMountTable(p.env.mountInfoPath)
 	if err != nil {
-		return nil, fmt.Errorf("read mount table: %w", err)
+		return nil, err
 	}
 	users := mountUsers(infos, p.Path, p.abs(rel))
-	if _, err := p.root.Lstat(path.Join(rel, imageName)); err == nil {
-		devs, err := loopdev.Find(p.abs(path.Join(rel, imageName)))
-		if err != nil {
-			return nil, fmt.Errorf("volume %q: find loop devices: %w", v.Name, err)
-		}
-		for _, d := range devs {
-			users = append(users, "loop device "+d)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
+	devs, err := loopBackend{pool: p}.devices(volumeDir{pool: p, rel: rel})
+	if err != nil {
+		return nil, fmt.Errorf("volume %q: find loop devices: %w", v.Name, err)
+	}
+	for _, d := range devs {
+		users = append(users, "loop device "+d)
 	}
 	return users, nil
 }
@@ -45,13 +38,6 @@ func (p *Pool) usersOf(_ context.Context, v *Volume, rel string) ([]string, erro
 // point containing poolPath) translates dir into that filesystem's namespace,
 // and any mount of the same device whose root is at or below it is a user.
 func mountUsers(infos []mount.MountInfo, poolPath, dir string) []string {
-	var base *mount.MountInfo
-	for i := range infos {
-		mi := &infos[i]
-		if isWithin(poolPath, mi.MountPoint) && (base == nil || len(mi.MountPoint) >= len(base.MountPoint)) {
-			base = mi
-		}
-	}
 	var users []string
 	for i := range infos {
 		mi := &infos[i]
@@ -59,14 +45,17 @@ func mountUsers(infos []mount.MountInfo, poolPath, dir string) []string {
 			users = append(users, mi.MountPoint)
 		}
 	}
-	if base == nil {
+	// The pool's own mount translates dir (see fsPathOf); a mount inside
+	// the pool must not.
+	base, poolFsPath, ok := fsPathOf(infos, poolPath)
+	if !ok {
 		return users
 	}
-	rel, err := filepath.Rel(base.MountPoint, dir)
+	rel, err := filepath.Rel(poolPath, dir)
 	if err != nil {
 		return users
 	}
-	fsPath := path.Join(base.Root, filepath.ToSlash(rel))
+	fsPath := path.Join(poolFsPath, filepath.ToSlash(rel))
 	for i := range infos {
 		mi := &infos[i]
 		if mi.Major != base.Major || mi.Minor != base.Minor || mi.ID == base.ID {

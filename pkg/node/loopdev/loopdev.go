@@ -73,19 +73,36 @@ func AttachOpen(backingFile string, opts Options) (*os.File, error) {
 	return attach(backingFile, opts, true)
 }
 
+// AttachFile is AttachOpen for a backing file the caller has opened (read-
+// write, or read-only with opts.ReadOnly). Callers that must not follow a
+// planted symlink open the file safely (e.g. through an os.Root) and pass
+// the descriptor: the loop driver binds exactly that file, never whatever a
+// path names at the time of the call. backing stays the caller's to close.
+func AttachFile(backing *os.File, opts Options) (*os.File, error) {
+	return attachFile(backing, opts, true)
+}
+
 // attach does the work of AttachOpen; configure=false skips LOOP_CONFIGURE
 // so tests can exercise the fallback for kernels older than 5.8.
 func attach(backingFile string, opts Options, configure bool) (*os.File, error) {
-	mode := unix.O_RDWR
-	if opts.ReadOnly {
-		mode = unix.O_RDONLY
-	}
-	backing, err := os.OpenFile(backingFile, mode|unix.O_CLOEXEC, 0)
+	backing, err := os.OpenFile(backingFile, openMode(opts)|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open backing file: %w", err)
 	}
 	defer backing.Close() // the loop driver holds its own reference
+	return attachFile(backing, opts, configure)
+}
 
+func openMode(opts Options) int {
+	if opts.ReadOnly {
+		return unix.O_RDONLY
+	}
+	return unix.O_RDWR
+}
+
+func attachFile(backing *os.File, opts Options, configure bool) (*os.File, error) {
+	mode := openMode(opts)
+	backingFile := backing.Name()
 	ctl, err := os.OpenFile(filepath.Join(devDir, "loop-control"), unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open loop-control: %w", err)
@@ -266,6 +283,22 @@ func DetachFile(dev, backingFile string) error {
 	if err := unix.Stat(backingFile, &st); err != nil {
 		return fmt.Errorf("detach %s: stat backing file: %w", dev, err)
 	}
+	return detachIfBound(dev, backingFile, st)
+}
+
+// DetachBacking is DetachFile for a backing file the caller has open: the
+// binding is checked against that very file, not whatever a path names.
+func DetachBacking(dev string, backing *os.File) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(backing.Fd()), &st); err != nil {
+		return fmt.Errorf("detach %s: stat backing file: %w", dev, err)
+	}
+	return detachIfBound(dev, backing.Name(), st)
+}
+
+// detachIfBound unbinds dev if the loop driver recorded st's device and
+// inode for it.
+func detachIfBound(dev, backingFile string, st unix.Stat_t) error {
 	f, err := os.OpenFile(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", dev, err)
@@ -355,6 +388,37 @@ func Find(backingFile string) ([]string, error) {
 			continue
 		}
 		if haveStat && sameInode(dev, st) {
+			devs = append(devs, dev)
+		}
+	}
+	return devs, nil
+}
+
+// FindFile returns the loop devices bound to the open file backing, by the
+// device and inode numbers the loop driver recorded (so whatever its path
+// is now, and never another file that a path names, such as the target of a
+// planted symlink).
+func FindFile(backing *os.File) ([]string, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(backing.Fd()), &st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", backing.Name(), err)
+	}
+	entries, err := os.ReadDir(sysBlock)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", sysBlock, err)
+	}
+	var devs []string
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, "loop") {
+			continue
+		}
+		// backing_file exists only while the device is bound: a cheap
+		// filter before opening the device for its status.
+		if _, err := os.Stat(filepath.Join(sysBlock, name, "loop", "backing_file")); err != nil {
+			continue
+		}
+		if dev := filepath.Join(devDir, name); sameInode(dev, st) {
 			devs = append(devs, dev)
 		}
 	}

@@ -1,0 +1,365 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	mount "k8s.io/mount-utils"
+)
+
+// The node RPCs. Every path a CO sends is checked against where the volume
+// is (its placement, from the mount table) before anything is mounted,
+// unmounted or removed: a path that belongs to something else is refused
+// with ErrWrongPath and left untouched. The README's "What each node RPC
+// checks" is the summary of this file.
+
+// where reads the mount table and finds the volume in it.
+func (m *Manager) where(b backend, dir volumeDir, v *Volume) (placement, []mount.MountInfo, error) {
+	infos, err := readMountTable(m.env.mountInfoPath)
+	if err != nil {
+		return placement{}, nil, err
+	}
+	pl, err := b.Placement(dir, v, infos)
+	if err != nil {
+		return placement{}, nil, fmt.Errorf("volume %q: %w", v.ID, err)
+	}
+	return pl, infos, nil
+}
+
+// checkPath refuses a CO path that is not the volume's: a mount of
+// something else, or a path inside a pool or a volume's storage.
+func (m *Manager) checkPath(field, p string, v *Volume, pl placement, infos []mount.MountInfo) error {
+	if err := m.outsideStorage(field, p, infos); err != nil {
+		return err
+	}
+	return foreignMount(field, p, v, pl, infos)
+}
+
+// outsideStorage refuses a path inside a pool or inside a mount of a
+// volume's storage (e.g. in another volume's target): creating or removing
+// a directory there, or mounting onto it, would change that volume's data
+// or the pool's own files.
+func (m *Manager) outsideStorage(field, p string, infos []mount.MountInfo) error {
+	for _, pool := range m.pools {
+		if isWithin(p, pool.Path) {
+			return fmt.Errorf("%w: %s %s is inside pool %q (%s); it must lie outside every pool", ErrWrongPath, field, p, pool.Name, pool.Path)
+		}
+	}
+	holder, fsPath, ok := fsPathOf(infos, filepath.Dir(p))
+	if !ok {
+		return nil
+	}
+	image := loopBackingFile(holder.Major, holder.Minor)
+	for _, pool := range m.pools {
+		base, poolFsPath, ok := fsPathOf(infos, pool.Path)
+		if ok && base.Major == holder.Major && base.Minor == holder.Minor && isWithin(fsPath, poolFsPath) {
+			return fmt.Errorf("%w: %s %s lies in a mount of pool %q's storage (%s, root %s); it must lie outside every pool and volume",
+				ErrWrongPath, field, p, pool.Name, holder.MountPoint, holder.Root)
+		}
+		if image != "" && isWithin(image, pool.Path) {
+			return fmt.Errorf("%w: %s %s lies in the filesystem of a loop volume of pool %q (mounted at %s, image %s); it must lie outside every pool and volume",
+				ErrWrongPath, field, p, pool.Name, holder.MountPoint, image)
+		}
+	}
+	return nil
+}
+
+// loopBackingFile is the backing file of the loop device with that number,
+// or "" if it is not a bound loop device.
+func loopBackingFile(major, minor int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/loop/backing_file", major, minor))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), " (deleted)")
+}
+
+// foreignMount refuses a path that is a mount of something other than the
+// volume.
+func foreignMount(field, p string, v *Volume, pl placement, infos []mount.MountInfo) error {
+	if at := mountAt(infos, p); at != nil && !pl.has(p) {
+		return fmt.Errorf("%w: %s %s is a mount of %s, not of volume %q (which is mounted at %s); left untouched",
+			ErrWrongPath, field, p, describeMount(at), v.ID, pl.describe())
+	}
+	return nil
+}
+
+// StageVolume prepares a volume on this node (loop Filesystem: attach and
+// mount at stagingPath; loop Block: attach; other backends need nothing).
+// Idempotent at the same path; a loop Filesystem volume already staged
+// elsewhere is refused, since a second mount of its filesystem through a
+// second loop device would corrupt it.
+func (m *Manager) StageVolume(ctx context.Context, id, stagingPath string, mountFlags []string) error {
+	return m.withVolume(id, func(v *Volume, b backend, dir volumeDir) error {
+		staging := resolveParent(stagingPath)
+		pl, infos, err := m.where(b, dir, v)
+		if err != nil {
+			return err
+		}
+		if err := m.checkPath("staging path", staging, v, pl, infos); err != nil {
+			return err
+		}
+		if !pl.has(staging) {
+			if stagesMount(v) && len(pl.mounts) > 0 {
+				return fmt.Errorf("%w: volume %q is already staged on this node (its filesystem is mounted at %s); staging it at %s too would mount it twice",
+					ErrWrongPath, v.ID, pl.describe(), staging)
+			}
+			// Only loop Filesystem volumes mount here, but a staging
+			// path is the CO's empty directory for every backend.
+			if err := checkMountable("staging path", staging, AccessMount); err != nil {
+				return err
+			}
+		}
+		return b.Stage(ctx, dir, v, staging, mountFlags)
+	})
+}
+
+// UnstageVolume undoes StageVolume. Idempotent: a staging path with nothing
+// mounted, or a volume that no longer exists, has nothing to undo. A
+// staging path that is a mount of anything but this volume is refused.
+func (m *Manager) UnstageVolume(ctx context.Context, id, stagingPath string) error {
+	err := m.withVolume(id, func(v *Volume, b backend, dir volumeDir) error {
+		staging := resolveParent(stagingPath)
+		pl, infos, err := m.where(b, dir, v)
+		if err != nil {
+			return err
+		}
+		if err := m.checkPath("staging path", staging, v, pl, infos); err != nil {
+			return err
+		}
+		if err := checkUnpublished(v, pl, staging); err != nil {
+			return err
+		}
+		if stagesMount(v) && pl.has(staging) {
+			if err := m.unmountOwn(b, dir, v, staging); err != nil {
+				return err
+			}
+		}
+		return b.Unstage(ctx, dir, v, staging)
+	})
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// checkUnpublished refuses to unstage a loop volume that is still mounted
+// anywhere but at stagingPath: its staging mount is elsewhere, or it is
+// published (the CO must unpublish first), and detaching its device would
+// pull it out from under a pod. Unstaging the other backends changes
+// nothing, so there is nothing to refuse.
+func checkUnpublished(v *Volume, pl placement, staging string) error {
+	if v.Backend != BackendLoop {
+		return nil
+	}
+	var elsewhere []string
+	for _, p := range pl.mounts {
+		if p != staging {
+			elsewhere = append(elsewhere, p)
+		}
+	}
+	if len(elsewhere) > 0 {
+		return fmt.Errorf("%w: volume %q is still mounted at %s (staged or published there); unstaging it at %s would pull its device out from under them: unpublish first",
+			ErrInUse, v.ID, strings.Join(elsewhere, ", "), staging)
+	}
+	return nil
+}
+
+// unmountOwn unmounts p as long as the topmost mount there is the
+// volume's (an earlier version could stack two), stopping at anything else.
+func (m *Manager) unmountOwn(b backend, dir volumeDir, v *Volume, p string) error {
+	for range 8 {
+		if err := m.env.mounter.Unmount(p); err != nil {
+			return fmt.Errorf("unmount volume %q from %s: %w", v.ID, p, err)
+		}
+		pl, infos, err := m.where(b, dir, v)
+		if err != nil {
+			return err
+		}
+		if mountAt(infos, p) == nil {
+			return nil
+		}
+		if !pl.has(p) {
+			return foreignMount("path", p, v, pl, infos)
+		}
+	}
+	return fmt.Errorf("volume %q is still mounted at %s after 8 unmounts", v.ID, p)
+}
+
+// PublishRequest asks to make a volume visible at a target path.
+type PublishRequest struct {
+	VolumeID, StagingPath, TargetPath string
+	AccessType                        AccessType
+	ReadOnly                          bool
+	// SingleWriter is the ReadWriteOncePod mode (SINGLE_NODE_SINGLE_WRITER):
+	// the volume may be published at one target only.
+	SingleWriter bool
+	MountFlags   []string
+}
+
+// PublishVolume bind-mounts the volume (directory or block device) onto the
+// target path, read-only if asked. Idempotent: a target that already is a
+// mount of this volume is kept. Publishes of one volume to different
+// targets (several pods on this node) may run concurrently, so this takes
+// no volume lock.
+func (m *Manager) PublishVolume(_ context.Context, req PublishRequest) error {
+	v, b, dir, err := m.volumeOp(req.VolumeID)
+	if err != nil {
+		return err
+	}
+	if req.AccessType != v.AccessType {
+		return fmt.Errorf("%w: volume %q is a %s volume and cannot be published as %s", ErrInvalid, v.ID, v.AccessType, req.AccessType)
+	}
+	target, staging := resolveParent(req.TargetPath), resolveParent(req.StagingPath)
+	if target == staging {
+		return fmt.Errorf("%w: target path and staging path are both %s", ErrInvalid, target)
+	}
+	pl, infos, err := m.where(b, dir, v)
+	if err != nil {
+		return err
+	}
+	// Refuse before touching the target path: a refused publish leaves nothing behind.
+	if staging != "" {
+		if err := m.checkPath("staging path", staging, v, pl, infos); err != nil {
+			return err
+		}
+	}
+	if err := checkStaged(v, pl, staging); err != nil {
+		return err
+	}
+	if pl.has(target) {
+		return nil // published there already
+	}
+	if err := m.checkPath("target path", target, v, pl, infos); err != nil {
+		return err
+	}
+	if req.SingleWriter {
+		var others []string
+		for _, p := range pl.mounts {
+			if p != target && !(stagesMount(v) && p == staging) {
+				others = append(others, p)
+			}
+		}
+		if len(others) > 0 {
+			return fmt.Errorf("%w: volume %q is ReadWriteOncePod (single writer) and already published at %s", ErrInUse, v.ID, strings.Join(others, ", "))
+		}
+	}
+	if err := checkMountable("target path", target, v.AccessType); err != nil {
+		return err
+	}
+	source, err := b.PublishSource(dir, v, staging)
+	if err != nil {
+		return err
+	}
+	if err := makeTarget(target, v.AccessType); err != nil {
+		return err
+	}
+	opts := []string{"bind"}
+	if req.ReadOnly {
+		opts = append(opts, "ro")
+	}
+	opts = append(opts, req.MountFlags...)
+	if err := m.env.mounter.Mount(source, target, "", opts); err != nil {
+		return fmt.Errorf("bind-mount volume %q at %s: %w", v.ID, target, err)
+	}
+	return nil
+}
+
+// checkStaged checks the staging path of a publish: for a loop Filesystem
+// volume it must be the volume's own staging mount (its source is the
+// volume's loop device); a loop Block volume must have its device.
+func checkStaged(v *Volume, pl placement, staging string) error {
+	switch {
+	case stagesMount(v) && pl.has(staging):
+		return nil
+	case stagesMount(v) && len(pl.mounts) == 0:
+		return fmt.Errorf("%w: volume %q is not staged on this node (nothing is mounted at %s)", ErrNotStaged, v.ID, staging)
+	case stagesMount(v):
+		return fmt.Errorf("%w: volume %q is not staged at %s; it is staged and published at %s", ErrWrongPath, v.ID, staging, pl.describe())
+	case v.Backend == BackendLoop && len(pl.devices) == 0:
+		return fmt.Errorf("%w: block volume %q is not staged on this node (no loop device is bound to its image)", ErrNotStaged, v.ID)
+	}
+	return nil
+}
+
+func makeTarget(target string, a AccessType) error {
+	if a == AccessMount {
+		return os.MkdirAll(target, 0o750)
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY, 0o640)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// UnpublishVolume unmounts the volume from the target and removes the
+// directory or file NodePublish made there. Idempotent: a missing target,
+// or an empty one left by a crash between unmount and removal, is fine. A
+// volume unknown here is ErrNotFound and a target that is not the volume's
+// (a mount of something else, a non-empty path) is ErrWrongPath: in both
+// cases nothing is touched.
+func (m *Manager) UnpublishVolume(_ context.Context, id, targetPath string) error {
+	v, b, dir, err := m.volumeOp(id)
+	if err != nil {
+		return err
+	}
+	target := resolveParent(targetPath)
+	pl, infos, err := m.where(b, dir, v)
+	if err != nil {
+		return err
+	}
+	if err := m.checkPath("target path", target, v, pl, infos); err != nil {
+		return err
+	}
+	if pl.has(target) {
+		if err := m.unmountOwn(b, dir, v, target); err != nil {
+			return err
+		}
+	}
+	return removeTarget(v, target)
+}
+
+// CheckVolumePath checks the volume_path of NodeGetVolumeStats and
+// NodeExpandVolume: it must be where the volume is mounted (a publish
+// target, or a loop Filesystem volume's staging mount). For backends that
+// mount nothing at staging, the kubelet also expands right after NodeStage
+// at the staging path, which is then the empty, unmounted staging directory
+// named by stagingPath. Anything else is ErrNotFound, as the spec says.
+func (m *Manager) CheckVolumePath(id, volumePath, stagingPath string) error {
+	v, b, dir, err := m.volumeOp(id)
+	if err != nil {
+		return err
+	}
+	p := resolveParent(volumePath)
+	pl, infos, err := m.where(b, dir, v)
+	if err != nil {
+		return err
+	}
+	if pl.has(p) {
+		return nil
+	}
+	if !stagesMount(v) && p == resolveParent(stagingPath) && mountAt(infos, p) == nil {
+		if empty, err := isEmptyDir(p); err == nil && empty {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: volume %q is not published at %s; it is published at %s", ErrNotFound, v.ID, volumePath, pl.describe())
+}
+
+// VolumeUsage reports a volume's space from its backend's accounting;
+// volumePath, if not empty, must have passed CheckVolumePath.
+func (m *Manager) VolumeUsage(id, volumePath string) (Usage, error) {
+	v, b, dir, err := m.volumeOp(id)
+	if err != nil {
+		return Usage{}, err
+	}
+	return b.Usage(dir, v, volumePath)
+}

@@ -1,0 +1,221 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+	mount "k8s.io/mount-utils"
+)
+
+// placement is where a volume is on this node, read from the mount table
+// and the loop driver. dhpp keeps no record of staging and target paths:
+// the kernel's tables are the truth, so they are right after a driver
+// restart, and a path the CO names is the volume's only if they say so.
+type placement struct {
+	// devices are the loop devices bound to the volume's image (loop only).
+	devices []string
+	// mounts are the mount points that show the volume's storage, in mount
+	// table order: for a loop Filesystem volume every mount of its loop
+	// device (the staging mount and the publish targets bound from it); for
+	// a loop Block volume the bind mounts of its device node; for the
+	// directory backends the bind mounts of its data directory.
+	mounts []string
+}
+
+func (pl placement) has(p string) bool { return slices.Contains(pl.mounts, p) }
+
+// describe names where the volume is, for messages.
+func (pl placement) describe() string {
+	if len(pl.mounts) == 0 {
+		return "nowhere on this node"
+	}
+	return strings.Join(pl.mounts, ", ")
+}
+
+// stagesMount reports whether NodeStage mounts the volume at the staging
+// path. Only loop Filesystem volumes do; for the others the staging path is
+// the CO's empty directory and carries nothing.
+func stagesMount(v *Volume) bool {
+	return v.Backend == BackendLoop && v.AccessType == AccessMount
+}
+
+// readMountTable parses the mount table with mount points and roots
+// unescaped (the kernel writes a space as \040), so they compare equal to
+// the paths a CO sends.
+func readMountTable(mountInfoPath string) ([]mount.MountInfo, error) {
+	infos, err := mount.ParseMountInfo(mountInfoPath)
+	if err != nil {
+		return nil, fmt.Errorf("read mount table: %w", err)
+	}
+	for i := range infos {
+		infos[i].MountPoint = unescapeMountPath(infos[i].MountPoint)
+		infos[i].Root = unescapeMountPath(infos[i].Root)
+	}
+	return infos, nil
+}
+
+// unescapeMountPath undoes the kernel's octal escapes (\040 space, \011
+// tab, \012 newline, \134 backslash) in a mountinfo path.
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// mountAt returns the topmost mount at p (the last in table order), or nil.
+func mountAt(infos []mount.MountInfo, p string) *mount.MountInfo {
+	var top *mount.MountInfo
+	for i := range infos {
+		if infos[i].MountPoint == p {
+			top = &infos[i]
+		}
+	}
+	return top
+}
+
+func describeMount(mi *mount.MountInfo) string {
+	return fmt.Sprintf("%s (%s, root %s)", mi.Source, mi.FsType, mi.Root)
+}
+
+// fsPathOf translates a host path into the namespace of the filesystem that
+// holds it: the mount whose mount point is the longest prefix of hostPath,
+// and hostPath's path inside that filesystem (what bind mounts of it record
+// as their root).
+func fsPathOf(infos []mount.MountInfo, hostPath string) (*mount.MountInfo, string, bool) {
+	var base *mount.MountInfo
+	for i := range infos {
+		mi := &infos[i]
+		if isWithin(hostPath, mi.MountPoint) && (base == nil || len(mi.MountPoint) >= len(base.MountPoint)) {
+			base = mi
+		}
+	}
+	if base == nil {
+		return nil, "", false
+	}
+	rel, err := filepath.Rel(base.MountPoint, hostPath)
+	if err != nil {
+		return nil, "", false
+	}
+	return base, path.Join(base.Root, filepath.ToSlash(rel)), true
+}
+
+// bindsOf lists the mount points that show exactly the directory at
+// hostPath: mounts of the same filesystem whose root is that directory.
+func bindsOf(infos []mount.MountInfo, hostPath string) []string {
+	base, fsPath, ok := fsPathOf(infos, hostPath)
+	if !ok {
+		return nil
+	}
+	var out []string
+	for i := range infos {
+		mi := &infos[i]
+		if mi.ID != base.ID && mi.Major == base.Major && mi.Minor == base.Minor && mi.Root == fsPath {
+			out = append(out, mi.MountPoint)
+		}
+	}
+	return out
+}
+
+// resolveParent returns p with the symlinks of its parent directories
+// resolved, as the kernel records mount points (a kubelet root directory
+// that is a symlink is common). The last component is kept: a symlink
+// there is refused by the checks below, never followed.
+func resolveParent(p string) string {
+	if p == "" {
+		return ""
+	}
+	dir, err := filepath.EvalSymlinks(filepath.Dir(p))
+	if err != nil {
+		return p // a missing parent holds no mount
+	}
+	return filepath.Join(dir, filepath.Base(p))
+}
+
+// checkMountable refuses to mount onto p unless it is absent (it will be
+// created), an empty directory (Filesystem) or an empty regular file
+// (Block): a mount hides what is below it, and what is there is not dhpp's.
+func checkMountable(field, p string, a AccessType) error {
+	st, err := os.Lstat(p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case st.Mode()&fs.ModeSymlink != 0:
+		return fmt.Errorf("%w: %s %s is a symlink; dhpp mounts only onto plain paths", ErrWrongPath, field, p)
+	case a == AccessMount && !st.IsDir():
+		return fmt.Errorf("%w: %s %s is not a directory", ErrWrongPath, field, p)
+	case a == AccessBlock && !st.Mode().IsRegular():
+		return fmt.Errorf("%w: %s %s is not a regular file (a Block volume is bound onto a file)", ErrWrongPath, field, p)
+	case a == AccessBlock && st.Size() > 0:
+		return fmt.Errorf("%w: %s %s is a non-empty file; dhpp never mounts over content", ErrWrongPath, field, p)
+	case a == AccessMount:
+		empty, err := isEmptyDir(p)
+		if err != nil {
+			return err
+		}
+		if !empty {
+			return fmt.Errorf("%w: %s %s is a non-empty directory; dhpp never mounts over content (it would hide it)", ErrWrongPath, field, p)
+		}
+	}
+	return nil
+}
+
+func isEmptyDir(p string) (bool, error) {
+	d, err := os.Open(p)
+	if err != nil {
+		return false, err
+	}
+	defer d.Close()
+	if _, err := d.Readdirnames(1); errors.Is(err, io.EOF) {
+		return true, nil
+	} else if err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+// removeTarget removes what NodePublish created at a target path that is
+// no longer mounted: an empty directory or an empty file. Anything else is
+// not dhpp's and stays. os.Remove refuses a directory that is not empty, so
+// nothing written meanwhile is lost.
+func removeTarget(v *Volume, p string) error {
+	st, err := os.Lstat(p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case st.IsDir() || st.Mode().IsRegular() && st.Size() == 0:
+		err := os.Remove(p)
+		if err == nil || errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("%w: target path %s is not a mount of volume %q and is not empty; left untouched", ErrWrongPath, p, v.ID)
+		}
+		return fmt.Errorf("remove target path %s of volume %q: %w", p, v.ID, err)
+	}
+	return fmt.Errorf("%w: target path %s is not a mount of volume %q and not what dhpp creates there (an empty directory or file); left untouched", ErrWrongPath, p, v.ID)
+}
