@@ -528,6 +528,9 @@ func (b loopBackend) sourceOf(mountPoint string) string {
 // (the caller unmounted the staging mount; Block volumes have none).
 func (b loopBackend) Unstage(_ context.Context, dir volumeDir, v *Volume, _ string) error {
 	img, err := b.openImage(dir, os.O_RDONLY)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrWrongPath) {
+		return nil // no image of the volume's, so no device of dhpp's
+	}
 	if err != nil {
 		return err
 	}

@@ -546,3 +546,59 @@ func TestEnsureNode(t *testing.T) {
 		})
 	}
 }
+
+// TestByDescriptor: AttachFile binds exactly the open file, FindFile finds
+// its devices by inode whatever path names it, and DetachBacking detaches
+// only a device bound to that file. A symlink planted where the file was
+// opened changes none of it.
+func TestByDescriptor(t *testing.T) {
+	testdisk.RequireRoot(t)
+	mine, other := image(t, 4<<20), image(t, 4<<20)
+	f, err := os.OpenFile(mine, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// Replace the path by a symlink to the other image: a path-based
+	// attach would now follow it; the descriptor still names mine.
+	moved := mine + ".moved"
+	if err := os.Rename(mine, moved); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(other, mine); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := AttachFile(f, Options{})
+	if err != nil {
+		t.Fatalf("AttachFile: %v", err)
+	}
+	devName := dev.Name()
+	dev.Close()
+	detachOnCleanup(t, devName, moved)
+	if !boundTo(devName, moved) {
+		t.Fatalf("%s is not bound to the opened file %s (backing_file %q)", devName, moved, sysAttr(devName, "loop/backing_file"))
+	}
+	if devs, err := FindFile(f); err != nil || !slices.Equal(devs, []string{devName}) {
+		t.Errorf("FindFile = %v, %v; want [%s]", devs, err, devName)
+	}
+	o, err := os.Open(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	if devs, err := FindFile(o); err != nil || len(devs) != 0 {
+		t.Errorf("FindFile(the symlink's target) = %v, %v; want none", devs, err)
+	}
+	if err := DetachBacking(devName, o); !errors.Is(err, ErrOtherBacking) {
+		t.Errorf("DetachBacking(another file) = %v, want ErrOtherBacking", err)
+	}
+	if !boundTo(devName, moved) {
+		t.Fatalf("DetachBacking with another file unbound %s", devName)
+	}
+	if err := DetachBacking(devName, f); err != nil {
+		t.Fatalf("DetachBacking: %v", err)
+	}
+	if !waitUnbound(devName, moved, 2*time.Second) {
+		t.Errorf("%s still bound after DetachBacking", devName)
+	}
+}
