@@ -223,7 +223,9 @@ func checkVolume(t *testing.T, drv *driver.Driver, id string, fenced, degraded b
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := drv.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: "/"})
+	// Not published: a dir volume is found at its (empty) staging directory.
+	staging := t.TempDir()
+	st, err := drv.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: staging, StagingTargetPath: staging})
 	if err != nil {
 		t.Fatal(err)
 	}

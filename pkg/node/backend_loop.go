@@ -381,7 +381,7 @@ func bindsOfDevice(infos []mount.MountInfo, dev string) []string {
 // openNoSymlink): the loop device is bound to this descriptor, never to
 // whatever the path names.
 func (b loopBackend) openImage(dir volumeDir, flag int) (*os.File, error) {
-	return openNoSymlink(b.pool, path.Join(dir.rel, imageName), flag)
+	return openRegularNoSymlink(b.pool, path.Join(dir.rel, imageName), flag)
 }
 
 // Allocated is the image's allocated blocks: sparse images occupy only

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 
@@ -339,6 +340,9 @@ func (m *Manager) CheckVolumePath(id, volumePath, stagingPath string) error {
 		return err
 	}
 	p := resolveParent(volumePath)
+	if m.showsDataDir(dir, v, p) {
+		return nil
+	}
 	pl, infos, err := m.where(b, dir, v)
 	if err != nil {
 		return err
@@ -352,6 +356,27 @@ func (m *Manager) CheckVolumePath(id, volumePath, stagingPath string) error {
 		}
 	}
 	return fmt.Errorf("%w: volume %q is not published at %s; it is published at %s", ErrNotFound, v.ID, volumePath, pl.describe())
+}
+
+// showsDataDir is CheckVolumePath's fast path for the directory backends,
+// which kubelet's periodic stats take: a path outside every pool whose
+// inode is the volume's data directory can only be a bind mount of it
+// (directories have no hard links). Two lstats instead of the mount table.
+func (m *Manager) showsDataDir(dir volumeDir, v *Volume, p string) bool {
+	if v.Backend == BackendLoop {
+		return false
+	}
+	for _, pool := range m.pools {
+		if isWithin(p, pool.Path) {
+			return false
+		}
+	}
+	data, err := lstatNoSymlink(dir.pool, path.Join(dir.rel, dataName))
+	if err != nil {
+		return false
+	}
+	st, err := os.Lstat(p)
+	return err == nil && st.IsDir() && os.SameFile(st, data)
 }
 
 // VolumeUsage reports a volume's space from its backend's accounting;

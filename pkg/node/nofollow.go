@@ -1,46 +1,83 @@
 package node
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // The pool's os.Root keeps every lookup inside the pool, but it follows a
 // symlink that stays inside: volumes/a/disk.img planted as a link to
 // volumes/b/disk.img would hand out volume b as a. So what a volume's
-// storage is made of (its image, its data directory) is looked up with no
-// symlink followed at all.
+// storage is made of (its image, its data directory) is opened with no
+// symlink followed at all, below the pool root's descriptor: openat2 with
+// RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS, one syscall with nothing to race.
 
-// lstatNoSymlink checks each component of rel (relative to the pool) with
-// Lstat and refuses a symlink anywhere; it returns the last one's info.
+// openNoSymlink opens rel (relative to the pool) with no symlink in any
+// component. Kernels before 5.6 have no openat2; there each component is
+// checked with Lstat through the os.Root and the descriptor compared with
+// the last one, which refuses a planted symlink as well.
+func openNoSymlink(p *Pool, rel string, flag int) (*os.File, error) {
+	how := &unix.OpenHow{
+		Flags:   uint64(flag | unix.O_CLOEXEC | unix.O_NOFOLLOW),
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	fd, err := unix.Openat2(int(p.rootFile.Fd()), rel, how)
+	switch {
+	case err == nil:
+		return os.NewFile(uintptr(fd), p.abs(rel)), nil
+	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV):
+		return nil, fmt.Errorf("%w: %s in pool %q is or passes through a symlink; dhpp follows no symlink inside a pool", ErrWrongPath, rel, p.Name)
+	case errors.Is(err, unix.ENOSYS):
+		return openNoSymlinkWalk(p, rel, flag)
+	}
+	return nil, &fs.PathError{Op: "open", Path: p.abs(rel), Err: err}
+}
+
+// lstatNoSymlink is the FileInfo of rel, refusing a symlink anywhere in it.
 func lstatNoSymlink(p *Pool, rel string) (fs.FileInfo, error) {
-	var st fs.FileInfo
+	f, err := openNoSymlink(p, rel, unix.O_PATH)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Stat()
+}
+
+// openRegularNoSymlink is openNoSymlink for a regular file (an image).
+func openRegularNoSymlink(p *Pool, rel string, flag int) (*os.File, error) {
+	f, err := openNoSymlink(p, rel, flag)
+	if err != nil {
+		return nil, err
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		if err == nil {
+			err = fmt.Errorf("%w: %s in pool %q is not a regular file", ErrWrongPath, rel, p.Name)
+		}
+		return nil, err
+	}
+	return f, nil
+}
+
+// openNoSymlinkWalk is openNoSymlink without openat2.
+func openNoSymlinkWalk(p *Pool, rel string, flag int) (*os.File, error) {
+	var want fs.FileInfo
 	parts := strings.Split(rel, "/")
 	for i := range parts {
 		prefix := strings.Join(parts[:i+1], "/")
-		var err error
-		if st, err = p.root.Lstat(prefix); err != nil {
+		st, err := p.root.Lstat(prefix)
+		if err != nil {
 			return nil, err
 		}
 		if st.Mode()&fs.ModeSymlink != 0 {
 			return nil, fmt.Errorf("%w: %s in pool %q is a symlink; dhpp follows no symlink inside a pool", ErrWrongPath, prefix, p.Name)
 		}
-	}
-	return st, nil
-}
-
-// openNoSymlink opens rel through the pool's root, with no symlink in any
-// component and rel a regular file; the descriptor is checked to be the
-// very file that was checked, so a swap in between is refused too.
-func openNoSymlink(p *Pool, rel string, flag int) (*os.File, error) {
-	want, err := lstatNoSymlink(p, rel)
-	if err != nil {
-		return nil, err
-	}
-	if !want.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s in pool %q is not a regular file", ErrWrongPath, rel, p.Name)
+		want = st
 	}
 	f, err := p.root.OpenFile(rel, flag, 0)
 	if err != nil {
