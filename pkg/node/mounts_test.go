@@ -39,3 +39,44 @@ func TestMountUsers(t *testing.T) {
 		t.Fatalf("unused volume reported in use: %q", got)
 	}
 }
+
+func TestUnescapeMountPath(t *testing.T) {
+	for in, want := range map[string]string{
+		"/plain":                     "/plain",
+		`/with\040space`:             "/with space",
+		`/tab\011and\012newline`:     "/tab\tand\nnewline",
+		`/back\134slash`:             `/back\slash`,
+		`/not\04`:                    `/not\04`,
+		`/bad\999escape`:             `/bad\999escape`,
+		`/pods/x/volumes/a\040b/mnt`: "/pods/x/volumes/a b/mnt",
+	} {
+		if got := unescapeMountPath(in); got != want {
+			t.Errorf("unescapeMountPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestBindsOf: a volume's publish targets are the mounts of the pool's
+// filesystem whose root is exactly its data directory; a subdirectory, a
+// neighbour with a common prefix, or another device are not.
+func TestBindsOf(t *testing.T) {
+	infos := []mount.MountInfo{
+		{ID: 1, Major: 8, Minor: 1, Root: "/", MountPoint: "/"},
+		{ID: 2, Major: 8, Minor: 16, Root: "/", MountPoint: "/mnt/data"},
+		{ID: 3, Major: 8, Minor: 16, Root: "/dhpp/volumes/a/data", MountPoint: "/pods/1/mount"},
+		{ID: 4, Major: 8, Minor: 16, Root: "/dhpp/volumes/a/data/sub", MountPoint: "/pods/2/mount"},
+		{ID: 5, Major: 8, Minor: 16, Root: "/dhpp/volumes/ab/data", MountPoint: "/pods/3/mount"},
+		{ID: 6, Major: 8, Minor: 32, Root: "/dhpp/volumes/a/data", MountPoint: "/pods/4/mount"},
+		{ID: 7, Major: 8, Minor: 16, Root: "/dhpp/volumes/a/data", MountPoint: "/pods/5/mount"},
+	}
+	got := bindsOf(infos, "/mnt/data/dhpp/volumes/a/data")
+	if want := []string{"/pods/1/mount", "/pods/5/mount"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("bindsOf = %q, want %q", got, want)
+	}
+	if mi := mountAt(infos, "/pods/1/mount"); mi == nil || mi.ID != 3 {
+		t.Fatalf("mountAt = %+v", mi)
+	}
+	if mi := mountAt(infos, "/pods"); mi != nil {
+		t.Fatalf("mountAt(not a mount point) = %+v", mi)
+	}
+}
