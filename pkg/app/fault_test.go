@@ -24,8 +24,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -189,7 +187,7 @@ func (d *driverUnderTest) checkHealthy(volID, stage string) {
 func (d *driverUnderTest) waitUnfencedOnNode(t *testing.T, nodeName string) {
 	t.Helper()
 	ctx := context.Background()
-	waitFor(t, "label removed and PoolFenced, PoolUnfenced events on "+nodeName, func() bool {
+	testdisk.WaitFor(t, "label removed and PoolFenced, PoolUnfenced events on "+nodeName, func() bool {
 		n, _ := d.kube.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
 		_, labelled := n.Labels[kube.PoolLabelPrefix+"default"]
 		return !labelled && d.eventReasons() == kube.ReasonPoolFenced+","+kube.ReasonPoolUnfenced
@@ -253,43 +251,6 @@ func (d *driverUnderTest) gauge(name string, labels map[string]string) (float64,
 		}
 	}
 	return 0, false
-}
-
-// legacyCondition decodes the VolumeCondition (field 2) that dhpp writes
-// as an unknown field for peers built against CSI <= 1.12, as they would.
-func legacyCondition(t *testing.T, m proto.Message) (abnormal bool, msg string) {
-	t.Helper()
-	raw := m.ProtoReflect().GetUnknown()
-	found := false
-	for len(raw) > 0 {
-		num, typ, n := protowire.ConsumeTag(raw)
-		raw = raw[n:]
-		if num != 2 || typ != protowire.BytesType {
-			raw = raw[protowire.ConsumeFieldValue(num, typ, raw):]
-			continue
-		}
-		cond, n := protowire.ConsumeBytes(raw)
-		raw = raw[n:]
-		found = true
-		for len(cond) > 0 {
-			cn, ct, k := protowire.ConsumeTag(cond)
-			cond = cond[k:]
-			switch {
-			case cn == 1 && ct == protowire.VarintType:
-				v, k := protowire.ConsumeVarint(cond)
-				abnormal, cond = v != 0, cond[k:]
-			case cn == 2 && ct == protowire.BytesType:
-				s, k := protowire.ConsumeString(cond)
-				msg, cond = s, cond[k:]
-			default:
-				cond = cond[protowire.ConsumeFieldValue(cn, ct, cond):]
-			}
-		}
-	}
-	if !found {
-		t.Fatalf("%T carries no legacy volume_condition", m)
-	}
-	return abnormal, msg
 }
 
 // TestFaultReadOnlyDisk injects a read-only remount under a running driver
@@ -382,14 +343,14 @@ func testFaultReadOnly(t *testing.T, fs string, backend node.BackendKind) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if abnormal, m := legacyCondition(t, gv.GetStatus()); !abnormal || !strings.Contains(m, "fenced") {
+		if abnormal, m := testdisk.LegacyCondition(t, gv.GetStatus()); !abnormal || !strings.Contains(m, "fenced") {
 			t.Errorf("%s: ControllerGetVolume condition = %v %q, want abnormal", stage, abnormal, m)
 		}
 		st, err := d.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: volID, VolumePath: target})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if abnormal, m := legacyCondition(t, st); !abnormal || !strings.Contains(m, "read-only file system") {
+		if abnormal, m := testdisk.LegacyCondition(t, st); !abnormal || !strings.Contains(m, "read-only file system") {
 			t.Errorf("%s: NodeGetVolumeStats condition = %v %q, want abnormal naming the error", stage, abnormal, m)
 		}
 		vh, err := d.ctl.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: volID})
@@ -412,7 +373,7 @@ func testFaultReadOnly(t *testing.T, fs string, backend node.BackendKind) {
 		}
 	}
 	// The Node side is asynchronous: give the worker a moment.
-	waitFor(t, "fenced label on the Node", func() bool {
+	testdisk.WaitFor(t, "fenced label on the Node", func() bool {
 		n, _ := d.kube.CoreV1().Nodes().Get(ctx, "fault-node", metav1.GetOptions{})
 		return n.Labels[kube.PoolLabelPrefix+"default"] == kube.PoolLabelFenced
 	})
@@ -427,7 +388,7 @@ func testFaultReadOnly(t *testing.T, fs string, backend node.BackendKind) {
 	if _, err := d.kube.CoreV1().Nodes().Patch(ctx, "fault-node", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "CreateVolume to succeed after unfence", func() bool {
+	testdisk.WaitFor(t, "CreateVolume to succeed after unfence", func() bool {
 		_, err := d.create("pvc-after-unfence")
 		return err == nil
 	})
@@ -435,16 +396,5 @@ func testFaultReadOnly(t *testing.T, fs string, backend node.BackendKind) {
 	d.waitUnfencedOnNode(t, "fault-node")
 	if got, err := os.ReadFile(filepath.Join(target, "db")); err != nil || !bytes.Equal(got, runningData) {
 		t.Errorf("published volume after recovery: %q, %v", got, err)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

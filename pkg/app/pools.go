@@ -2,10 +2,12 @@ package app
 
 import (
 	"fmt"
+	"path/filepath"
 
 	"github.com/dhpp-io/dhpp/pkg/health"
 	"github.com/dhpp-io/dhpp/pkg/kube"
 	"github.com/dhpp-io/dhpp/pkg/node"
+	"github.com/dhpp-io/dhpp/pkg/raid"
 	"k8s.io/klog/v2"
 )
 
@@ -29,7 +31,7 @@ func fenceMissingPools(mon *health.Monitor, pools []*node.Pool) {
 
 // reportQuarantined posts one VolumesQuarantined Event per pool that has
 // quarantined volumes (each one is also logged when it is read).
-func reportQuarantined(f *kube.Fencer, pools ...*node.Pool) {
+func reportQuarantined(events *kube.NodeEvents, pools ...*node.Pool) {
 	for _, p := range pools {
 		qs := p.Quarantined()
 		if len(qs) == 0 {
@@ -39,6 +41,30 @@ func reportQuarantined(f *kube.Fencer, pools ...*node.Pool) {
 		for i, q := range qs {
 			problems[i] = fmt.Sprintf("%s: record %s %s", q.Name, q.Record, q.Problem)
 		}
-		f.VolumesQuarantined(p.Name, problems)
+		events.VolumesQuarantined(p.Name, problems)
 	}
+}
+
+// newMonitor makes the Monitor with one probe per pool, on the pool's own
+// disk at <pool>/.dhpp/health.
+func newMonitor(cfg health.Config, pools []*node.Pool) (*health.Monitor, error) {
+	mon, err := health.NewMonitor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pools {
+		if err := mon.AddPool(p.Name, filepath.Join(p.Path, filepath.FromSlash(node.HealthFile))); err != nil {
+			return nil, err
+		}
+	}
+	return mon, nil
+}
+
+// raidPools lists the pools for the RAID watcher.
+func raidPools(pools []*node.Pool) []raid.Pool {
+	out := make([]raid.Pool, len(pools))
+	for i, p := range pools {
+		out[i] = raid.Pool{Name: p.Name, Path: p.Path}
+	}
+	return out
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/internal/vmtest"
 	"github.com/dhpp-io/dhpp/pkg/health"
 	"github.com/dhpp-io/dhpp/pkg/kube"
@@ -154,7 +155,7 @@ func (d *driverUnderTest) volumeCondition(id string) (bool, string) {
 	if err != nil {
 		d.t.Fatalf("ControllerGetVolume: %v", err)
 	}
-	return legacyCondition(d.t, gv.GetStatus())
+	return testdisk.LegacyCondition(d.t, gv.GetStatus())
 }
 
 // probeFailures sums dhpp_health_probe_failures_total over all reasons.
@@ -265,7 +266,7 @@ func TestRAID10DegradedVM(t *testing.T) {
 		}
 	}
 	checkDegraded("member failed", "faulty: vdb")
-	waitFor(t, "a PoolDegraded Node Event", func() bool { return d.eventReasons() == kube.ReasonPoolDegraded })
+	testdisk.WaitFor(t, "a PoolDegraded Node Event", func() bool { return d.eventReasons() == kube.ReasonPoolDegraded })
 	if ev := d.nodeEvents()[0]; ev.Type != corev1.EventTypeWarning || !strings.Contains(ev.Message, "faulty: vdb") || !strings.Contains(ev.Message, "replace the failed disk") {
 		t.Errorf("PoolDegraded event: %s %q, want a Warning naming vdb and what to do", ev.Type, ev.Message)
 	}
@@ -316,7 +317,7 @@ func TestRAID10DegradedVM(t *testing.T) {
 	}
 	// Removing the failed disk and rebuilding onto the new one are no news;
 	// the end of the degradation is.
-	waitFor(t, "a PoolNotDegraded Node Event", func() bool {
+	testdisk.WaitFor(t, "a PoolNotDegraded Node Event", func() bool {
 		return d.eventReasons() == kube.ReasonPoolDegraded+","+kube.ReasonPoolNotDegraded
 	})
 	t.Logf("member failure to array optimal again: %s (rebuild started after %s)", time.Since(failAt).Round(time.Millisecond), addAt.Sub(failAt).Round(time.Millisecond))
@@ -441,7 +442,7 @@ func TestRAID10WriteEIOVM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if abnormal, m := legacyCondition(t, st); !abnormal || !strings.Contains(m, "input/output error") {
+		if abnormal, m := testdisk.LegacyCondition(t, st); !abnormal || !strings.Contains(m, "input/output error") {
 			t.Errorf("%s: NodeGetVolumeStats condition (%v, %q), want abnormal naming the error", stage, abnormal, m)
 		}
 		// Fencing does not unmount: the running pod still reads its data.
@@ -456,7 +457,7 @@ func TestRAID10WriteEIOVM(t *testing.T) {
 			t.Errorf("%s: node labels %v, want %s%s=%s", stage, n.Labels, kube.PoolLabelPrefix, "default", kube.PoolLabelFenced)
 		}
 	}
-	waitFor(t, "fenced label on the Node", func() bool {
+	testdisk.WaitFor(t, "fenced label on the Node", func() bool {
 		n, _ := d.kube.CoreV1().Nodes().Get(ctx, "eio-node", metav1.GetOptions{})
 		return n.Labels[kube.PoolLabelPrefix+"default"] == kube.PoolLabelFenced
 	})
@@ -479,7 +480,7 @@ func TestRAID10WriteEIOVM(t *testing.T) {
 	if _, err := d.kube.CoreV1().Nodes().Patch(ctx, "eio-node", types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "CreateVolume to succeed after unfence", func() bool {
+	testdisk.WaitFor(t, "CreateVolume to succeed after unfence", func() bool {
 		_, err := d.create("pvc-after-unfence")
 		return err == nil
 	})

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
 	"github.com/dhpp-io/dhpp/pkg/health"
 	"github.com/dhpp-io/dhpp/pkg/kube"
@@ -193,7 +194,7 @@ func TestUntrustedRecordsAndMissingPool(t *testing.T) {
 			t.Errorf("%s{pool=%s} = %v (present %v), want %v", g.name, g.pool, v, ok, g.want)
 		}
 	}
-	waitFor(t, "VolumesQuarantined and PoolFenced events, fenced label", func() bool {
+	testdisk.WaitFor(t, "VolumesQuarantined and PoolFenced events, fenced label", func() bool {
 		n, err := d.kube.CoreV1().Nodes().Get(ctx, nodeID, metav1.GetOptions{})
 		return err == nil && n.Labels[kube.PoolLabelPrefix+"slow"] == kube.PoolLabelFenced &&
 			strings.Contains(d.eventReasons(), kube.ReasonVolumesQuarantined) && strings.Contains(d.eventReasons(), kube.ReasonPoolFenced)
@@ -236,7 +237,7 @@ func TestUntrustedRecordsAndMissingPool(t *testing.T) {
 	if err := os.WriteFile(record, goodRecord, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the pool opened and the record re-read", func() bool {
+	testdisk.WaitFor(t, "the pool opened and the record re-read", func() bool {
 		_, err1 := d.ctl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: held})
 		_, err2 := d.ctl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: bad})
 		return err1 == nil && err2 == nil

@@ -16,6 +16,7 @@ import (
 	"github.com/dhpp-io/dhpp/pkg/kube"
 	dhppmetrics "github.com/dhpp-io/dhpp/pkg/metrics"
 	"github.com/dhpp-io/dhpp/pkg/node"
+	"github.com/dhpp-io/dhpp/pkg/raid"
 	"github.com/dhpp-io/dhpp/pkg/registration"
 	"github.com/kubernetes-csi/csi-lib-utils/metrics"
 	"github.com/prometheus/client_golang/prometheus"
@@ -88,14 +89,14 @@ func run(ctx context.Context, c Config, hk hooks) error {
 	}
 	// RAID degradation under the pools: reported, never fenced. Read once
 	// before CSI is served, so the first health RPC already knows.
-	arrays := newArrayWatcher(mgr.Pools(), c.Health.Period, node.ArrayFinder{}.Arrays)
-	arrays.check()
-	if err := promReg.Register(dhppmetrics.NewArrayCollector(arrays)); err != nil {
+	arrays := raid.NewWatcher(raidPools(mgr.Pools()), c.Health.Period, raid.Finder{}.Arrays)
+	arrays.Check()
+	if err := promReg.Register(raid.NewCollector(arrays)); err != nil {
 		return fmt.Errorf("register RAID metrics: %w", err)
 	}
 	cmm := metrics.NewCSIMetricsManagerForPlugin(dhpp.DriverName)
 	cmm.WithAdditionalRegistry(promReg)
-	drv, err := driver.New(driver.Config{Manager: mgr, Health: arrayHealth{poolHealth{mon}, arrays}, MaxVolumesPerNode: c.MaxVolumesPerNode, Metrics: cmm})
+	drv, err := driver.New(driver.Config{Manager: mgr, Health: mon, Degradation: arrays, MaxVolumesPerNode: c.MaxVolumesPerNode, Metrics: cmm})
 	if err != nil {
 		return err
 	}
@@ -106,18 +107,22 @@ func run(ctx context.Context, c Config, hk hooks) error {
 			return err
 		}
 	}
-	var fencer *kube.Fencer
+	var (
+		fencer *kube.Fencer
+		events *kube.NodeEvents
+	)
 	if client != nil {
 		paths := map[string]string{}
 		for _, p := range mgr.Pools() {
 			paths[p.Name] = p.Path
 		}
-		fencer, err = kube.NewFencer(kube.Config{Client: client, NodeName: c.NodeID, Monitor: mon, PoolPaths: paths})
+		events = kube.NewNodeEvents(client, c.NodeID, paths)
+		fencer, err = kube.NewFencer(kube.Config{Client: client, NodeName: c.NodeID, Monitor: mon, PoolPaths: paths, Events: events})
 		if err != nil {
 			return err
 		}
 		// A degraded RAID array under a pool is a Node Event, not fencing.
-		arrays.OnDegradation(fencer.PoolDegradationChanged)
+		arrays.OnDegradation(events.PoolDegradationChanged)
 	}
 	// A pool whose directory is missing is fenced before CSI is served,
 	// once the Fencer listens, so the Node says why.
@@ -131,8 +136,8 @@ func run(ctx context.Context, c Config, hk hooks) error {
 		if err != nil {
 			klog.ErrorS(err, "Could not restore fenced pools from the Node; pools with a still-broken disk are fenced again by their probes")
 		}
-		reportQuarantined(fencer, mgr.Pools()...)
-		mgr.OnPoolOpened(func(p *node.Pool) { reportQuarantined(fencer, p) })
+		reportQuarantined(events, mgr.Pools()...)
+		mgr.OnPoolOpened(func(p *node.Pool) { reportQuarantined(events, p) })
 	}
 	l, err := sockLock.Listen()
 	if err != nil {
@@ -162,9 +167,10 @@ func run(ctx context.Context, c Config, hk hooks) error {
 	goRun("CSI server", func() error { return drv.Serve(ctx, l) })
 	goRun("trash purger", func() error { mgr.RunTrashPurger(ctx, c.TrashRetention); return nil })
 	goRun("health monitor", func() error { mon.Run(ctx); return nil })
-	goRun("RAID watcher", func() error { arrays.Run(ctx); return nil })
+	goRun("RAID watcher", func() error { return arrays.Run(ctx) })
 	if fencer != nil {
 		goRun("node fencing", func() error { return fencer.Run(ctx) })
+		goRun("node events", func() error { return events.Run(ctx) })
 	}
 
 	var reg *registration.Server

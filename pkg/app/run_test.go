@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/pkg/health"
 	"github.com/dhpp-io/dhpp/pkg/node"
 )
@@ -28,7 +29,7 @@ func TestRunWithoutKubernetes(t *testing.T) {
 		t.Fatalf("GetCapacity = %d", c)
 	}
 	// Probes run: the histogram counts them.
-	waitFor(t, "a few probes", func() bool {
+	testdisk.WaitFor(t, "a few probes", func() bool {
 		resp, err := http.Get(d.metrics)
 		if err != nil {
 			t.Fatal(err)

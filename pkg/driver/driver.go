@@ -29,17 +29,26 @@ import (
 )
 
 // PoolHealth tells whether a pool is fenced (its disk failed its health
-// probe). pkg/health implements it; nil means every pool is healthy.
+// probe); *health.Monitor implements it.
 type PoolHealth interface {
 	PoolFenced(pool string) (fenced bool, reason string)
+}
+
+// PoolDegradation tells whether a pool's storage runs with reduced
+// redundancy (a degraded RAID array) while still serving I/O; *raid.Watcher
+// implements it. A degraded pool is reported, never refused.
+type PoolDegradation interface {
+	PoolDegraded(pool string) (degraded bool, reason string)
 }
 
 // Config configures a Driver.
 type Config struct {
 	// Manager owns the node's pools and volumes.
 	Manager *node.Manager
-	// Health reports fenced pools; may be nil.
+	// Health reports fenced pools; nil means none is.
 	Health PoolHealth
+	// Degradation reports pools on degraded RAID arrays; nil means none is.
+	Degradation PoolDegradation
 	// MaxVolumesPerNode is reported by NodeGetInfo; 0 means no limit.
 	MaxVolumesPerNode int64
 	// Metrics records CSI operation counts and latencies; may be nil.
@@ -52,12 +61,13 @@ type Driver struct {
 	csi.UnimplementedControllerServer
 	csi.UnimplementedNodeServer
 
-	nodes      *node.Manager
-	nodeID     string
-	health     PoolHealth
-	maxVolumes int64
-	metrics    metrics.CSIMetricsManager
-	server     *grpc.Server
+	nodes       *node.Manager
+	nodeID      string
+	health      PoolHealth
+	degradation PoolDegradation
+	maxVolumes  int64
+	metrics     metrics.CSIMetricsManager
+	server      *grpc.Server
 }
 
 // New makes a Driver.
@@ -69,7 +79,7 @@ func New(cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("driver: max volumes per node is negative (%d)", cfg.MaxVolumesPerNode)
 	}
 	return &Driver{
-		nodes: cfg.Manager, nodeID: cfg.Manager.NodeID(), health: cfg.Health,
+		nodes: cfg.Manager, nodeID: cfg.Manager.NodeID(), health: cfg.Health, degradation: cfg.Degradation,
 		maxVolumes: cfg.MaxVolumesPerNode, metrics: cfg.Metrics,
 	}, nil
 }
@@ -84,6 +94,13 @@ func (d *Driver) fenced(pool string) (bool, string) {
 		return false, ""
 	}
 	return d.health.PoolFenced(pool)
+}
+
+func (d *Driver) degraded(pool string) (bool, string) {
+	if d.degradation == nil {
+		return false, ""
+	}
+	return d.degradation.PoolDegraded(pool)
 }
 
 // ParseEndpoint accepts "unix:///path", "unix:/path" or a plain absolute path.

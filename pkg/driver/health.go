@@ -54,22 +54,6 @@ const (
 	reasonArrayDegraded = "ArrayDegraded"
 )
 
-// PoolDegradation is optionally implemented by the PoolHealth given to the
-// driver: it tells whether a pool's storage runs with reduced redundancy
-// (a degraded RAID array) while still serving I/O. A degraded pool is
-// reported, never refused.
-type PoolDegradation interface {
-	PoolDegraded(pool string) (degraded bool, reason string)
-}
-
-func (d *Driver) degraded(pool string) (bool, string) {
-	pd, ok := d.health.(PoolDegradation)
-	if !ok {
-		return false, ""
-	}
-	return pd.PoolDegraded(pool)
-}
-
 // volumeHealth returns the volume's adverse conditions (none when healthy),
 // the most severe first.
 func (d *Driver) volumeHealth(v *node.Volume) *csi.VolumeHealth {

@@ -303,6 +303,19 @@ func (m *Monitor) Fenced(pool string) (bool, Status) {
 	return ok && s.State == Fenced, s
 }
 
+// PoolFenced reports whether pool is fenced, with a reason that names the
+// state, the failure reason and the last probe error (Status.Describe): it
+// ends up in CreateVolume's ResourceExhausted message and in the volume
+// conditions, so whoever reads a Pending PVC's events learns why without
+// node access. It is the driver's input on fencing (driver.PoolHealth).
+func (m *Monitor) PoolFenced(pool string) (bool, string) {
+	fenced, s := m.Fenced(pool)
+	if !fenced {
+		return false, ""
+	}
+	return true, s.Describe()
+}
+
 // Unfence returns a pool to Healthy, e.g. after an operator replaced the
 // disk. The probe continues: a still-broken disk is fenced again after
 // FailureThreshold failures. If the probe file is missing, the next probe

@@ -2,6 +2,7 @@ package health
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -169,4 +170,34 @@ func fenced(s Status, msg string, now time.Time) Status {
 		n.Since = now
 	}
 	return n
+}
+
+// Describe says in one line what a status means: the state, since when, the
+// reason and the last error, e.g. "state Fenced since 2026-11-21T20:00:00Z,
+// reason read_only after 3 consecutive failed probes, last probe error: ...".
+func (s Status) Describe() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "state %s", s.State)
+	if !s.Since.IsZero() {
+		fmt.Fprintf(&b, " since %s", s.Since.UTC().Format(time.RFC3339))
+	}
+	if s.Reason != "" {
+		fmt.Fprintf(&b, ", reason %s", s.Reason)
+	}
+	switch {
+	case s.Manual:
+		// A manual fence's LastError is the operator's (or the restore's)
+		// message until a probe fails.
+		if s.LastError != "" {
+			fmt.Fprintf(&b, " (fenced by hand), last error: %s", s.LastError)
+		}
+	default:
+		if s.ConsecutiveFailures > 0 {
+			fmt.Fprintf(&b, " after %d consecutive failed probes", s.ConsecutiveFailures)
+		}
+		if s.LastError != "" {
+			fmt.Fprintf(&b, ", last probe error: %s", s.LastError)
+		}
+	}
+	return b.String()
 }

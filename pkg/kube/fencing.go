@@ -12,7 +12,6 @@ import (
 
 	"github.com/dhpp-io/dhpp/pkg/health"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -73,6 +72,8 @@ type Config struct {
 	Monitor  Monitor
 	// PoolPaths maps pool names to their directories, for messages.
 	PoolPaths map[string]string
+	// Events posts the fencing Events on the Node; the caller runs it.
+	Events *NodeEvents
 	// Resync re-checks the Node against the pools' state this often, so a
 	// label removed by hand or a failed patch is repaired (default 10m).
 	Resync time.Duration
@@ -80,10 +81,9 @@ type Config struct {
 
 // Work items. Label and condition are level-triggered (derived from the
 // Monitor's current state, so repeated or coalesced syncs are harmless);
-// Events are edge-triggered and kept in their own FIFO so none is coalesced.
+// Events are edge-triggered and go to NodeEvents, whose FIFO coalesces none.
 const (
 	keyNode        = "node"
-	keyEvents      = "events"
 	keyAnnotations = "annotations"
 )
 
@@ -95,22 +95,19 @@ type Fencer struct {
 	inf   cache.SharedIndexInformer
 
 	mu        sync.Mutex
-	events    []*corev1.Event
 	restoring bool
 	// unfencing marks pools being unfenced by annotation, so the Fenced →
 	// Healthy change it causes is reported as PoolUnfenced, not PoolRecovered.
 	unfencing map[string]bool
-	// now is the clock for Event and condition times (tests).
+	// now is the clock for condition times (tests).
 	now func() time.Time
-	// seq makes Event names unique even for equal timestamps; guarded by mu.
-	seq int
 }
 
 // NewFencer returns a Fencer and registers its Monitor callback. Call
 // Restore before the Monitor runs, then Run.
 func NewFencer(cfg Config) (*Fencer, error) {
-	if cfg.Client == nil || cfg.Monitor == nil || cfg.NodeName == "" {
-		return nil, errors.New("kube fencer: client, monitor and node name are required")
+	if cfg.Client == nil || cfg.Monitor == nil || cfg.NodeName == "" || cfg.Events == nil {
+		return nil, errors.New("kube fencer: client, monitor, node name and events are required")
 	}
 	if cfg.Resync == 0 {
 		cfg.Resync = 10 * time.Minute
@@ -156,35 +153,29 @@ func (f *Fencer) nodeChanged() {
 }
 
 // onChange runs on the Monitor's probing goroutine (or the caller of
-// Fence/Unfence): it must never block, so it only records the Event and
-// queues work; the worker talks to the API server.
+// Fence/Unfence): it must never block, so it only queues the Event and the
+// work; the workers talk to the API server.
 func (f *Fencer) onChange(old, n health.Status) {
 	wasFenced, isFenced := old.State == health.Fenced, n.State == health.Fenced
 	if wasFenced == isFenced {
 		return // Healthy <-> Failing: nothing changes on the Node
 	}
 	f.mu.Lock()
-	var ev *corev1.Event
+	restoring, unfencing := f.restoring, f.unfencing[n.Pool]
+	f.mu.Unlock()
 	switch {
-	case f.restoring:
+	case restoring:
 		// Restored from the label after a restart: the Node already says so.
 	case isFenced:
-		ev = f.event(corev1.EventTypeWarning, ReasonPoolFenced, f.fencedMessage(n))
-	case f.unfencing[n.Pool]:
-		ev = f.event(corev1.EventTypeNormal, ReasonPoolUnfenced, fmt.Sprintf(
+		f.cfg.Events.Post(corev1.EventTypeWarning, ReasonPoolFenced, f.fencedMessage(n))
+	case unfencing:
+		f.cfg.Events.Post(corev1.EventTypeNormal, ReasonPoolUnfenced, fmt.Sprintf(
 			"pool %q (%s) unfenced by annotation %s%s: it takes new volumes again; its probe keeps running and fences it again after repeated failures",
 			n.Pool, f.cfg.PoolPaths[n.Pool], UnfenceAnnotationPrefix, n.Pool))
 	default:
-		ev = f.event(corev1.EventTypeNormal, ReasonPoolRecovered, fmt.Sprintf(
+		f.cfg.Events.Post(corev1.EventTypeNormal, ReasonPoolRecovered, fmt.Sprintf(
 			"pool %q (%s) recovered after %d consecutive successful disk health probes: it takes new volumes again",
 			n.Pool, f.cfg.PoolPaths[n.Pool], n.ConsecutiveSuccesses))
-	}
-	if ev != nil {
-		f.events = append(f.events, ev)
-	}
-	f.mu.Unlock()
-	if ev != nil {
-		f.queue.Add(keyEvents)
 	}
 	f.queue.Add(keyNode)
 }
@@ -192,29 +183,6 @@ func (f *Fencer) onChange(old, n health.Status) {
 func (f *Fencer) fencedMessage(s health.Status) string {
 	return fmt.Sprintf("pool %q (%s) is fenced: no new volumes go there, existing volumes and mounts are left alone. Reason: %s; last error: %s. After repairing the disk: kubectl annotate node %s %s%s=now",
 		s.Pool, f.cfg.PoolPaths[s.Pool], s.Reason, s.LastError, f.cfg.NodeName, UnfenceAnnotationPrefix, s.Pool)
-}
-
-// event builds a core/v1 Event on this Node, like the kubelet's own. The
-// caller holds f.mu.
-func (f *Fencer) event(typ, reason, msg string) *corev1.Event {
-	now := metav1.NewTime(f.now())
-	f.seq++
-	return &corev1.Event{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:      fmt.Sprintf("%s.%x.%d", f.cfg.NodeName, now.UnixNano(), f.seq),
-			Namespace: metav1.NamespaceDefault,
-		},
-		// The kubelet uses the node name as the UID of Node references;
-		// kubectl describe node matches Events by kind and name.
-		InvolvedObject: corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: f.cfg.NodeName, UID: types.UID(f.cfg.NodeName)},
-		Reason:         reason,
-		Message:        msg,
-		Type:           typ,
-		Source:         corev1.EventSource{Component: component, Host: f.cfg.NodeName},
-		FirstTimestamp: now,
-		LastTimestamp:  now,
-		Count:          1,
-	}
 }
 
 // Restore re-applies fencing recorded in the Node's labels, so a driver
@@ -287,8 +255,6 @@ func (f *Fencer) processNext(ctx context.Context) bool {
 	switch key {
 	case keyNode:
 		err = f.syncNode(ctx)
-	case keyEvents:
-		err = f.postEvents(ctx)
 	case keyAnnotations:
 		err = f.handleAnnotations(ctx)
 	}
@@ -299,26 +265,6 @@ func (f *Fencer) processNext(ctx context.Context) bool {
 	}
 	f.queue.Forget(key)
 	return true
-}
-
-// postEvents creates the queued Events in order; a failed one stays at the
-// head of the FIFO for the retry.
-func (f *Fencer) postEvents(ctx context.Context) error {
-	for {
-		f.mu.Lock()
-		if len(f.events) == 0 {
-			f.mu.Unlock()
-			return nil
-		}
-		ev := f.events[0]
-		f.mu.Unlock()
-		if _, err := f.cfg.Client.CreateEvent(ctx, ev); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("create event %s: %w", ev.Reason, err)
-		}
-		f.mu.Lock()
-		f.events = f.events[1:]
-		f.mu.Unlock()
-	}
 }
 
 // cachedNode is the informer's copy of the Node, nil before it is known.
@@ -410,7 +356,7 @@ func (f *Fencer) handleAnnotations(ctx context.Context) error {
 		remove[k] = nil
 		if !known[pool] {
 			klog.InfoS("Ignoring unfence annotation for a pool this node does not have", "annotation", k, "node", f.cfg.NodeName, "pools", f.cfg.Monitor.Pools())
-			f.queueEvent(corev1.EventTypeWarning, ReasonUnfenceFailed, fmt.Sprintf("annotation %s names no pool of this node (pools: %s); removed", k, strings.Join(f.cfg.Monitor.Pools(), ", ")))
+			f.cfg.Events.Post(corev1.EventTypeWarning, ReasonUnfenceFailed, fmt.Sprintf("annotation %s names no pool of this node (pools: %s); removed", k, strings.Join(f.cfg.Monitor.Pools(), ", ")))
 			continue
 		}
 		if s, _ := f.cfg.Monitor.Status(pool); s.State != health.Fenced {
@@ -437,56 +383,4 @@ func (f *Fencer) handleAnnotations(ctx context.Context) error {
 		return fmt.Errorf("remove unfence annotations: %w", err)
 	}
 	return nil
-}
-
-// PoolDegradationChanged posts a Node Event when the md RAID arrays under
-// a pool lose or regain redundancy: Warning PoolDegraded (a disk to
-// replace) or Normal PoolNotDegraded. detail describes the degraded arrays,
-// or all arrays after a recovery. A degraded array still serves every read
-// and write, so this is an Event only, never fencing. It never blocks.
-func (f *Fencer) PoolDegradationChanged(pool string, degraded bool, detail string) {
-	if degraded {
-		f.queueEvent(corev1.EventTypeWarning, ReasonPoolDegraded, fmt.Sprintf(
-			"pool %q (%s) is on a degraded RAID array: %s. The pool keeps serving and taking volumes (it is not fenced), but one more disk failure may lose its data: replace the failed disk",
-			pool, f.cfg.PoolPaths[pool], detail))
-		return
-	}
-	f.queueEvent(corev1.EventTypeNormal, ReasonPoolNotDegraded, fmt.Sprintf(
-		"pool %q (%s) has full RAID redundancy again: %s", pool, f.cfg.PoolPaths[pool], detail))
-}
-
-func (f *Fencer) queueEvent(typ, reason, msg string) {
-	f.mu.Lock()
-	f.events = append(f.events, f.event(typ, reason, msg))
-	f.mu.Unlock()
-	f.queue.Add(keyEvents)
-}
-
-// maxListedQuarantined bounds how many volumes a VolumesQuarantined Event
-// names: a renamed node quarantines every volume, and an Event message is
-// for people (the driver log names every one).
-const maxListedQuarantined = 5
-
-// VolumesQuarantined posts a Warning Event on the Node saying that pool
-// has volumes whose record cannot be trusted; problems describes each (a
-// volume and what is wrong with its record). It never blocks.
-func (f *Fencer) VolumesQuarantined(pool string, problems []string) {
-	if len(problems) == 0 {
-		return
-	}
-	listed := make([]string, 0, maxListedQuarantined)
-	for _, p := range problems[:min(len(problems), maxListedQuarantined)] {
-		if len(p) > 300 {
-			p = p[:300] + "…"
-		}
-		listed = append(listed, p)
-	}
-	more := ""
-	if n := len(problems) - len(listed); n > 0 {
-		more = fmt.Sprintf("; and %d more (see the driver log)", n)
-	}
-	f.queueEvent(corev1.EventTypeWarning, ReasonVolumesQuarantined, fmt.Sprintf(
-		"pool %q (%s) has %d quarantined volume(s) whose record cannot be trusted: %s%s. Their data is left untouched and their names reserved: "+
-			"creating, deleting or using them fails with FailedPrecondition until an operator repairs each record or moves its directory out of the pool's volumes/ directory (re-read every trash-purge round)",
-		pool, f.cfg.PoolPaths[pool], len(problems), strings.Join(listed, "; "), more))
 }

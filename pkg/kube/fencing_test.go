@@ -94,6 +94,7 @@ type harness struct {
 	client *fake.Clientset
 	mon    *fakeMonitor
 	f      *kube.Fencer
+	ev     *kube.NodeEvents
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -114,9 +115,11 @@ func start(t *testing.T, node *corev1.Node, mon *fakeMonitor, restore bool) *har
 	// Another node: the informer must not act on it.
 	objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "worker-2",
 		Annotations: map[string]string{kube.UnfenceAnnotationPrefix + "default": "now"}}})
-	h := &harness{t: t, client: fake.NewClientset(objs...), mon: mon, done: make(chan error, 1)}
+	h := &harness{t: t, client: fake.NewClientset(objs...), mon: mon, done: make(chan error, 2)}
+	paths := map[string]string{"default": "/mnt/d", "fast": "/mnt/f"}
+	h.ev = kube.NewNodeEvents(kubetest.FakeAPI{C: h.client}, nodeName, paths)
 	f, err := kube.NewFencer(kube.Config{Client: kubetest.FakeAPI{C: h.client}, NodeName: nodeName, Monitor: mon,
-		PoolPaths: map[string]string{"default": "/mnt/d", "fast": "/mnt/f"}})
+		PoolPaths: paths, Events: h.ev})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,6 +134,7 @@ func start(t *testing.T, node *corev1.Node, mon *fakeMonitor, restore bool) *har
 		rcancel()
 	}
 	go func() { h.done <- f.Run(ctx) }()
+	go func() { h.done <- h.ev.Run(ctx) }()
 	t.Cleanup(h.stop)
 	return h
 }
@@ -141,13 +145,16 @@ func (h *harness) stop() {
 	}
 	h.cancel()
 	h.cancel = nil
-	select {
-	case err := <-h.done:
-		if err != nil {
-			h.t.Errorf("Run: %v", err)
+	for range 2 { // the Fencer and its NodeEvents
+		select {
+		case err := <-h.done:
+			if err != nil {
+				h.t.Errorf("Run: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			h.t.Error("Run did not return after cancel")
+			return
 		}
-	case <-time.After(5 * time.Second):
-		h.t.Error("Run did not return after cancel")
 	}
 }
 
@@ -346,7 +353,8 @@ func TestRestoreFromLabel(t *testing.T) {
 
 func TestRestoreWithoutNodeTimesOut(t *testing.T) {
 	h := &harness{client: fake.NewClientset()}
-	f, err := kube.NewFencer(kube.Config{Client: kubetest.FakeAPI{C: h.client}, NodeName: nodeName, Monitor: newFakeMonitor("default")})
+	f, err := kube.NewFencer(kube.Config{Client: kubetest.FakeAPI{C: h.client}, NodeName: nodeName, Monitor: newFakeMonitor("default"),
+		Events: kube.NewNodeEvents(kubetest.FakeAPI{C: h.client}, nodeName, nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -447,7 +455,8 @@ func TestRealMonitor(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := fake.NewClientset(newNode(nil, nil))
-	f, err := kube.NewFencer(kube.Config{Client: kubetest.FakeAPI{C: client}, NodeName: nodeName, Monitor: mon, PoolPaths: map[string]string{"default": dir}})
+	events := kube.NewNodeEvents(kubetest.FakeAPI{C: client}, nodeName, map[string]string{"default": dir})
+	f, err := kube.NewFencer(kube.Config{Client: kubetest.FakeAPI{C: client}, NodeName: nodeName, Monitor: mon, PoolPaths: map[string]string{"default": dir}, Events: events})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,6 +465,7 @@ func TestRealMonitor(t *testing.T) {
 	defer wg.Wait()
 	defer cancel()
 	wg.Go(func() { _ = f.Run(ctx) })
+	wg.Go(func() { _ = events.Run(ctx) })
 	wg.Go(func() { mon.Run(ctx) })
 	h := &harness{t: t, client: client}
 	h.eventually("probe file created", func() bool { _, err := os.Stat(probe); return err == nil })
@@ -487,8 +497,8 @@ func TestRealMonitor(t *testing.T) {
 // neither fences (no label, the condition stays healthy).
 func TestPoolDegradationEvents(t *testing.T) {
 	h := start(t, newNode(nil, nil), newFakeMonitor("default"), false)
-	h.f.PoolDegradationChanged("default", true, "md0 (raid10, 4 devices): degraded, 1 missing, faulty: vdb")
-	h.f.PoolDegradationChanged("default", false, "md0 (raid10, 4 devices): optimal")
+	h.ev.PoolDegradationChanged("default", true, "md0 (raid10, 4 devices): degraded, 1 missing, faulty: vdb")
+	h.ev.PoolDegradationChanged("default", false, "md0 (raid10, 4 devices): optimal")
 	h.eventually("two events", func() bool { return len(h.events()) == 2 })
 	tests := []struct {
 		reason, typ string
@@ -526,8 +536,8 @@ func TestVolumesQuarantinedEvent(t *testing.T) {
 	for i := range 7 {
 		problems = append(problems, fmt.Sprintf("pvc-%d: record /mnt/d/volumes/pvc-%d/volume.json is empty", i, i))
 	}
-	h.f.VolumesQuarantined("default", problems)
-	h.f.VolumesQuarantined("default", nil) // nothing to say: no Event
+	h.ev.VolumesQuarantined("default", problems)
+	h.ev.VolumesQuarantined("default", nil) // nothing to say: no Event
 	h.eventually("an event", func() bool { return len(h.events()) == 1 })
 	time.Sleep(50 * time.Millisecond)
 	evs := h.events()

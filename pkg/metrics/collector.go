@@ -164,3 +164,10 @@ func volumeName(v *node.Volume) string {
 	}
 	return v.Name
 }
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

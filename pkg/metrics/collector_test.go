@@ -9,9 +9,7 @@ import (
 
 	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/pkg/node"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,43 +34,6 @@ func create(t testing.TB, m *node.Manager, pool, name string, size int64, access
 		t.Fatalf("create %s in %s: %v", name, pool, err)
 	}
 	return v
-}
-
-// gather collects c once and returns its families by name.
-func gather(t testing.TB, c prometheus.Collector) map[string]*dto.MetricFamily {
-	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	out := map[string]*dto.MetricFamily{}
-	for _, mf := range mfs {
-		out[mf.GetName()] = mf
-	}
-	return out
-}
-
-// value returns the gauge of family name whose labels include want.
-func value(t testing.TB, mfs map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
-	t.Helper()
-	for _, m := range mfs[name].GetMetric() {
-		match := true
-		for k, v := range want {
-			found := false
-			for _, l := range m.GetLabel() {
-				if l.GetName() == k && l.GetValue() == v {
-					found = true
-				}
-			}
-			match = match && found
-		}
-		if match {
-			return m.GetGauge().GetValue(), true
-		}
-	}
-	return 0, false
 }
 
 // TestCollectorDir needs no root: a dir pool on a temp directory.
@@ -110,17 +71,17 @@ dhpp_metrics_collect_errors 0
 		t.Fatalf("dhpp_volume_used_bytes has %d series for dir volumes, want 0", n)
 	}
 	// The pool figures are the ones GetCapacity uses.
-	mfs := gather(t, c)
+	mfs := testdisk.Gather(t, c)
 	for _, p := range m.Pools() {
 		capa, err := p.Capacity()
 		if err != nil {
 			t.Fatal(err)
 		}
-		total, _ := value(t, mfs, "dhpp_pool_capacity_bytes", map[string]string{"pool": p.Name, "backend": "dir"})
+		total, _ := testdisk.Gauge(t, mfs, "dhpp_pool_capacity_bytes", map[string]string{"pool": p.Name, "backend": "dir"})
 		if total != float64(capa.Total) || total <= 0 {
 			t.Errorf("pool %s capacity = %v, want %d", p.Name, total, capa.Total)
 		}
-		if _, ok := value(t, mfs, "dhpp_pool_available_bytes", map[string]string{"pool": p.Name}); !ok {
+		if _, ok := testdisk.Gauge(t, mfs, "dhpp_pool_available_bytes", map[string]string{"pool": p.Name}); !ok {
 			t.Errorf("pool %s: no dhpp_pool_available_bytes", p.Name)
 		}
 	}
@@ -144,14 +105,14 @@ func (b brokenSource) ListVolumes() []*node.Volume {
 func TestCollectorUnreadableVolume(t *testing.T) {
 	m := newManager(t, node.PoolConfig{Name: "a", Path: t.TempDir(), Backend: node.BackendDir})
 	c := NewCollector(brokenSource{m})
-	mfs := gather(t, c)
-	if v, _ := value(t, mfs, "dhpp_metrics_collect_errors", nil); v != 1 {
+	mfs := testdisk.Gather(t, c)
+	if v, _ := testdisk.Gauge(t, mfs, "dhpp_metrics_collect_errors", nil); v != 1 {
 		t.Fatalf("collect errors = %v, want 1", v)
 	}
-	if _, ok := value(t, mfs, "dhpp_volume_capacity_bytes", map[string]string{"volume": "ghost"}); !ok {
+	if _, ok := testdisk.Gauge(t, mfs, "dhpp_volume_capacity_bytes", map[string]string{"volume": "ghost"}); !ok {
 		t.Fatal("the unreadable volume's capacity (from its record) should still be reported")
 	}
-	if _, ok := value(t, mfs, "dhpp_volume_used_bytes", map[string]string{"volume": "ghost"}); ok {
+	if _, ok := testdisk.Gauge(t, mfs, "dhpp_volume_used_bytes", map[string]string{"volume": "ghost"}); ok {
 		t.Fatal("an unreadable volume must have no used series")
 	}
 }
@@ -173,7 +134,7 @@ func TestCollectorUsedBytes(t *testing.T) {
 	// btrfs updates qgroups when the transaction commits.
 	syncfs(t, bd.Dir)
 
-	mfs := gather(t, NewCollector(m))
+	mfs := testdisk.Gather(t, NewCollector(m))
 	tests := []struct {
 		volume, backend string
 		min, max        float64
@@ -186,7 +147,7 @@ func TestCollectorUsedBytes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.backend, func(t *testing.T) {
-			got, ok := value(t, mfs, "dhpp_volume_used_bytes", map[string]string{"volume": tt.volume, "backend": tt.backend, "pool": map[string]string{"btrfs": "bt", "loop": "lp"}[tt.backend]})
+			got, ok := testdisk.Gauge(t, mfs, "dhpp_volume_used_bytes", map[string]string{"volume": tt.volume, "backend": tt.backend, "pool": map[string]string{"btrfs": "bt", "loop": "lp"}[tt.backend]})
 			if !ok {
 				t.Fatalf("no dhpp_volume_used_bytes for %s", tt.volume)
 			}
@@ -195,7 +156,7 @@ func TestCollectorUsedBytes(t *testing.T) {
 			}
 		})
 	}
-	if v, _ := value(t, mfs, "dhpp_metrics_collect_errors", nil); v != 0 {
+	if v, _ := testdisk.Gauge(t, mfs, "dhpp_metrics_collect_errors", nil); v != 0 {
 		t.Fatalf("collect errors = %v", v)
 	}
 }
@@ -269,11 +230,11 @@ dhpp_metrics_collect_errors 0
 		"dhpp_pool_quarantined_volumes", "dhpp_pool_missing", "dhpp_pool_volumes", "dhpp_metrics_collect_errors"); err != nil {
 		t.Fatal(err)
 	}
-	mfs := gather(t, c)
-	if _, ok := value(t, mfs, "dhpp_pool_capacity_bytes", map[string]string{"pool": "b"}); ok {
+	mfs := testdisk.Gather(t, c)
+	if _, ok := testdisk.Gauge(t, mfs, "dhpp_pool_capacity_bytes", map[string]string{"pool": "b"}); ok {
 		t.Error("a missing pool has a capacity series")
 	}
-	if _, ok := value(t, mfs, "dhpp_pool_capacity_bytes", map[string]string{"pool": "a"}); !ok {
+	if _, ok := testdisk.Gauge(t, mfs, "dhpp_pool_capacity_bytes", map[string]string{"pool": "a"}); !ok {
 		t.Error("the healthy pool lost its capacity series")
 	}
 }

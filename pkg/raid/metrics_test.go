@@ -1,9 +1,9 @@
-package metrics
+package raid
 
 import (
 	"testing"
 
-	"github.com/dhpp-io/dhpp/pkg/node"
+	"github.com/dhpp-io/dhpp/internal/testdisk"
 )
 
 type fakeArrays []PoolArrays
@@ -11,19 +11,19 @@ type fakeArrays []PoolArrays
 func (f fakeArrays) PoolArrays() []PoolArrays { return f }
 
 func TestArrayCollector(t *testing.T) {
-	member := func(name, state string) node.ArrayMember { return node.ArrayMember{Name: name, State: state} }
+	member := func(name, state string) ArrayMember { return ArrayMember{Name: name, State: state} }
 	src := fakeArrays{
 		{Pool: "plain"},
-		{Pool: "optimal", Arrays: []node.Array{{Name: "md0", Level: "raid10", State: "clean", RaidDisks: 4, SyncAction: "idle",
-			Members: []node.ArrayMember{member("vda", "in_sync"), member("vdb", "in_sync"), member("vdc", "in_sync"), member("vdd", "in_sync,write_mostly")}}}},
-		{Pool: "failed", Arrays: []node.Array{{Name: "md1", Level: "raid10", State: "active", RaidDisks: 4, Degraded: 1, SyncAction: "idle",
-			Members: []node.ArrayMember{member("vda", "in_sync"), member("vdb", "faulty"), member("vdc", "in_sync"), member("vdd", "in_sync")}}}},
-		{Pool: "rebuilding", Arrays: []node.Array{
-			{Name: "md2", Level: "raid1", State: "clean", RaidDisks: 2, SyncAction: "idle", Members: []node.ArrayMember{member("sda", "in_sync"), member("sdb", "in_sync")}},
-			{Name: "md3", Level: "raid1", State: "clean", RaidDisks: 2, Degraded: 1, SyncAction: "recover", Members: []node.ArrayMember{member("sdc", "in_sync"), member("sdd", "spare")}},
+		{Pool: "optimal", Arrays: []Array{{Name: "md0", Level: "raid10", State: "clean", RaidDisks: 4, SyncAction: "idle",
+			Members: []ArrayMember{member("vda", "in_sync"), member("vdb", "in_sync"), member("vdc", "in_sync"), member("vdd", "in_sync,write_mostly")}}}},
+		{Pool: "failed", Arrays: []Array{{Name: "md1", Level: "raid10", State: "active", RaidDisks: 4, Degraded: 1, SyncAction: "idle",
+			Members: []ArrayMember{member("vda", "in_sync"), member("vdb", "faulty"), member("vdc", "in_sync"), member("vdd", "in_sync")}}}},
+		{Pool: "rebuilding", Arrays: []Array{
+			{Name: "md2", Level: "raid1", State: "clean", RaidDisks: 2, SyncAction: "idle", Members: []ArrayMember{member("sda", "in_sync"), member("sdb", "in_sync")}},
+			{Name: "md3", Level: "raid1", State: "clean", RaidDisks: 2, Degraded: 1, SyncAction: "recover", Members: []ArrayMember{member("sdc", "in_sync"), member("sdd", "spare")}},
 		}},
 	}
-	mfs := gather(t, NewArrayCollector(src))
+	mfs := testdisk.Gather(t, NewCollector(src))
 	tests := []struct {
 		name   string
 		labels map[string]string
@@ -48,15 +48,15 @@ func TestArrayCollector(t *testing.T) {
 		{"dhpp_pool_array_rebuilding", map[string]string{"pool": "failed", "array": "md1"}, 0, false},
 	}
 	for _, tt := range tests {
-		got, ok := value(t, mfs, tt.name, tt.labels)
+		got, ok := testdisk.Gauge(t, mfs, tt.name, tt.labels)
 		if ok == tt.absent || got != tt.want {
 			t.Errorf("%s%v = %v (present %v), want %v (present %v)", tt.name, tt.labels, got, ok, tt.want, !tt.absent)
 		}
 	}
 	// Every class is reported for every array, zeros included, so an
 	// alert on faulty > 0 has a series before the first failure.
-	if n := len(mfs["dhpp_pool_array_members"].GetMetric()); n != 4*len(node.MemberClasses) {
-		t.Errorf("dhpp_pool_array_members has %d series, want %d", n, 4*len(node.MemberClasses))
+	if n := len(mfs["dhpp_pool_array_members"].GetMetric()); n != 4*len(MemberClasses) {
+		t.Errorf("dhpp_pool_array_members has %d series, want %d", n, 4*len(MemberClasses))
 	}
 }
 

@@ -1,4 +1,4 @@
-package node
+package raid
 
 import (
 	"fmt"
@@ -140,7 +140,7 @@ func TestArrayFinder(t *testing.T) {
 		"8:99 / /mnt/unknown rw - ext4 /dev/sdz rw",
 		"9:1 / /mnt/raid10/nested rw - ext4 /dev/md1 rw",
 	)
-	f := ArrayFinder{SysfsRoot: s.root, MountInfoPath: mi}
+	f := Finder{SysfsRoot: s.root, MountInfoPath: mi}
 	md0 := Array{Name: "md0", Level: "raid10", State: "clean", RaidDisks: 4, Degraded: 1, SyncAction: "idle",
 		Members: []ArrayMember{{"vda", "in_sync", "0"}, {"vdb", "faulty", "none"}, {"vdc", "in_sync", "2"}, {"vdd", "in_sync", "3"}}}
 	tests := []struct {
@@ -196,7 +196,7 @@ func TestArrayFinderSymlink(t *testing.T) {
 		t.Fatal(err)
 	}
 	mi := writeMountinfo(t, "254:16 / / rw - ext4 /dev/vdb rw", "9:0 / "+real+" rw - xfs /dev/md0 rw")
-	got, err := ArrayFinder{SysfsRoot: s.root, MountInfoPath: mi}.Arrays(link)
+	got, err := Finder{SysfsRoot: s.root, MountInfoPath: mi}.Arrays(link)
 	if err != nil || len(got) != 1 || got[0].Name != "md0" {
 		t.Fatalf("Arrays(%s -> %s) = %v, %v; want md0", link, real, got, err)
 	}
@@ -223,7 +223,7 @@ func TestArrayFinderErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ArrayFinder{SysfsRoot: s.root, MountInfoPath: tt.mountinfo}.Arrays(tt.path)
+			_, err := Finder{SysfsRoot: s.root, MountInfoPath: tt.mountinfo}.Arrays(tt.path)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Arrays(%s) error %v, want one containing %q", tt.path, err, tt.want)
 			}
@@ -238,7 +238,7 @@ func TestArrayFinderCycle(t *testing.T) {
 	s.link("devices/virtual/block/dm-0/slaves/dm-1", "devices/virtual/block/dm-1")
 	s.link("devices/virtual/block/dm-1/slaves/dm-0", "devices/virtual/block/dm-0")
 	mi := writeMountinfo(t, "253:0 / /mnt rw - xfs /dev/dm-0 rw")
-	got, err := ArrayFinder{SysfsRoot: s.root, MountInfoPath: mi}.Arrays("/mnt/p")
+	got, err := Finder{SysfsRoot: s.root, MountInfoPath: mi}.Arrays("/mnt/p")
 	if err != nil || got != nil {
 		t.Fatalf("a slaves cycle: %v, %v; want no arrays and no error", got, err)
 	}
@@ -318,7 +318,7 @@ func TestArrayMemberClass(t *testing.T) {
 // must have a level and members.
 func TestArrayFinderRealSystem(t *testing.T) {
 	for _, p := range []string{t.TempDir(), "/"} {
-		arrays, err := ArrayFinder{}.Arrays(p)
+		arrays, err := Finder{}.Arrays(p)
 		if err != nil {
 			t.Fatalf("Arrays(%s) on this machine: %v", p, err)
 		}

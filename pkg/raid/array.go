@@ -1,4 +1,9 @@
-package node
+// Package raid reports the md RAID arrays under the pools: it finds them in
+// sysfs (Finder), re-reads them each period (Watcher), tells the driver and
+// the Node Events which pools are degraded, and exports their state to
+// Prometheus (Collector). A degraded array is reported, never fenced:
+// fencing is pkg/health's business.
+package raid
 
 import (
 	"errors"
@@ -14,8 +19,8 @@ import (
 	mount "k8s.io/mount-utils"
 )
 
-// RAID knowledge: which md arrays sit under a pool's filesystem, and whether
-// they have lost redundancy.
+// Which md arrays sit under a pool's filesystem, and whether they have lost
+// redundancy.
 //
 // A degraded array still serves every read and write, so the health probe
 // passes and the pool is not fenced; but one more failed disk may lose the
@@ -141,9 +146,9 @@ func (a Array) String() string {
 	return b.String()
 }
 
-// ArrayFinder finds the md arrays under a path. The zero value reads the
+// Finder finds the md arrays under a path. The zero value reads the
 // running system; tests point it at a fake sysfs and mount table.
-type ArrayFinder struct {
+type Finder struct {
 	// SysfsRoot is where sysfs is mounted; "" means /sys.
 	SysfsRoot string
 	// MountInfoPath is the mount table; "" means /proc/self/mountinfo.
@@ -158,7 +163,7 @@ const maxStackDepth = 16
 // Arrays returns the md arrays under the filesystem holding path, in the
 // order the walk reaches them. A path on a filesystem without a block
 // device (tmpfs, overlay, NFS) or on plain disks has none: nil, nil.
-func (f ArrayFinder) Arrays(path string) ([]Array, error) {
+func (f Finder) Arrays(path string) ([]Array, error) {
 	sys, mi := f.SysfsRoot, f.MountInfoPath
 	if sys == "" {
 		sys = "/sys"
@@ -207,7 +212,7 @@ func mountOf(infos []mount.MountInfo, path string) *mount.MountInfo {
 	var best *mount.MountInfo
 	for i := range infos {
 		mi := &infos[i]
-		if isWithin(path, mi.MountPoint) && (best == nil || len(mi.MountPoint) >= len(best.MountPoint)) {
+		if within(path, mi.MountPoint) && (best == nil || len(mi.MountPoint) >= len(best.MountPoint)) {
 			best = mi
 		}
 	}
@@ -342,6 +347,14 @@ func readIntAttr(dir, name string, required bool) (int, error) {
 		return 0, fmt.Errorf("read %s: %q is not a number", filepath.Join(dir, name), s)
 	}
 	return n, nil
+}
+
+// within reports whether p is dir or below it (clean absolute paths).
+func within(p, dir string) bool {
+	if dir == "/" {
+		return strings.HasPrefix(p, "/")
+	}
+	return p == dir || strings.HasPrefix(p, dir+"/")
 }
 
 func isDir(p string) bool {

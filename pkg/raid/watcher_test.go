@@ -1,4 +1,4 @@
-package app
+package raid
 
 import (
 	"context"
@@ -11,26 +11,27 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/pkg/driver"
 	"github.com/dhpp-io/dhpp/pkg/health"
 	"github.com/dhpp-io/dhpp/pkg/node"
 )
 
-// fakeFinder stands in for node.ArrayFinder: the test sets what the next
+// fakeFinder stands in for Finder: the test sets what the next
 // reading returns per pool path.
 type fakeFinder struct {
 	mu     sync.Mutex
-	arrays map[string][]node.Array
+	arrays map[string][]Array
 	err    error
 }
 
-func (f *fakeFinder) set(path string, arrays []node.Array, err error) {
+func (f *fakeFinder) set(path string, arrays []Array, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.arrays[path], f.err = arrays, err
 }
 
-func (f *fakeFinder) find(path string) ([]node.Array, error) {
+func (f *fakeFinder) find(path string) ([]Array, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {
@@ -39,12 +40,12 @@ func (f *fakeFinder) find(path string) ([]node.Array, error) {
 	return f.arrays[path], nil
 }
 
-func raid10(degraded int, action string, states ...string) []node.Array {
-	a := node.Array{Name: "md0", Level: "raid10", State: "clean", RaidDisks: 4, Degraded: degraded, SyncAction: action}
+func raid10(degraded int, action string, states ...string) []Array {
+	a := Array{Name: "md0", Level: "raid10", State: "clean", RaidDisks: 4, Degraded: degraded, SyncAction: action}
 	for i, s := range states {
-		a.Members = append(a.Members, node.ArrayMember{Name: "vd" + string(rune('a'+i)), State: s})
+		a.Members = append(a.Members, ArrayMember{Name: "vd" + string(rune('a'+i)), State: s})
 	}
-	return []node.Array{a}
+	return []Array{a}
 }
 
 // TestArrayHealthThroughDriver drives the array watcher through a member's
@@ -74,15 +75,15 @@ func TestArrayHealthThroughDriver(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ff := &fakeFinder{arrays: map[string][]node.Array{}}
-	w := newArrayWatcher(mgr.Pools(), time.Hour, ff.find)
-	drv, err := driver.New(driver.Config{Manager: mgr, Health: arrayHealth{poolHealth{mon}, w}})
+	ff := &fakeFinder{arrays: map[string][]Array{}}
+	w := NewWatcher(watched(mgr), time.Hour, ff.find)
+	drv, err := driver.New(driver.Config{Manager: mgr, Health: mon, Degradation: w})
 	if err != nil {
 		t.Fatal(err)
 	}
 	vols := map[string]string{}
 	for _, pool := range []string{"raid", "plain"} {
-		r, err := drv.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-" + pool, VolumeCapabilities: mountCap,
+		r, err := drv.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-" + pool, VolumeCapabilities: mountCapability,
 			Parameters: map[string]string{"pool": pool}})
 		if err != nil {
 			t.Fatal(err)
@@ -92,7 +93,7 @@ func TestArrayHealthThroughDriver(t *testing.T) {
 
 	tests := []struct {
 		name         string
-		arrays       []node.Array
+		arrays       []Array
 		readErr      error
 		fence        bool
 		wantDegraded bool
@@ -119,7 +120,7 @@ func TestArrayHealthThroughDriver(t *testing.T) {
 				}
 				t.Cleanup(func() { _ = mon.Unfence("raid") })
 			}
-			w.check()
+			w.Check()
 			w.mu.RLock()
 			cur := w.state["raid"]
 			w.mu.RUnlock()
@@ -141,7 +142,7 @@ func TestArrayHealthThroughDriver(t *testing.T) {
 			// A degraded pool still takes volumes and offers capacity.
 			if !tt.fence {
 				if _, err := drv.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-" + strings.ReplaceAll(tt.name, " ", "-"),
-					VolumeCapabilities: mountCap, Parameters: map[string]string{"pool": "raid"}}); err != nil {
+					VolumeCapabilities: mountCapability, Parameters: map[string]string{"pool": "raid"}}); err != nil {
 					t.Errorf("CreateVolume in the raid pool: %v", err)
 				}
 				c, err := drv.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: map[string]string{"pool": "raid"}})
@@ -229,8 +230,8 @@ func checkVolume(t *testing.T, drv *driver.Driver, id string, fenced, degraded b
 	if err != nil {
 		t.Fatal(err)
 	}
-	abnormal, cmsg := legacyCondition(t, gv.GetStatus())
-	nAbnormal, nmsg := legacyCondition(t, st)
+	abnormal, cmsg := testdisk.LegacyCondition(t, gv.GetStatus())
+	nAbnormal, nmsg := testdisk.LegacyCondition(t, st)
 	if abnormal != nAbnormal || cmsg != nmsg {
 		t.Errorf("ControllerGetVolume condition (%v, %q) differs from NodeGetVolumeStats' (%v, %q)", abnormal, cmsg, nAbnormal, nmsg)
 	}
@@ -253,8 +254,8 @@ func checkVolume(t *testing.T, drv *driver.Driver, id string, fenced, degraded b
 }
 
 // withState returns a copy of arrays with array_state set to state.
-func withState(arrays []node.Array, state string) []node.Array {
-	out := append([]node.Array(nil), arrays...)
+func withState(arrays []Array, state string) []Array {
+	out := append([]Array(nil), arrays...)
 	for i := range out {
 		out[i].State = state
 	}
@@ -294,17 +295,26 @@ func TestArrayChange(t *testing.T) {
 	}
 }
 
+// watched lists mgr's pools for NewWatcher.
+func watched(mgr *node.Manager) []Pool {
+	var pools []Pool
+	for _, p := range mgr.Pools() {
+		pools = append(pools, Pool{Name: p.Name, Path: p.Path})
+	}
+	return pools
+}
+
 // newWatchedPool is an array watcher with the given period over one dir
 // pool "p" at path, whose arrays the test sets through ff.
-func newWatchedPool(t *testing.T, period time.Duration) (ff *fakeFinder, w *arrayWatcher, path string) {
+func newWatchedPool(t *testing.T, period time.Duration) (ff *fakeFinder, w *Watcher, path string) {
 	t.Helper()
-	ff = &fakeFinder{arrays: map[string][]node.Array{}}
+	ff = &fakeFinder{arrays: map[string][]Array{}}
 	mgr, err := node.New(node.Config{NodeID: "n1", Pools: []node.PoolConfig{{Name: "p", Path: t.TempDir(), Backend: node.BackendDir}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(mgr.Close)
-	return ff, newArrayWatcher(mgr.Pools(), period, ff.find), mgr.Pools()[0].Path
+	return ff, NewWatcher(watched(mgr), period, ff.find), mgr.Pools()[0].Path
 }
 
 // TestArrayWatcherRun: Run re-reads each period and stops with its context.
@@ -312,9 +322,9 @@ func TestArrayWatcherRun(t *testing.T) {
 	ff, w, path := newWatchedPool(t, 10*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { w.Run(ctx); close(done) }()
+	go func() { _ = w.Run(ctx); close(done) }()
 	ff.set(path, raid10(1, "idle", "in_sync", "faulty"), nil)
-	waitFor(t, "the watcher to see the degradation", func() bool { d, _ := w.PoolDegraded("p"); return d })
+	testdisk.WaitFor(t, "the watcher to see the degradation", func() bool { d, _ := w.PoolDegraded("p"); return d })
 	if pa := w.PoolArrays(); len(pa) != 1 || pa[0].Pool != "p" || len(pa[0].Arrays) != 1 {
 		t.Errorf("PoolArrays = %+v", pa)
 	}
@@ -336,7 +346,7 @@ func TestArrayWatcherDegradationNotices(t *testing.T) {
 	// Degraded before the callback is registered (a driver restart): it
 	// hears of it at registration.
 	ff.set(path, raid10(1, "idle", "in_sync", "faulty", "in_sync", "in_sync"), nil)
-	w.check()
+	w.Check()
 	var got []string
 	w.OnDegradation(func(pool string, degraded bool, detail string) {
 		got = append(got, fmt.Sprintf("%s degraded=%t %s", pool, degraded, detail))
@@ -347,7 +357,7 @@ func TestArrayWatcherDegradationNotices(t *testing.T) {
 
 	steps := []struct {
 		name    string
-		arrays  []node.Array
+		arrays  []Array
 		readErr error
 		want    string // substring of the one expected notice; "" for none
 	}{
@@ -364,7 +374,7 @@ func TestArrayWatcherDegradationNotices(t *testing.T) {
 	for _, st := range steps {
 		got = nil
 		ff.set(path, st.arrays, st.readErr)
-		w.check()
+		w.Check()
 		switch {
 		case st.want == "" && len(got) != 0:
 			t.Errorf("%s: notices %q, want none", st.name, got)
@@ -373,3 +383,8 @@ func TestArrayWatcherDegradationNotices(t *testing.T) {
 		}
 	}
 }
+
+var mountCapability = []*csi.VolumeCapability{{
+	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+}}

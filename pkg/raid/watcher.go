@@ -1,4 +1,4 @@
-package app
+package raid
 
 import (
 	"context"
@@ -7,13 +7,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/dhpp-io/dhpp/pkg/driver"
-	dhppmetrics "github.com/dhpp-io/dhpp/pkg/metrics"
-	"github.com/dhpp-io/dhpp/pkg/node"
 	"k8s.io/klog/v2"
 )
 
-// arrayWatcher re-reads the md arrays under every pool each period, logs
+// Watcher re-reads the md arrays under every pool each period, logs
 // when their state changes and answers, from its last reading, whether a
 // pool is degraded (for the CSI health RPCs) and what its arrays look like
 // (for /metrics). A degraded array keeps serving I/O, so degradation is
@@ -21,9 +18,9 @@ import (
 //
 // Polling sysfs costs a few small file reads per pool and period; reading
 // it on every health RPC instead would cost that per volume.
-type arrayWatcher struct {
-	find   func(path string) ([]node.Array, error)
-	pools  []arrayPool
+type Watcher struct {
+	find   func(path string) ([]Array, error)
+	pools  []Pool
 	period time.Duration
 
 	mu    sync.RWMutex
@@ -32,63 +29,59 @@ type arrayWatcher struct {
 	notify func(pool string, degraded bool, detail string)
 }
 
-type arrayPool struct{ name, path string }
+// Pool is a pool to watch: its name and directory.
+type Pool struct{ Name, Path string }
 
 // arrayState is one pool's last reading. After a failed read the arrays of
 // the last successful one are kept: a degradation must not vanish from
 // the reports because sysfs could not be read once.
 type arrayState struct {
-	arrays []node.Array
+	arrays []Array
 	err    string
 }
 
-var (
-	_ driver.PoolDegradation  = (*arrayWatcher)(nil)
-	_ dhppmetrics.ArraySource = (*arrayWatcher)(nil)
-)
+var _ Source = (*Watcher)(nil)
 
-func newArrayWatcher(pools []*node.Pool, period time.Duration, find func(string) ([]node.Array, error)) *arrayWatcher {
-	w := &arrayWatcher{find: find, period: period, state: map[string]arrayState{}}
-	for _, p := range pools {
-		w.pools = append(w.pools, arrayPool{name: p.Name, path: p.Path})
-	}
-	return w
+// NewWatcher returns a Watcher of pools that reads them with find (a
+// Finder's Arrays on a real system) every period once it runs.
+func NewWatcher(pools []Pool, period time.Duration, find func(path string) ([]Array, error)) *Watcher {
+	return &Watcher{find: find, pools: pools, period: period, state: map[string]arrayState{}}
 }
 
-// Run checks every period until ctx is done.
-func (w *arrayWatcher) Run(ctx context.Context) {
+// Run checks every period until ctx is done; it never fails.
+func (w *Watcher) Run(ctx context.Context) error {
 	t := time.NewTicker(w.period)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
-			w.check()
+			w.Check()
 		}
 	}
 }
 
-// check reads every pool's arrays once, logs what changed and tells
+// Check reads every pool's arrays once, logs what changed and tells
 // notify when a pool's degradation changed.
-func (w *arrayWatcher) check() {
+func (w *Watcher) Check() {
 	for _, p := range w.pools {
-		arrays, err := w.find(p.path)
+		arrays, err := w.find(p.Path)
 		w.mu.Lock()
-		old, seen := w.state[p.name]
+		old, seen := w.state[p.Name]
 		n := arrayState{arrays: arrays}
 		if err != nil {
 			n = arrayState{arrays: old.arrays, err: err.Error()}
 		}
-		w.state[p.name] = n
+		w.state[p.Name] = n
 		notify := w.notify
 		w.mu.Unlock()
 		logArrayChange(p, old, n, seen)
 		if notify != nil && degradationKey(old.arrays) != degradationKey(n.arrays) {
 			if d := degradedArrays(n.arrays); d != "" {
-				notify(p.name, true, d)
+				notify(p.Name, true, d)
 			} else {
-				notify(p.name, false, describeArrays(n.arrays))
+				notify(p.Name, false, describeArrays(n.arrays))
 			}
 		}
 	}
@@ -100,14 +93,14 @@ func (w *arrayWatcher) check() {
 // (degradationKey). f is called at once for every pool degraded now, so a
 // restarted driver reports a degradation that is still there. f must not
 // block.
-func (w *arrayWatcher) OnDegradation(f func(pool string, degraded bool, detail string)) {
+func (w *Watcher) OnDegradation(f func(pool string, degraded bool, detail string)) {
 	type degraded struct{ pool, detail string }
 	var now []degraded
 	w.mu.Lock()
 	w.notify = f
 	for _, p := range w.pools {
-		if d := degradedArrays(w.state[p.name].arrays); d != "" {
-			now = append(now, degraded{p.name, d})
+		if d := degradedArrays(w.state[p.Name].arrays); d != "" {
+			now = append(now, degraded{p.Name, d})
 		}
 	}
 	w.mu.Unlock()
@@ -118,16 +111,16 @@ func (w *arrayWatcher) OnDegradation(f func(pool string, degraded bool, detail s
 
 // logArrayChange logs a pool's array state when it differs from the last
 // reading.
-func logArrayChange(p arrayPool, old, n arrayState, seen bool) {
+func logArrayChange(p Pool, old, n arrayState, seen bool) {
 	msg, isErr := arrayChange(old, n, seen)
 	switch {
 	case msg == "":
 	case n.err != "":
-		klog.ErrorS(nil, msg, "pool", p.name, "path", p.path, "err", n.err)
+		klog.ErrorS(nil, msg, "pool", p.Name, "path", p.Path, "err", n.err)
 	case isErr:
-		klog.ErrorS(nil, msg, "pool", p.name, "path", p.path, "arrays", describeArrays(n.arrays))
+		klog.ErrorS(nil, msg, "pool", p.Name, "path", p.Path, "arrays", describeArrays(n.arrays))
 	default:
-		klog.InfoS(msg, "pool", p.name, "path", p.path, "arrays", describeArrays(n.arrays))
+		klog.InfoS(msg, "pool", p.Name, "path", p.Path, "arrays", describeArrays(n.arrays))
 	}
 }
 
@@ -161,7 +154,7 @@ func arrayChange(old, n arrayState, seen bool) (msg string, isErr bool) {
 // changeKey is what is worth a log line about arrays: everything but the
 // array_state flips between clean and active that md makes around every
 // burst of writes.
-func changeKey(arrays []node.Array) string {
+func changeKey(arrays []Array) string {
 	s := make([]string, len(arrays))
 	for i, a := range arrays {
 		switch a.State {
@@ -173,7 +166,7 @@ func changeKey(arrays []node.Array) string {
 	return strings.Join(s, "; ")
 }
 
-func describeArrays(arrays []node.Array) string {
+func describeArrays(arrays []Array) string {
 	s := make([]string, len(arrays))
 	for i, a := range arrays {
 		s[i] = a.String()
@@ -186,7 +179,7 @@ func describeArrays(arrays []node.Array) string {
 // one is broken. md counts a failed member as missing at once, so a second
 // failure changes the key, while removing a failed member, adding a
 // replacement and rebuild progress do not, until the rebuild completes.
-func degradationKey(arrays []node.Array) string {
+func degradationKey(arrays []Array) string {
 	var s []string
 	for _, a := range arrays {
 		if a.IsDegraded() {
@@ -197,7 +190,7 @@ func degradationKey(arrays []node.Array) string {
 }
 
 // degradedArrays describes the degraded ones among arrays, "" if none.
-func degradedArrays(arrays []node.Array) string {
+func degradedArrays(arrays []Array) string {
 	var s []string
 	for _, a := range arrays {
 		if a.IsDegraded() {
@@ -207,36 +200,22 @@ func degradedArrays(arrays []node.Array) string {
 	return strings.Join(s, "; ")
 }
 
-// PoolDegraded implements driver.PoolDegradation.
-func (w *arrayWatcher) PoolDegraded(pool string) (bool, string) {
+// PoolDegraded tells whether the pool's arrays, as last read, run without
+// full redundancy, and describes the degraded ones.
+func (w *Watcher) PoolDegraded(pool string) (bool, string) {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	d := degradedArrays(w.state[pool].arrays)
 	return d != "", d
 }
 
-// PoolArrays implements metrics.ArraySource.
-func (w *arrayWatcher) PoolArrays() []dhppmetrics.PoolArrays {
+// PoolArrays implements Source.
+func (w *Watcher) PoolArrays() []PoolArrays {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
-	out := make([]dhppmetrics.PoolArrays, 0, len(w.pools))
+	out := make([]PoolArrays, 0, len(w.pools))
 	for _, p := range w.pools {
-		out = append(out, dhppmetrics.PoolArrays{Pool: p.name, Arrays: w.state[p.name].arrays})
+		out = append(out, PoolArrays{Pool: p.Name, Arrays: w.state[p.Name].arrays})
 	}
 	return out
 }
-
-// arrayHealth is the driver's view of pool health: fencing from the
-// Monitor, degradation from the array watcher.
-type arrayHealth struct {
-	poolHealth
-	arrays *arrayWatcher
-}
-
-var (
-	_ driver.PoolHealth      = arrayHealth{}
-	_ driver.PoolDegradation = arrayHealth{}
-)
-
-// PoolDegraded implements driver.PoolDegradation.
-func (h arrayHealth) PoolDegraded(pool string) (bool, string) { return h.arrays.PoolDegraded(pool) }

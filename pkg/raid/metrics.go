@@ -1,9 +1,8 @@
-package metrics
+package raid
 
 import (
 	"strings"
 
-	"github.com/dhpp-io/dhpp/pkg/node"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -11,12 +10,12 @@ import (
 // a pool on plain disks.
 type PoolArrays struct {
 	Pool   string
-	Arrays []node.Array
+	Arrays []Array
 }
 
-// ArraySource gives the arrays under every pool, as last read; the driver's
-// array watcher (pkg/app) implements it.
-type ArraySource interface {
+// Source gives the arrays under every pool, as last read; Watcher
+// implements it.
+type Source interface {
 	PoolArrays() []PoolArrays
 }
 
@@ -31,18 +30,17 @@ var (
 		"1 while an md array under the pool recovers, resyncs or reshapes (md/sync_action), else 0.", []string{"pool", "array"}, nil)
 )
 
-// ArrayCollector is a prometheus.Collector of the pools' RAID state. Like
-// Collector it does no work of its own between scrapes; it reports the
-// source's latest reading.
-type ArrayCollector struct {
-	src ArraySource
+// Collector is a prometheus.Collector of the pools' RAID state. It does no
+// work of its own between scrapes; it reports the source's latest reading.
+type Collector struct {
+	src Source
 }
 
-// NewArrayCollector returns an ArrayCollector reading src at every scrape.
-func NewArrayCollector(src ArraySource) *ArrayCollector { return &ArrayCollector{src: src} }
+// NewCollector returns a Collector reading src at every scrape.
+func NewCollector(src Source) *Collector { return &Collector{src: src} }
 
 // Describe implements prometheus.Collector.
-func (c *ArrayCollector) Describe(ch chan<- *prometheus.Desc) {
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPoolDegraded, descArrayDegradedDevices, descArrayMembers, descArrayRebuilding} {
 		ch <- d
 	}
@@ -50,7 +48,7 @@ func (c *ArrayCollector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector: dhpp_pool_degraded for every
 // pool, the per-array series only for pools on md arrays.
-func (c *ArrayCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, pa := range c.src.PoolArrays() {
 		degraded := 0.0
 		for _, a := range pa.Arrays {
@@ -62,10 +60,14 @@ func (c *ArrayCollector) Collect(ch chan<- prometheus.Metric) {
 			for _, m := range a.Members {
 				count[m.Class()]++
 			}
-			for _, class := range node.MemberClasses {
+			for _, class := range MemberClasses {
 				ch <- prometheus.MustNewConstMetric(descArrayMembers, prometheus.GaugeValue, float64(count[class]), pa.Pool, a.Name, class)
 			}
-			ch <- prometheus.MustNewConstMetric(descArrayRebuilding, prometheus.GaugeValue, boolGauge(rebuilding(a.SyncAction)), pa.Pool, a.Name)
+			rebuild := 0.0
+			if rebuilding(a.SyncAction) {
+				rebuild = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descArrayRebuilding, prometheus.GaugeValue, rebuild, pa.Pool, a.Name)
 		}
 		ch <- prometheus.MustNewConstMetric(descPoolDegraded, prometheus.GaugeValue, degraded, pa.Pool)
 	}
@@ -79,11 +81,4 @@ func rebuilding(action string) bool {
 		return true
 	}
 	return false
-}
-
-func boolGauge(b bool) float64 {
-	if b {
-		return 1
-	}
-	return 0
 }

@@ -1,4 +1,4 @@
-package app
+package health_test
 
 import (
 	"path/filepath"
@@ -34,14 +34,14 @@ func TestDescribeStatus(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := describeStatus(tt.s); got != tt.want {
+			if got := tt.s.Describe(); got != tt.want {
 				t.Fatalf("got  %q\nwant %q", got, tt.want)
 			}
 		})
 	}
 }
 
-func TestPoolHealth(t *testing.T) {
+func TestPoolFenced(t *testing.T) {
 	mon, err := health.NewMonitor(health.DefaultConfig())
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +49,6 @@ func TestPoolHealth(t *testing.T) {
 	if err := mon.AddPool("a", filepath.Join(t.TempDir(), "health")); err != nil {
 		t.Fatal(err)
 	}
-	h := poolHealth{mon}
 	tests := []struct {
 		name       string
 		pool       string
@@ -65,7 +64,7 @@ func TestPoolHealth(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.act()
-			fenced, why := h.PoolFenced(tt.pool)
+			fenced, why := mon.PoolFenced(tt.pool)
 			if fenced != tt.wantFenced || !strings.Contains(why, tt.wantReason) || (!fenced && why != "") {
 				t.Fatalf("PoolFenced = %v, %q; want %v, %q", fenced, why, tt.wantFenced, tt.wantReason)
 			}
