@@ -27,11 +27,14 @@ func WaitFor(t testing.TB, what string, cond func() bool) {
 }
 
 // LegacyCondition decodes the VolumeCondition (field 2) that dhpp writes as
-// an unknown field for peers built against CSI <= 1.12, as they would. The
-// test fails if m carries none.
+// an unknown field for peers built against CSI <= 1.12 the way they would:
+// from m's marshaled bytes. The test fails if m carries none on the wire.
 func LegacyCondition(t testing.TB, m proto.Message) (abnormal bool, msg string) {
 	t.Helper()
-	raw := m.ProtoReflect().GetUnknown()
+	raw, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
 	found := false
 	for len(raw) > 0 {
 		num, typ, n := protowire.ConsumeTag(raw)
@@ -59,7 +62,7 @@ func LegacyCondition(t testing.TB, m proto.Message) (abnormal bool, msg string) 
 		}
 	}
 	if !found {
-		t.Fatalf("%T carries no legacy volume_condition", m)
+		t.Fatalf("%T carries no legacy volume_condition (field 2) on the wire", m)
 	}
 	return abnormal, msg
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/pkg/node"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -101,7 +102,7 @@ func TestHealthPerPool(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range lv.GetEntries() {
-		abnormal, msg := decodeLegacyCondition(t, e.GetStatus())
+		abnormal, msg := testdisk.LegacyCondition(t, e.GetStatus())
 		if want := e.GetVolume().GetVolumeContext()["dhpp.io/pool"] == "b"; abnormal != want {
 			t.Errorf("ListVolumes %s: abnormal %v (%q), want %v", e.GetVolume().GetVolumeId(), abnormal, msg, want)
 		}

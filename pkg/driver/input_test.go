@@ -8,11 +8,10 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/pkg/node"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 )
 
 // fakeHealth fences the pools it names.
@@ -243,7 +242,7 @@ func TestFencedPool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if abnormal, msg := decodeLegacyCondition(t, gv.Status); !abnormal || !strings.Contains(msg, "PoolFenced") {
+	if abnormal, msg := testdisk.LegacyCondition(t, gv.Status); !abnormal || !strings.Contains(msg, "PoolFenced") {
 		t.Fatalf("legacy VolumeCondition = %v %q, want abnormal PoolFenced", abnormal, msg)
 	}
 	sh, err := d.NodeGetStorageHealth(ctx, &csi.NodeGetStorageHealthRequest{})
@@ -253,54 +252,12 @@ func TestFencedPool(t *testing.T) {
 
 	delete(health, "default")
 	gv, _ = d.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: v.Volume.VolumeId})
-	if abnormal, _ := decodeLegacyCondition(t, gv.Status); abnormal {
+	if abnormal, _ := testdisk.LegacyCondition(t, gv.Status); abnormal {
 		t.Fatalf("legacy VolumeCondition still abnormal after recovery")
 	}
 	if _, err := d.CreateVolume(ctx, createReq("after", nil)); err != nil {
 		t.Fatalf("CreateVolume after recovery: %v", err)
 	}
-}
-
-// decodeLegacyCondition reads field 2 (CSI <= 1.12 VolumeCondition) the
-// way an old client would: from the marshaled bytes.
-func decodeLegacyCondition(t *testing.T, m proto.Message) (abnormal bool, msg string) {
-	t.Helper()
-	b, err := proto.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	found := false
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		b = b[n:]
-		if num == 2 && typ == protowire.BytesType {
-			cond, n := protowire.ConsumeBytes(b)
-			b = b[n:]
-			found = true
-			for len(cond) > 0 {
-				f, ft, n := protowire.ConsumeTag(cond)
-				cond = cond[n:]
-				switch {
-				case f == 1 && ft == protowire.VarintType:
-					v, n := protowire.ConsumeVarint(cond)
-					cond, abnormal = cond[n:], v != 0
-				case f == 2 && ft == protowire.BytesType:
-					s, n := protowire.ConsumeString(cond)
-					cond, msg = cond[n:], s
-				default:
-					n := protowire.ConsumeFieldValue(f, ft, cond)
-					cond = cond[n:]
-				}
-			}
-			continue
-		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		b = b[n:]
-	}
-	if !found {
-		t.Fatalf("no legacy volume_condition (field 2) on the wire")
-	}
-	return abnormal, msg
 }
 
 // FuzzCreateVolume: whatever the name, parameters and sizes, CreateVolume
