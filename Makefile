@@ -52,7 +52,7 @@ e2e:
 
 ## unit: the tests that need neither root nor tools (quick local loop).
 unit:
-	$(GO) test -count=1 -short ./pkg/...
+	$(GO) test -count=1 -short ./pkg/... ./internal/app/
 
 vet:
 	$(GO) vet ./...

@@ -11,7 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/dhpp-io/dhpp/pkg/app"
+	"github.com/dhpp-io/dhpp/internal/app"
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
 	"k8s.io/klog/v2"
 )

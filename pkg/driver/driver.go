@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -68,6 +69,9 @@ type Driver struct {
 	maxVolumes  int64
 	metrics     metrics.CSIMetricsManager
 	server      *grpc.Server
+	// serving is true while the gRPC server accepts connections on its
+	// listener (Serving).
+	serving atomic.Bool
 }
 
 // New makes a Driver.
@@ -150,9 +154,27 @@ func (d *Driver) Serve(ctx context.Context, l net.Listener) error {
 		}
 	}()
 	klog.InfoS("Serving CSI", "address", l.Addr().String(), "driver", dhpp.DriverName, "node", d.nodeID)
-	err := d.server.Serve(l)
+	err := d.server.Serve(servingListener{l, &d.serving})
+	d.serving.Store(false)
 	close(stopped)
 	return err
+}
+
+// Serving reports whether the CSI server is serving: its accept loop has
+// started on the listener and Serve has not returned. It is the driver's
+// liveness.
+func (d *Driver) Serving() bool { return d.serving.Load() }
+
+// servingListener marks the server as serving once its accept loop asks
+// for the first connection: from then on a client is answered.
+type servingListener struct {
+	net.Listener
+	serving *atomic.Bool
+}
+
+func (l servingListener) Accept() (net.Conn, error) {
+	l.serving.Store(true)
+	return l.Listener.Accept()
 }
 
 // logCalls logs every call with secrets stripped (protosanitizer), and every

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -221,4 +222,28 @@ func TestListenStaleAfterKill(t *testing.T) {
 		t.Fatalf("kill -9 should leave the socket behind: %v", err)
 	}
 	probe(t, serve(t, sock))
+}
+
+// TestServing: Serving (the driver's liveness) is false before Serve runs,
+// true while it accepts connections and false again once it returned.
+func TestServing(t *testing.T) {
+	d, _ := inputDriver(t, nil)
+	l, err := Listen(filepath.Join(t.TempDir(), "csi.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Serving() {
+		t.Fatal("Serving before Serve")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, l) }()
+	testdisk.WaitFor(t, "Serving", d.Serving)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if d.Serving() {
+		t.Fatal("Serving after Serve returned")
+	}
 }

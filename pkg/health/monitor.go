@@ -140,13 +140,13 @@ func (m *Monitor) Pools() []string {
 // Run probes every pool each Period until ctx is done. It runs one goroutine
 // per pool, plus at most one probe I/O goroutine per pool. It returns when the
 // pool goroutines have stopped; an I/O goroutine stuck in the kernel is not
-// waited for (it ends when the kernel returns).
-func (m *Monitor) Run(ctx context.Context) {
+// waited for (it ends when the kernel returns). It never fails.
+func (m *Monitor) Run(ctx context.Context) error {
 	m.mu.Lock()
 	if m.running {
 		m.mu.Unlock()
 		klog.ErrorS(nil, "Health monitor Run called twice; ignoring the second call")
-		return
+		return nil
 	}
 	m.running = true
 	pools := make([]*pool, 0, len(m.order))
@@ -163,6 +163,7 @@ func (m *Monitor) Run(ctx context.Context) {
 		wg.Go(func() { m.runPool(ctx, p) })
 	}
 	wg.Wait()
+	return nil
 }
 
 func (m *Monitor) runPool(ctx context.Context, p *pool) {

@@ -26,7 +26,7 @@ import (
 // without a Kubernetes API (none here), so client-go's Node informer is not
 // part of the figure.
 //
-//	go test -run '^$' -bench DriverRSS -benchtime 1x ./pkg/app/
+//	go test -run '^$' -bench DriverRSS -benchtime 1x ./internal/app/
 func BenchmarkDriverRSS(b *testing.B) {
 	testdisk.RequireRoot(b)
 	bin := filepath.Join(b.TempDir(), "dhpp-driver")
