@@ -10,12 +10,8 @@
 package metrics
 
 import (
-	"fmt"
-	"path/filepath"
-
 	"github.com/dhpp-io/dhpp/pkg/node"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
 
@@ -23,19 +19,12 @@ import (
 type Source interface {
 	Pools() []*node.Pool
 	ListVolumes() []*node.Volume
-	VolumeUsage(id, volumePath string) (node.Usage, error)
+	// VolumeAllocated is what a volume occupies by its backend's own
+	// account; accounted is false where the backend keeps none (dir).
+	VolumeAllocated(id string) (bytes int64, accounted bool, err error)
 }
 
 var _ Source = (*node.Manager)(nil)
-
-// loopImage is where the loop backend keeps a volume's image, relative to
-// the pool directory (pkg/node's on-disk layout: volumes/<name>/disk.img).
-// pkg/node does not export a per-volume allocation figure, so the collector
-// reads the image's allocated blocks itself; see docs/metrics.md.
-const (
-	dirVolumes = "volumes"
-	loopImage  = "disk.img"
-)
 
 var (
 	descPoolCapacity = prometheus.NewDesc("dhpp_pool_capacity_bytes",
@@ -80,9 +69,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // disk must not hide the health metrics that say it is dead.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	errs := 0
-	poolPath := map[string]string{}
 	for _, p := range c.src.Pools() {
-		poolPath[p.Name] = p.Path
 		ch <- prometheus.MustNewConstMetric(descPoolVolumes, prometheus.GaugeValue, float64(p.VolumeCount()), p.Name)
 		ch <- prometheus.MustNewConstMetric(descPoolQuarantined, prometheus.GaugeValue, float64(len(p.Quarantined())), p.Name)
 		missing := p.Missing() != nil
@@ -103,7 +90,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, v := range c.src.ListVolumes() {
 		name := volumeName(v)
 		ch <- prometheus.MustNewConstMetric(descVolumeCapacity, prometheus.GaugeValue, float64(v.CapacityBytes), v.Pool, name, string(v.Backend))
-		used, ok, err := c.used(v, poolPath[v.Pool])
+		// The scrape has no volume path (only the kubelet knows where a
+		// volume is staged), so "used" is what the volume costs the pool.
+		used, ok, err := c.src.VolumeAllocated(v.ID)
 		if err != nil {
 			errs++
 			klog.V(2).InfoS("Metrics: volume usage unreadable", "volume", v.ID, "err", err)
@@ -114,46 +103,6 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descScrapeErrors, prometheus.GaugeValue, float64(errs))
-}
-
-// used returns a volume's used bytes by its backend's accounting, and false
-// when the backend has none.
-func (c *Collector) used(v *node.Volume, poolPath string) (int64, bool, error) {
-	switch v.Backend {
-	case node.BackendBtrfs:
-		// The qgroup's referenced bytes; volumePath is not used by btrfs.
-		u, err := c.src.VolumeUsage(v.ID, "")
-		if err != nil {
-			return 0, false, err
-		}
-		return u.UsedBytes, true, nil
-	case node.BackendLoop:
-		// Without the staging path (which only the kubelet knows) the loop
-		// backend cannot statfs the volume's filesystem, so report what the
-		// image occupies on the pool's disk: its allocated blocks. That is
-		// what the volume costs the pool; it can exceed the filesystem's own
-		// "used" after files were deleted inside the image.
-		if poolPath == "" {
-			return 0, false, fmt.Errorf("volume %q: pool %q unknown", v.ID, v.Pool)
-		}
-		var st unix.Stat_t
-		img := filepath.Join(poolPath, dirVolumes, v.Name, loopImage)
-		if err := unix.Lstat(img, &st); err != nil {
-			return 0, false, fmt.Errorf("volume %q: stat image %s: %w", v.ID, img, err)
-		}
-		return st.Blocks * 512, true, nil
-	case node.BackendDir:
-		// statfs of a dir volume is the whole filesystem's: reporting it
-		// per volume would be wrong, and walking the tree is ruled out.
-		return 0, false, nil
-	}
-	// Any other backend (project quota, when it lands) accounts per volume
-	// without a path.
-	u, err := c.src.VolumeUsage(v.ID, "")
-	if err != nil {
-		return 0, false, err
-	}
-	return u.UsedBytes, true, nil
 }
 
 // volumeName is the name the volume was created with (the PV name), so the

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -48,6 +49,10 @@ type Usage struct {
 	HasInodes                             bool
 }
 
+// errNoAccount is Allocated's error for a backend that keeps no account
+// of what a volume occupies.
+var errNoAccount = errors.New("the backend keeps no per-volume account")
+
 // volumeDir is a volume's directory inside a pool, as backends see it.
 type volumeDir struct {
 	pool *Pool
@@ -77,8 +82,10 @@ type backend interface {
 	// where the volume is staged on this node, if it is ("" otherwise).
 	Resize(ctx context.Context, dir volumeDir, v *Volume, newSize int64) error
 	// Allocated is how many bytes of the pool's filesystem the volume
-	// occupies now (qgroup referenced bytes, image blocks); 0 where the
-	// backend cannot tell (dir), which makes capacity conservative.
+	// occupies now (qgroup referenced bytes, image blocks, project quota
+	// bytes), read through the pool's root; errNoAccount where the backend
+	// keeps no per-volume account (dir). Capacity counts a failure as 0,
+	// which makes it conservative.
 	Allocated(dir volumeDir, v *Volume) (int64, error)
 	// Usage reports the volume's space from the backend's own accounting;
 	// volumePath is where the volume is published, if known.

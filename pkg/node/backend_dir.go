@@ -29,7 +29,9 @@ func (b dirBackend) Create(_ context.Context, dir volumeDir, v *Volume) error {
 	return chmodRoot(b.pool.root, rel, v.Mode) // Mkdir's mode is masked by the umask
 }
 
-func (dirBackend) Allocated(volumeDir, *Volume) (int64, error) { return 0, nil }
+// Allocated: a directory volume has no account of its own (its size is
+// not enforced), and walking its tree is ruled out.
+func (dirBackend) Allocated(volumeDir, *Volume) (int64, error) { return 0, errNoAccount }
 
 func (dirBackend) Resize(context.Context, volumeDir, *Volume, int64) error { return nil }
 

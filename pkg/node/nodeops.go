@@ -379,6 +379,26 @@ func (m *Manager) showsDataDir(dir volumeDir, v *Volume, p string) bool {
 	return err == nil && st.IsDir() && os.SameFile(st, data)
 }
 
+// VolumeAllocated is how many bytes of its pool's filesystem a volume
+// occupies by its backend's own account, without a volume path (what
+// metrics report): btrfs qgroup referenced bytes, a loop image's allocated
+// blocks, the project quota's charged bytes. accounted is false, with no
+// error, for a backend that keeps no such account (dir).
+func (m *Manager) VolumeAllocated(id string) (bytes int64, accounted bool, err error) {
+	v, b, dir, err := m.volumeOp(id)
+	if err != nil {
+		return 0, false, err
+	}
+	n, err := b.Allocated(dir, v)
+	switch {
+	case errors.Is(err, errNoAccount):
+		return 0, false, nil
+	case err != nil:
+		return 0, false, fmt.Errorf("volume %q: %w", v.ID, err)
+	}
+	return n, true, nil
+}
+
 // VolumeUsage reports a volume's space from its backend's accounting;
 // volumePath, if not empty, must have passed CheckVolumePath.
 func (m *Manager) VolumeUsage(id, volumePath string) (Usage, error) {
