@@ -192,8 +192,8 @@ func (c Config) Validate() error {
 	if c.MaxVolumesPerNode < 0 {
 		return fmt.Errorf("--max-volumes-per-node must not be negative (got %d)", c.MaxVolumesPerNode)
 	}
-	if err := c.Health.Validate(); err != nil {
-		return healthFlagError(err)
+	if p := c.Health.Problems(healthFlag); len(p) > 0 {
+		return fmt.Errorf("health flags: %s", strings.Join(p, "; "))
 	}
 	if c.KubeletRegistration && !strings.HasPrefix(c.KubeletRegistrationPath, "/") {
 		return fmt.Errorf("--kubelet-registration-path %q must be absolute", c.KubeletRegistrationPath)
@@ -201,17 +201,13 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// healthFields maps health.Config's names in its errors to the flags.
-var healthFields = strings.NewReplacer(
-	"period", "--health-period", "timeout", "--health-timeout",
-	"failureThreshold", "--health-failure-threshold", "successThreshold", "--health-success-threshold",
-	"unfenceThreshold", "--health-unfence-threshold",
-)
-
-// healthFlagError turns health.Config.Validate's multi-line error into one
-// line naming the flags.
-func healthFlagError(err error) error {
-	msg := strings.TrimPrefix(err.Error(), "invalid health config: ")
-	msg = strings.ReplaceAll(msg, "\n", "; ")
-	return fmt.Errorf("health flags: %s", healthFields.Replace(msg))
+// healthFlags are the flags that set health.Config's fields.
+var healthFlags = map[string]string{
+	"Period": "--health-period", "Timeout": "--health-timeout",
+	"FailureThreshold": "--health-failure-threshold", "SuccessThreshold": "--health-success-threshold",
+	"UnfenceThreshold": "--health-unfence-threshold",
 }
+
+// healthFlag names a health.Config field in an error by its flag ("" for
+// a field no flag sets: health.Config's own name).
+func healthFlag(field string) string { return healthFlags[field] }

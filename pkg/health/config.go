@@ -1,8 +1,8 @@
 package health
 
 import (
-	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -49,35 +49,50 @@ func DefaultConfig() Config {
 }
 
 // Validate reports every invalid field at once, so a wrong flag set is fixed
-// in one round.
+// in one round; fields are named as in Go, starting lower case ("period").
 func (c Config) Validate() error {
-	var errs []error
+	if p := c.Problems(nil); len(p) > 0 {
+		return fmt.Errorf("invalid health config: %s", strings.Join(p, "\n"))
+	}
+	return nil
+}
+
+// Problems describes every invalid field, naming each field f of Config
+// ("Period", "FailureThreshold", ...) as rename(f), so a caller names them
+// the way its user set them (the driver: by flag). Where rename is nil or
+// returns "", the field is named as in Go, starting lower case ("period").
+func (c Config) Problems(rename func(field string) string) []string {
+	name := func(field string) string {
+		if rename != nil {
+			if n := rename(field); n != "" {
+				return n
+			}
+		}
+		return strings.ToLower(field[:1]) + field[1:]
+	}
+	var p []string
 	if c.Period <= 0 {
-		errs = append(errs, fmt.Errorf("period must be > 0, got %s", c.Period))
+		p = append(p, fmt.Sprintf("%s must be > 0, got %s", name("Period"), c.Period))
 	}
 	if c.Timeout <= 0 {
-		errs = append(errs, fmt.Errorf("timeout must be > 0, got %s", c.Timeout))
+		p = append(p, fmt.Sprintf("%s must be > 0, got %s", name("Timeout"), c.Timeout))
 	} else if c.Period > 0 && c.Timeout > c.Period {
 		// A longer timeout would let the next tick find the previous probe
 		// still running on every slow disk, i.e. a "stuck" failure that the
 		// timeout was meant to allow.
-		errs = append(errs, fmt.Errorf("timeout %s must not exceed period %s", c.Timeout, c.Period))
+		p = append(p, fmt.Sprintf("%s %s must not exceed %s %s", name("Timeout"), c.Timeout, name("Period"), c.Period))
 	}
-	if c.FailureThreshold < 1 {
-		errs = append(errs, fmt.Errorf("failureThreshold must be >= 1, got %d", c.FailureThreshold))
-	}
-	if c.SuccessThreshold < 1 {
-		errs = append(errs, fmt.Errorf("successThreshold must be >= 1, got %d", c.SuccessThreshold))
-	}
-	if c.UnfenceThreshold < 1 {
-		errs = append(errs, fmt.Errorf("unfenceThreshold must be >= 1, got %d", c.UnfenceThreshold))
+	for _, t := range []struct {
+		field string
+		v     int
+	}{{"FailureThreshold", c.FailureThreshold}, {"SuccessThreshold", c.SuccessThreshold}, {"UnfenceThreshold", c.UnfenceThreshold}} {
+		if t.v < 1 {
+			p = append(p, fmt.Sprintf("%s must be >= 1, got %d", name(t.field), t.v))
+		}
 	}
 	if c.ProbeBytes < directIOAlign || c.ProbeBytes > maxProbeBytes || c.ProbeBytes%directIOAlign != 0 {
-		errs = append(errs, fmt.Errorf("probeBytes must be a multiple of %d between %d and %d, got %d",
-			directIOAlign, directIOAlign, maxProbeBytes, c.ProbeBytes))
+		p = append(p, fmt.Sprintf("%s must be a multiple of %d between %d and %d, got %d",
+			name("ProbeBytes"), directIOAlign, directIOAlign, maxProbeBytes, c.ProbeBytes))
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("invalid health config: %w", errors.Join(errs...))
-	}
-	return nil
+	return p
 }
