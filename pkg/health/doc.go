@@ -47,7 +47,7 @@
 //     last N writes worked.
 //
 // So a fenced pool stays fenced until someone calls Unfence (the driver wires
-// that to kubectl, e.g. removing a node label). While fenced the probe keeps
+// that to an annotation: kubectl annotate node NODE unfence.dhpp.io/POOL=now). While fenced the probe keeps
 // running and Status counts ConsecutiveSuccesses, so the operator can see
 // "fenced, 240 clean probes since" before deciding. Unfencing a disk that is
 // still broken is safe: it is fenced again after FailureThreshold failures.
@@ -83,5 +83,7 @@
 //
 // The driver creates one Monitor per node, calls AddPool for each pool
 // (probe file <pool>/.dhpp/health), Register for metrics, OnChange for
-// Events and node labels, then Run. CreateVolume and GetCapacity ask Fenced.
+// Events and node labels, then Run. The driver asks PoolFenced (CreateVolume,
+// GetCapacity, the volume health RPCs). RAID degradation, which is reported
+// but never fenced, is pkg/raid's.
 package health

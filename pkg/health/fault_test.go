@@ -159,7 +159,7 @@ func (h *harness) waitSuccesses(n int, within time.Duration) {
 // against the design bound.
 func (h *harness) assertFencedInTime(fault time.Time, reasons ...Reason) {
 	h.t.Helper()
-	cfg := h.m.Config()
+	cfg := h.m.cfg
 	at := h.waitState(Fenced, fenceBound(cfg)+10*time.Second)
 	took := at.Sub(fault)
 	s, _ := h.m.Status("p")

@@ -89,9 +89,6 @@ func NewMonitor(cfg Config, opts ...Option) (*Monitor, error) {
 	return m, nil
 }
 
-// Config returns the Monitor's configuration.
-func (m *Monitor) Config() Config { return m.cfg }
-
 // AddPool adds a pool whose probe file is probeFile (the driver uses
 // <pool>/.dhpp/health). The file is created on the first probe; a pool whose
 // disk is already broken is added anyway and fenced by its probes. Pools must

@@ -78,8 +78,10 @@ type backend interface {
 	// Create carves the storage of v inside dir (which exists and is empty)
 	// and may fill backend fields of v (e.g. SubvolumeID).
 	Create(ctx context.Context, dir volumeDir, v *Volume) error
-	// Resize makes the volume's storage newSize bytes large; stagingPath is
-	// where the volume is staged on this node, if it is ("" otherwise).
+	// Resize makes the volume's storage newSize bytes large. A staged
+	// volume grows online (loop: the attached device learns the new size
+	// and a mounted filesystem is grown); a loop volume that is not staged
+	// has its filesystem grown at its next Stage.
 	Resize(ctx context.Context, dir volumeDir, v *Volume, newSize int64) error
 	// Allocated is how many bytes of the pool's filesystem the volume
 	// occupies now (qgroup referenced bytes, image blocks, project quota
@@ -93,9 +95,11 @@ type backend interface {
 	// Destroy releases what a plain recursive removal cannot (subvolumes,
 	// loop devices) before a trashed volume is removed.
 	Destroy(ctx context.Context, dir volumeDir) error
-	// Stage prepares the volume on this node (loop: attach + mount). The
-	// caller has checked that stagingPath is either the volume's staging
-	// mount already or free to mount onto.
+	// Stage prepares the volume on this node: loop binds its image to a
+	// loop device and mounts a Filesystem volume at stagingPath; the
+	// directory backends have nothing to prepare (PublishSource is their
+	// data directory). The caller has checked that stagingPath is either the
+	// volume's staging mount already or free to mount onto.
 	Stage(ctx context.Context, dir volumeDir, v *Volume, stagingPath string, mountFlags []string) error
 	// Unstage undoes Stage after the caller unmounted the staging mount:
 	// it releases what Stage holds besides the mount (loop devices).

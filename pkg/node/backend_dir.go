@@ -11,8 +11,8 @@ import (
 
 // dirBackend carves a volume as a plain directory. Nothing stops a pod from
 // writing past the volume's size: the size is bookkeeping for the scheduler
-// and is reported as not enforced (Pool.SizeEnforced, the backends table in
-// the README, the volume context). Use it only where nothing stronger works.
+// and is reported as not enforced (the "Pool backend selected" log line, the
+// backends table in the README; the volume context names the backend). Use it only where nothing stronger works.
 type dirBackend struct{ pool *Pool }
 
 func (dirBackend) Kind() BackendKind                        { return BackendDir }

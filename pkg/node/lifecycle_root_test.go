@@ -178,7 +178,7 @@ func testLifecycle(t *testing.T, fsType string, kind BackendKind, size int64, lo
 	// Size enforcement.
 	big := filepath.Join(target, "big")
 	n, werr := writeUntilError(t, big, 2*size)
-	if m.Pools()[0].SizeEnforced() {
+	if m.Pools()[0].backend.Enforced() {
 		if !isQuotaErr(werr) {
 			t.Fatalf("wrote %d bytes into a %d-byte volume, error %v; want EDQUOT/ENOSPC", n, size, werr)
 		}
@@ -343,7 +343,7 @@ func checkGrown(t *testing.T, m *Manager, id, target string, size int64) {
 	if err != nil || v.CapacityBytes != size || v.Phase != PhaseReady {
 		t.Fatalf("after expand: %+v, %v; want %d bytes, Ready", v, err, size)
 	}
-	if !m.Pools()[0].SizeEnforced() {
+	if !m.Pools()[0].backend.Enforced() {
 		return
 	}
 	big := filepath.Join(target, "big")

@@ -250,9 +250,6 @@ func (p *Pool) Backend() BackendKind {
 	return p.backend.Kind()
 }
 
-// SizeEnforced reports whether the pool's new volumes have enforced sizes.
-func (p *Pool) SizeEnforced() bool { return p.opened.Load() && p.backend.Enforced() }
-
 // Close releases the pool's file descriptors.
 func (p *Pool) Close() {
 	if p.rootFile != nil {

@@ -63,8 +63,8 @@ func testProjQuotaLifecycle(t *testing.T, mnt string, kind BackendKind, quotaErr
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
 	m := openManager(t, poolPath, BackendAuto, clock)
 	defer func() { m.Close() }()
-	if got := m.Pools()[0].Backend(); got != kind || !m.Pools()[0].SizeEnforced() {
-		t.Fatalf("auto picked %s (enforced %v) on %s with prjquota, want %s", got, m.Pools()[0].SizeEnforced(), kind, kind)
+	if got := m.Pools()[0].Backend(); got != kind || !m.Pools()[0].backend.Enforced() {
+		t.Fatalf("auto picked %s (enforced %v) on %s with prjquota, want %s", got, m.Pools()[0].backend.Enforced(), kind, kind)
 	}
 
 	v, err := m.CreateVolume(ctx, CreateRequest{Name: "pvc-1", RequiredBytes: size, AccessType: AccessMount, Mode: 0o777})

@@ -69,12 +69,6 @@ func (v *Volume) csiName() string {
 	return v.Name
 }
 
-// VolumeID returns the parsed ID.
-func (v *Volume) VolumeID() VolumeID {
-	id, _ := ParseVolumeID(v.ID)
-	return id
-}
-
 func (v *Volume) clone() *Volume {
 	c := *v
 	if v.Labels != nil {

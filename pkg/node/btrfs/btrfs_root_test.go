@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -30,6 +29,19 @@ func syncfs(t testing.TB, f *os.File) {
 	if err := unix.Syncfs(int(f.Fd())); err != nil {
 		t.Fatalf("syncfs: %v", err)
 	}
+}
+
+// waitRescan waits until no quota rescan runs on f's filesystem, as the
+// backend tells it: from the quota status.
+func waitRescan(t testing.TB, f *os.File) {
+	t.Helper()
+	testdisk.WaitFor(t, "the quota rescan", func() bool {
+		st, err := Status(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return !st.Rescanning
+	})
 }
 
 // fill writes 1 MiB chunks into path until total bytes are written or a
@@ -212,9 +224,7 @@ func TestQuotaEnable(t *testing.T) {
 			t.Fatalf("QuotaEnabled after enable #%d = %v, %v", i+1, on, err)
 		}
 	}
-	if err := WaitRescan(root); err != nil {
-		t.Fatal(err)
-	}
+	waitRescan(t, root)
 	id, err := SubvolumeID(open(t, filepath.Join(d.Dir, "before")))
 	if err != nil {
 		t.Fatal(err)
@@ -347,7 +357,7 @@ func TestUsagePerSubvolume(t *testing.T) {
 		}
 		ids[tc.name] = id
 		if tc.limit != 0 {
-			if err := SetLimitByID(root, id, tc.limit); err != nil {
+			if err := SetLimit(sv, tc.limit); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -374,42 +384,6 @@ func TestUsagePerSubvolume(t *testing.T) {
 	}
 }
 
-func TestDestroyQgroupAfterDelete(t *testing.T) {
-	d, root, vol, id := quotaDisk(t)
-	if _, err := fill(t, root, filepath.Join(d.Dir, "vol", "data"), 2<<20); err != nil {
-		t.Fatal(err)
-	}
-	vol.Close()
-	if err := DeleteSubvolume(root, "vol"); err != nil {
-		t.Fatal(err)
-	}
-	// Sync commits and wakes the cleaner, which drops the deleted tree;
-	// until it has, the kernel refuses with EBUSY. Without Sync this takes
-	// the 30 s commit interval, so a bound of 10 s shows that Sync works.
-	start := time.Now()
-	for {
-		if err := Sync(root); err != nil {
-			t.Fatal(err)
-		}
-		err := DestroyQgroup(root, id)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, unix.EBUSY) || time.Since(start) > 10*time.Second {
-			t.Fatalf("DestroyQgroup after %v: %v", time.Since(start), err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Logf("qgroup 0/%d gone %v after delete+Sync", id, time.Since(start))
-	if _, err := QgroupUsage(root, id); !errors.Is(err, ErrQgroupNotFound) {
-		t.Errorf("QgroupUsage after destroy: %v, want ErrQgroupNotFound", err)
-	}
-	// Destroying again is not an error.
-	if err := DestroyQgroup(root, id); err != nil {
-		t.Errorf("second DestroyQgroup: %v", err)
-	}
-}
-
 func BenchmarkQgroupUsage(b *testing.B) {
 	d := testdisk.New(b, "btrfs", diskSize)
 	root := open(b, d.Dir)
@@ -425,10 +399,11 @@ func BenchmarkQgroupUsage(b *testing.B) {
 		}
 		if i == 100 {
 			var err error
-			if id, err = SubvolumeID(open(b, filepath.Join(d.Dir, name))); err != nil {
+			sv := open(b, filepath.Join(d.Dir, name))
+			if id, err = SubvolumeID(sv); err != nil {
 				b.Fatal(err)
 			}
-			if err := SetLimitByID(root, id, 1<<30); err != nil {
+			if err := SetLimit(sv, 1<<30); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -471,12 +446,8 @@ func TestQuotaStatusAndRescan(t *testing.T) {
 	if err := EnableQuota(f); err != nil {
 		t.Fatal(err)
 	}
-	if err := WaitRescan(f); err != nil {
-		t.Fatal(err)
-	}
-	if err := Sync(f); err != nil {
-		t.Fatal(err)
-	}
+	waitRescan(t, f)
+	syncfs(t, f)
 	st, err := Status(f)
 	if err != nil || st.Inconsistent {
 		t.Fatalf("Status after enable = %+v, %v; want consistent", st, err)
@@ -487,7 +458,5 @@ func TestQuotaStatusAndRescan(t *testing.T) {
 	if err := StartRescan(f); err != nil {
 		t.Fatalf("StartRescan while one may run: %v", err)
 	}
-	if err := WaitRescan(f); err != nil {
-		t.Fatal(err)
-	}
+	waitRescan(t, f)
 }

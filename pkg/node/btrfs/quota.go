@@ -24,7 +24,7 @@ type Usage struct {
 
 // EnableQuota turns on qgroup accounting for the filesystem f is on. It is
 // idempotent: no error when quota is already on. Enabling starts a rescan of
-// existing data in the background; see WaitRescan.
+// existing data in the background; see Status and StartRescan.
 func EnableQuota(f *os.File) error {
 	on, err := QuotaEnabled(f)
 	if err != nil {
@@ -77,15 +77,6 @@ func QuotaEnabled(f *os.File) (bool, error) {
 	return false, nil
 }
 
-// WaitRescan blocks until a running quota rescan (started by EnableQuota on
-// a filesystem with data) has finished, so that usage figures are complete.
-func WaitRescan(f *os.File) error {
-	if err := ioctl(f, iocQuotaRescanWait, nil); err != nil {
-		return fmt.Errorf("wait for quota rescan on %s: %w", f.Name(), err)
-	}
-	return nil
-}
-
 // limitArgs encodes a max_rfer limit for qgroup 0/qgroupID (0 = the
 // subvolume of the file the ioctl is issued on). A zero limit clears it.
 func limitArgs(qgroupID, maxReferenced uint64) *qgroupLimitArgs {
@@ -103,18 +94,6 @@ func limitArgs(qgroupID, maxReferenced uint64) *qgroupLimitArgs {
 func SetLimit(subvol *os.File, maxReferenced uint64) error {
 	if err := ioctl(subvol, iocQgroupLimit, unsafe.Pointer(limitArgs(0, maxReferenced))); err != nil {
 		return fmt.Errorf("set qgroup limit %d on %s: %w", maxReferenced, subvol.Name(), err)
-	}
-	return nil
-}
-
-// SetLimitByID is SetLimit for the qgroup 0/subvolID, issued on any file f
-// of the filesystem (e.g. the pool directory).
-func SetLimitByID(f *os.File, subvolID, maxReferenced uint64) error {
-	if subvolID == 0 {
-		return errors.New("set qgroup limit: subvolume id 0")
-	}
-	if err := ioctl(f, iocQgroupLimit, unsafe.Pointer(limitArgs(subvolID, maxReferenced))); err != nil {
-		return fmt.Errorf("set qgroup limit %d on 0/%d via %s: %w", maxReferenced, subvolID, f.Name(), err)
 	}
 	return nil
 }
@@ -196,37 +175,6 @@ func decodeLimit(b []byte) (uint64, error) {
 		return 0, nil
 	}
 	return binary.LittleEndian.Uint64(b[8:16]), nil
-}
-
-// DestroyQgroup removes the qgroup 0/subvolID, a best-effort cleanup after
-// DeleteSubvolume. A qgroup that is already gone is not an error.
-//
-// The kernel refuses with EBUSY while the deleted subvolume is still being
-// dropped by the btrfs-cleaner thread, which on its own runs only every
-// commit interval (30 s by default); Sync wakes it at once. Kernels since
-// about 6.10 (measured here on 6.18) remove the qgroup of a fully dropped
-// subvolume by themselves, so there this mostly finds it gone already; older
-// kernels keep stale qgroups until they are destroyed.
-func DestroyQgroup(f *os.File, subvolID uint64) error {
-	a := &qgroupCreateArgs{create: 0, qgroupID: subvolID}
-	if err := ioctl(f, iocQgroupCreate, unsafe.Pointer(a)); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return nil
-		}
-		return fmt.Errorf("destroy qgroup 0/%d via %s: %w", subvolID, f.Name(), err)
-	}
-	return nil
-}
-
-// Sync commits the current transaction of the filesystem f is on and wakes
-// the btrfs-cleaner thread (BTRFS_IOC_SYNC), so that deleted subvolumes are
-// dropped and their space and qgroups released now rather than at the next
-// periodic commit.
-func Sync(f *os.File) error {
-	if err := ioctl(f, iocSync, nil); err != nil {
-		return fmt.Errorf("btrfs sync %s: %w", f.Name(), err)
-	}
-	return nil
 }
 
 // setExactKey makes k match exactly one key of one tree.

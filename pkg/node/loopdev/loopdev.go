@@ -243,41 +243,22 @@ func parseDevNumber(s string) (major, minor uint32, err error) {
 	return uint32(ma), uint32(mi), nil
 }
 
-// Detach unbinds dev (LOOP_CLR_FD). A device that is already free (ENXIO)
-// is not an error. If the device is still in use (mounted, or open in any
-// other process — udev's blkid and a concurrent `losetup -f` briefly open
-// loop devices too) the kernel cannot clear it now; it marks it autoclear
-// instead and returns success, so the release happens at the last close.
-// Callers that must know the binding is gone poll Find(backingFile).
-// Detach trusts the caller that dev is still theirs; see DetachFile.
-func Detach(dev string) error {
-	f, err := os.OpenFile(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", dev, err)
-	}
-	defer f.Close()
-	if err := unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0); err != nil {
-		if errors.Is(err, unix.ENXIO) {
-			return nil
-		}
-		return fmt.Errorf("detach %s: %w", dev, err)
-	}
-	klog.V(4).InfoS("Detached loop device", "device", dev)
-	return nil
-}
-
 // ErrOtherBacking is returned by DetachFile when the device is bound to a
 // different file than the one named.
 var ErrOtherBacking = errors.New("loop device is bound to another file")
 
-// DetachFile unbinds dev only if it is bound to backingFile (same device and
-// inode). Prefer it over Detach whenever the backing file is known: a loop
-// device number is reused by whoever attaches next, so a Detach that comes
-// late (a retry, a cleanup after an autoclear) could otherwise unbind
-// another user's device. The check and the LOOP_CLR_FD use one open
-// descriptor, and while that descriptor is open the kernel cannot release
-// the device (a concurrent clear is deferred to the last close), so the
-// binding cannot change between the two. A free device is not an error.
+// DetachFile unbinds dev (LOOP_CLR_FD) only if it is bound to backingFile
+// (same device and inode): a loop device number is reused by whoever
+// attaches next, so a detach that comes late (a retry, a cleanup after an
+// autoclear) could otherwise unbind another user's device. The check and
+// the LOOP_CLR_FD use one open descriptor, and while that descriptor is
+// open the kernel cannot release the device (a concurrent clear is deferred
+// to the last close), so the binding cannot change between the two. A free
+// device is not an error. If the device is still in use (mounted, or open
+// in any other process: udev's blkid and a concurrent `losetup -f` briefly
+// open loop devices too) the kernel cannot clear it now; it marks it
+// autoclear instead and returns success, so the release happens at the
+// last close. Callers that must know the binding is gone poll Find.
 func DetachFile(dev, backingFile string) error {
 	var st unix.Stat_t
 	if err := unix.Stat(backingFile, &st); err != nil {

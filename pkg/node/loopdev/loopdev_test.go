@@ -2,6 +2,7 @@ package loopdev
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -93,10 +94,24 @@ func detachOnCleanup(t *testing.T, dev, img string) {
 		if p, _ := parseBackingFile(string(b)); !strings.HasPrefix(p, dir) {
 			return // someone else's now
 		}
-		if err := Detach(dev); err != nil {
+		if err := clearLoop(dev); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
+}
+
+// clearLoop unbinds dev whatever its backing file (LOOP_CLR_FD): cleanup
+// of a test's own device, whose image may be gone by then.
+func clearLoop(dev string) error {
+	f, err := os.OpenFile(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0); err != nil && !errors.Is(err, unix.ENXIO) {
+		return fmt.Errorf("detach %s: %w", dev, err)
+	}
+	return nil
 }
 
 func sysAttr(dev, attr string) string {
@@ -204,8 +219,8 @@ func TestAttachFindDetach(t *testing.T) {
 			} else if !boundTo(dev, img) {
 				t.Errorf("%s unbound by close without autoclear", dev)
 			}
-			if err := Detach(dev); err != nil {
-				t.Errorf("Detach: %v", err)
+			if err := DetachFile(dev, img); err != nil {
+				t.Errorf("DetachFile: %v", err)
 			}
 			if !waitUnbound(dev, img, 2*time.Second) {
 				t.Errorf("%s still bound after Detach", dev)
@@ -379,9 +394,9 @@ func TestDetachWhileMounted(t *testing.T) {
 	if err := unix.Mount(dev, mnt, "ext4", 0, ""); err != nil {
 		t.Fatalf("mount %s: %v", dev, err)
 	}
-	if err := Detach(dev); err != nil {
+	if err := DetachFile(dev, img); err != nil {
 		unix.Unmount(mnt, unix.MNT_DETACH)
-		t.Fatalf("Detach while mounted: %v", err)
+		t.Fatalf("DetachFile while mounted: %v", err)
 	}
 	if !boundTo(dev, img) {
 		t.Errorf("mounted device unbound by Detach")
@@ -466,7 +481,7 @@ func TestDetachFile(t *testing.T) {
 	}
 }
 
-// A free device is not an error for either detach. The device is made with
+// A free device is not an error for DetachFile or DetachBacking. The device is made with
 // LOOP_CTL_ADD at a high number, so that no concurrent attach (which takes
 // the lowest free one) is likely to bind it meanwhile.
 func TestDetachFreeDevice(t *testing.T) {
@@ -496,14 +511,19 @@ func TestDetachFreeDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Detach(dev); err != nil {
-		t.Errorf("Detach(free %s) = %v, want nil", dev, err)
+	backing, err := os.Open(image(t, 1<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backing.Close()
+	if err := DetachBacking(dev, backing); err != nil {
+		t.Errorf("DetachBacking(free %s) = %v, want nil", dev, err)
 	}
 	if err := DetachFile(dev, image(t, 1<<20)); err != nil {
 		t.Errorf("DetachFile(free %s) = %v, want nil", dev, err)
 	}
-	if err := Detach(filepath.Join(t.TempDir(), "loop-missing")); err == nil {
-		t.Errorf("Detach of a missing node succeeded")
+	if err := DetachBacking(filepath.Join(t.TempDir(), "loop-missing"), backing); err == nil {
+		t.Errorf("DetachBacking of a missing node succeeded")
 	}
 }
 
