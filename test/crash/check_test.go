@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dhpp-io/dhpp/pkg/dhpp"
+	"golang.org/x/sys/unix"
 )
 
 // The invariants, checked after every restart while the workers are
@@ -37,7 +39,9 @@ func (h *harness) checkAfterRestart() {
 			h.checkUsable(v)
 		}
 	}
-	h.checkListedExactly(h.listVolumes())
+	listed = h.listVolumes()
+	h.checkListedExactly(listed)
+	h.checkCapacity(listed)
 	h.checkLoopDevices()
 	h.checkMounts()
 }
@@ -274,6 +278,60 @@ func (h *harness) checkUsable(v *vol) {
 		h.checkData(v, v.target)
 		if v.capMin > v.reqBytes {
 			h.checkGrown(v)
+		}
+		if err := h.volumeStats(v); err != nil {
+			h.fail(v, "NodeGetVolumeStats at the publish target after restart #%d: %v", h.kills.Load(), err)
+		}
+	}
+}
+
+// volumeStats asks NodeGetVolumeStats at the publish target, as the
+// kubelet does every minute, and checks the answer is a sane usage.
+func (h *harness) volumeStats(v *vol) error {
+	var resp *csi.NodeGetVolumeStatsResponse
+	o, err := h.call(v, "NodeGetVolumeStats", "", func(ctx context.Context, inc *incarnation) error {
+		var err error
+		resp, err = inc.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: v.id, VolumePath: v.target, StagingTargetPath: v.staging})
+		return err
+	})
+	if o != ok {
+		return err
+	}
+	for _, u := range resp.GetUsage() {
+		if u.GetUnit() == csi.VolumeUsage_BYTES && (u.GetTotal() <= 0 || u.GetUsed() < 0 || u.GetUsed() > u.GetTotal()) {
+			return fmt.Errorf("bytes usage total=%d used=%d available=%d", u.GetTotal(), u.GetUsed(), u.GetAvailable())
+		}
+	}
+	return nil
+}
+
+// checkCapacity: after a restart no pool offers more than its size minus
+// the sizes of its volumes (reservations of creates cut off by the kill
+// must not have turned into space promised twice).
+func (h *harness) checkCapacity(listed map[string]*csi.Volume) {
+	for _, p := range h.pools {
+		var sum int64
+		for _, cv := range listed {
+			if cv.GetVolumeContext()[dhpp.ContextPool] == p.name {
+				sum += cv.GetCapacityBytes()
+			}
+		}
+		var st unix.Statfs_t
+		if err := unix.Statfs(p.path, &st); err != nil {
+			h.failf("statfs %s: %v", p.path, err)
+			continue
+		}
+		total := int64(st.Blocks) * st.Bsize
+		ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+		resp, err := h.d.current().ctl.GetCapacity(ctx, &csi.GetCapacityRequest{
+			VolumeCapabilities: []*csi.VolumeCapability{mountCap}, Parameters: map[string]string{dhpp.ParamPool: p.name},
+		})
+		cancel()
+		switch {
+		case err != nil:
+			h.failf("GetCapacity of pool %s after restart #%d: %v", p.name, h.kills.Load(), err)
+		case resp.GetAvailableCapacity() > total-sum:
+			h.failf("after restart #%d pool %s offers %d bytes, more than its %d bytes minus the %d bytes of its volumes", h.kills.Load(), p.name, resp.GetAvailableCapacity(), total, sum)
 		}
 	}
 }

@@ -23,6 +23,9 @@ var (
 	flagMaxDelay = flag.Duration("crash.max-delay", 1500*time.Millisecond, "longest time the driver runs before a kill")
 )
 
+// slowRestart is a restart-to-ready time worth a look in the log.
+const slowRestart = 500 * time.Millisecond
+
 // minDelay is the shortest run before a kill: kills right after start-up
 // hit recovery racing the first calls.
 const minDelay = 10 * time.Millisecond
@@ -152,6 +155,9 @@ func (h *harness) killLoop(rng *rand.Rand, n int) {
 		h.stats.mu.Lock()
 		h.stats.restarts = append(h.stats.restarts, took)
 		h.stats.mu.Unlock()
+		if took > slowRestart {
+			h.t.Logf("restart #%d took %s to be ready; its log so far:\n%s", h.kills.Load(), took.Round(time.Millisecond), tail(h.d.current().log, 20))
+		}
 		h.checkAfterRestart()
 		h.gate.open()
 	}
