@@ -256,6 +256,13 @@ func (h *harness) checkUsable(v *vol) {
 		h.fail(v, "repeating CreateVolume of live volume %s after restart #%d: %v (answered %q)", v.id, h.kills.Load(), err, got.GetVolumeId())
 		return
 	}
+	if r, err := readRecord(h.poolPath(v.pool), v.name); err != nil {
+		h.fail(v, "record of live volume %s after restart #%d: %v", v.id, h.kills.Load(), err)
+		return
+	} else if v.capMin == v.capMax && (r.Phase != "Ready" || r.CapacityBytes != v.capMin) {
+		h.fail(v, "once every call converged after restart #%d, the record of %s says phase %s, %d bytes; want Ready, %d bytes", h.kills.Load(), v.id, r.Phase, r.CapacityBytes, v.capMin)
+		return
+	}
 	if v.staged == yes {
 		if o, err := h.stage(v); o != ok {
 			h.fail(v, "repeating NodeStageVolume at the same path after restart #%d: %v", h.kills.Load(), err)
@@ -264,6 +271,9 @@ func (h *harness) checkUsable(v *vol) {
 		if h.isLoop(v) && !isMounted(v.staging) {
 			h.fail(v, "loop volume %s is staged but %s is not a mount point after restart #%d", v.id, v.staging, h.kills.Load())
 			return
+		}
+		if h.isLoop(v) && v.pub != yes {
+			h.checkData(v, v.staging) // the volume's own filesystem, mounted at stage
 		}
 	}
 	if v.pub == yes {
