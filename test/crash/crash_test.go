@@ -108,7 +108,7 @@ func TestKillLoop(t *testing.T) {
 	h.gate.finish()
 	wg.Wait()
 
-	if inc := h.d.current(); !inc.killed.Load() {
+	if inc := h.d.current(); inc.running() {
 		h.checking = true // the final release is counted with the checks
 		h.releaseAll()
 		if err := h.d.stop(inc); err != nil {
@@ -131,7 +131,7 @@ func (h *harness) killLoop(rng *rand.Rand, n int) {
 		if rng.IntN(2) == 0 {
 			// Aimed (target_test.go); if no such call starts in time,
 			// the kill happens anyway, at that random moment.
-			h.aim.wait(rng, pickKind(rng), 2**flagMaxDelay)
+			h.aim.wait(rng, pickKind(rng), 2*(*flagMaxDelay))
 		} else {
 			select {
 			case <-time.After(killDelay(rng)):

@@ -179,6 +179,16 @@ func (d *driverProc) waitReady(inc *incarnation) error {
 	return fmt.Errorf("driver #%d not ready within %s; log:\n%s", inc.n, readyTimeout, tail(inc.log, 40))
 }
 
+// running reports whether the incarnation was neither killed nor exited.
+func (inc *incarnation) running() bool {
+	select {
+	case <-inc.exited:
+		return false
+	default:
+		return !inc.killed.Load()
+	}
+}
+
 // current is the running incarnation.
 func (d *driverProc) current() *incarnation { return d.cur.Load() }
 
