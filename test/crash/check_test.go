@@ -268,11 +268,11 @@ func (h *harness) checkUsable(v *vol) {
 			h.fail(v, "repeating NodeStageVolume at the same path after restart #%d: %v", h.kills.Load(), err)
 			return
 		}
-		if h.isLoop(v) && !isMounted(v.staging) {
+		if h.isLoop(v) && !v.block && !isMounted(v.staging) {
 			h.fail(v, "loop volume %s is staged but %s is not a mount point after restart #%d", v.id, v.staging, h.kills.Load())
 			return
 		}
-		if h.isLoop(v) && v.pub != yes {
+		if h.isLoop(v) && !v.block && v.pub != yes {
 			h.checkData(v, v.staging) // the volume's own filesystem, mounted at stage
 		}
 	}
@@ -369,9 +369,9 @@ func (h *harness) checkListedExactly(listed map[string]*csi.Volume) {
 const loopSettle = 3 * time.Second
 
 // checkLoopDevices: no loop device is bound to a trashed image, and every
-// loop device on a volume's image belongs to a staged volume whose
-// filesystem is mounted (one device per image: two would mean two
-// filesystems writing the same image). Problems must persist for
+// loop device on a volume's image belongs to a staged volume, whose
+// filesystem is mounted unless it is a block volume (one device per image:
+// two would mean two filesystems or writers on the same image). Problems must persist for
 // loopSettle to count.
 func (h *harness) checkLoopDevices() {
 	deadline := time.Now().Add(loopSettle)
@@ -434,7 +434,7 @@ func (h *harness) loopProblems() []problem {
 			out = append(out, problem{v, fmt.Sprintf("volume %s is not staged but its image is bound to %s", v.id, loopInfo(devs[0], mt))})
 		case v.staged == yes && len(devs) != 1:
 			out = append(out, problem{v, fmt.Sprintf("staged volume %s has %d loop devices on its image (%s), want 1", v.id, len(devs), strings.Join(devs, ", "))})
-		case v.staged == yes && !mountedDev[devs[0]]:
+		case v.staged == yes && !v.block && !mountedDev[devs[0]]:
 			out = append(out, problem{v, fmt.Sprintf("the loop device of staged volume %s is mounted nowhere: %s", v.id, loopInfo(devs[0], mt))})
 		}
 	}
@@ -456,7 +456,7 @@ func (h *harness) checkMounts() {
 		if v.broken {
 			continue
 		}
-		if v.live() && v.staged == yes && h.isLoop(v) {
+		if v.live() && v.staged == yes && h.isLoop(v) && !v.block {
 			want[v.staging] = true
 		}
 		if v.live() && v.pub == yes {
@@ -483,7 +483,7 @@ func (h *harness) checkMounts() {
 
 // checkData reads back every fsynced file of the volume through dir.
 func (h *harness) checkData(v *vol, dir string) {
-	err := checkFiles(dir, v.files)
+	err := checkFiles(dir, v.block && dir == v.target, v.files)
 	h.note(v, fmt.Sprintf("read back %d files", len(v.files)), err)
 	h.stats.mu.Lock()
 	h.stats.files += len(v.files)
@@ -499,6 +499,12 @@ func (h *harness) checkData(v *vol, dir string) {
 // than 78% means the filesystem was not grown.
 func (h *harness) checkGrown(v *vol) {
 	if !h.isLoop(v) {
+		return
+	}
+	if v.block {
+		if got, err := deviceBytes(v.target); err != nil || got < v.capMin {
+			h.fail(v, "block volume %s is %d bytes but the device at %s has %d bytes (%v)", v.id, v.capMin, v.target, got, err)
+		}
 		return
 	}
 	got, err := fsBytes(v.target)

@@ -2,6 +2,7 @@ package crash
 
 import (
 	"flag"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -116,6 +117,7 @@ func TestKillLoop(t *testing.T) {
 		}
 	}
 	t.Log(h.stats.summary(int(h.kills.Load()), h.aim.hitCounts(), time.Since(h.begin)))
+	t.Log(h.volumeCounts())
 }
 
 // killLoop kills and restarts the driver n times, at random moments or
@@ -196,4 +198,20 @@ func (h *harness) releaseAll() {
 	}
 	h.checkLoopDevices()
 	h.checkMounts()
+}
+
+// volumeCounts says how many volumes of each kind the run asked for.
+func (h *harness) volumeCounts() string {
+	n := map[string]int{}
+	for _, v := range h.allVols() {
+		switch {
+		case v.block:
+			n["loop block"]++
+		case h.isLoop(v):
+			n["loop ext4"]++
+		default:
+			n["btrfs"]++
+		}
+	}
+	return fmt.Sprintf("volumes asked for: %d btrfs, %d loop ext4, %d loop block", n["btrfs"], n["loop ext4"], n["loop block"])
 }

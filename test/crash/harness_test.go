@@ -23,9 +23,24 @@ const rpcTimeout = 2 * time.Minute
 // rest would mostly be consequences.
 const maxErrors = 8
 
-var mountCap = &csi.VolumeCapability{
-	AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
-	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+var (
+	mountCap = &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}
+	blockCap = &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}
+)
+
+// capability is how the volume is asked for and used: a filesystem, or
+// (loop pool only) the raw block device.
+func (v *vol) capability() *csi.VolumeCapability {
+	if v.block {
+		return blockCap
+	}
+	return mountCap
 }
 
 // pool is one --pool of the driver under test.
@@ -81,10 +96,10 @@ func (h *harness) allVols() []*vol {
 
 // newVol makes the model of a volume not yet asked for. Its kubelet-side
 // directory is made at its first stage.
-func (h *harness) newVol(name, pool string, reqBytes int64) *vol {
+func (h *harness) newVol(name, pool string, block bool, reqBytes int64) *vol {
 	dir := filepath.Join(h.volsDir, name)
 	v := &vol{
-		name: name, pool: pool, id: h.nodeID + "/" + pool + "/" + name, reqBytes: reqBytes,
+		name: name, pool: pool, id: h.nodeID + "/" + pool + "/" + name, reqBytes: reqBytes, block: block,
 		staging: filepath.Join(dir, "staging"), target: filepath.Join(dir, "target"),
 	}
 	h.addVol(v)
@@ -171,14 +186,18 @@ func (h *harness) createReq(v *vol) *csi.CreateVolumeRequest {
 	return &csi.CreateVolumeRequest{
 		Name:               v.name,
 		CapacityRange:      &csi.CapacityRange{RequiredBytes: v.reqBytes},
-		VolumeCapabilities: []*csi.VolumeCapability{mountCap},
+		VolumeCapabilities: []*csi.VolumeCapability{v.capability()},
 		Parameters:         map[string]string{dhpp.ParamPool: v.pool},
 	}
 }
 
 func (h *harness) create(v *vol) (outcome, *csi.Volume, error) {
 	var got *csi.Volume
-	o, err := h.call(v, "CreateVolume", fmt.Sprintf("(%s, %dMi)", v.pool, v.reqBytes>>20), func(ctx context.Context, inc *incarnation) error {
+	kind := "mount"
+	if v.block {
+		kind = "block"
+	}
+	o, err := h.call(v, "CreateVolume", fmt.Sprintf("(%s, %s, %dMi)", v.pool, kind, v.reqBytes>>20), func(ctx context.Context, inc *incarnation) error {
 		resp, err := inc.ctl.CreateVolume(ctx, h.createReq(v))
 		got = resp.GetVolume()
 		return err
@@ -199,7 +218,7 @@ func (h *harness) stage(v *vol) (outcome, error) {
 		return failed, err
 	}
 	return h.call(v, "NodeStageVolume", "", func(ctx context.Context, inc *incarnation) error {
-		_, err := inc.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging, VolumeCapability: mountCap})
+		_, err := inc.node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging, VolumeCapability: v.capability()})
 		return err
 	})
 }
@@ -214,7 +233,7 @@ func (h *harness) unstage(v *vol) (outcome, error) {
 func (h *harness) publish(v *vol) (outcome, error) {
 	return h.call(v, "NodePublishVolume", "", func(ctx context.Context, inc *incarnation) error {
 		_, err := inc.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{
-			VolumeId: v.id, StagingTargetPath: v.staging, TargetPath: v.target, VolumeCapability: mountCap,
+			VolumeId: v.id, StagingTargetPath: v.staging, TargetPath: v.target, VolumeCapability: v.capability(),
 		})
 		return err
 	})
@@ -233,7 +252,7 @@ func (h *harness) unpublish(v *vol) (outcome, error) {
 func (h *harness) expand(v *vol, size int64, volumePath string) (outcome, int64, error) {
 	rng := &csi.CapacityRange{RequiredBytes: size}
 	o, err := h.call(v, "ControllerExpandVolume", fmt.Sprintf("(%dMi)", size>>20), func(ctx context.Context, inc *incarnation) error {
-		_, err := inc.ctl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: v.id, CapacityRange: rng, VolumeCapability: mountCap})
+		_, err := inc.ctl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: v.id, CapacityRange: rng, VolumeCapability: v.capability()})
 		return err
 	})
 	if o != ok {
@@ -246,7 +265,7 @@ func (h *harness) expand(v *vol, size int64, volumePath string) (outcome, int64,
 	}
 	o, err = h.call(v, "NodeExpandVolume", fmt.Sprintf("(%dMi at %s)", size>>20, where), func(ctx context.Context, inc *incarnation) error {
 		resp, err := inc.node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{
-			VolumeId: v.id, VolumePath: volumePath, StagingTargetPath: v.staging, CapacityRange: rng, VolumeCapability: mountCap,
+			VolumeId: v.id, VolumePath: volumePath, StagingTargetPath: v.staging, CapacityRange: rng, VolumeCapability: v.capability(),
 		})
 		got = resp.GetCapacityBytes()
 		return err

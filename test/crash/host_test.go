@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -74,11 +75,57 @@ func writeFile(dir, name string, data []byte) error {
 	return d.Sync()
 }
 
-// checkFiles reads back every file written to the volume, through dir.
-func checkFiles(dir string, files []file) error {
+// writeBlock writes data at off of a block device and fsyncs the device.
+func writeBlock(dev string, off int64, data []byte) error {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(data, off); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// readBlock reads size bytes at off of a block device.
+func readBlock(dev string, off int64, size int) ([]byte, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, size)
+	n, err := f.ReadAt(b, off)
+	return b[:n], err
+}
+
+// deviceBytes is the size of a block device (or file).
+func deviceBytes(dev string) (int64, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return f.Seek(0, io.SeekEnd)
+}
+
+// checkFiles reads back every piece of data written to the volume: files
+// below dir, or ranges of the block device at dir when block is set.
+func checkFiles(dir string, block bool, files []file) error {
 	var bad []string
 	for _, f := range files {
-		b, err := os.ReadFile(filepath.Join(dir, f.name))
+		var b []byte
+		var err error
+		if block {
+			b, err = readBlock(dir, f.off, f.size)
+		} else {
+			b, err = os.ReadFile(filepath.Join(dir, f.name))
+		}
 		switch {
 		case err != nil:
 			bad = append(bad, fmt.Sprintf("%s: %v", f.name, err))

@@ -58,9 +58,11 @@ func (e event) String() string {
 	return s
 }
 
-// file is data the test wrote through a published mount and fsynced.
+// file is data the test wrote through a published mount and fsynced: a
+// file of that name, or for a block volume a range at offset off.
 type file struct {
 	name string
+	off  int64
 	size int
 	sum  [32]byte // sha256
 }
@@ -71,6 +73,7 @@ type file struct {
 type vol struct {
 	name, pool, id string
 	reqBytes       int64 // CreateVolume's required_bytes, for retries
+	block          bool  // a raw block volume (loop pool): data at offsets
 
 	exists  tri   // CreateVolume OK (yes) / in flight at a kill (maybe)
 	deleted tri   // DeleteVolume OK (yes) / in flight at a kill (maybe)

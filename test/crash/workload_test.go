@@ -18,6 +18,9 @@ const (
 	growMaxMiB    = 160 // no expansion past this
 	filesPerVol   = 24
 	maxFileBytes  = 32 << 10
+	// Block volumes are written in fixed slots, one write per slot alive.
+	blockSlots     = 16
+	blockSlotBytes = 256 << 10
 )
 
 type worker struct {
@@ -97,7 +100,10 @@ func (w *worker) create() {
 	w.seq++
 	p := h.pools[w.rng.IntN(len(h.pools))]
 	size := int64(minVolMiB+w.rng.IntN(maxVolMiB-minVolMiB+1)) << 20
-	v := h.newVol(fmt.Sprintf("w%d-%03d", w.id, w.seq), p.name, size)
+	// A quarter of the loop pool's volumes are raw block devices: their
+	// loop device is attached at stage without AutoClear.
+	block := p.backend == "loop" && w.rng.IntN(4) == 0
+	v := h.newVol(fmt.Sprintf("w%d-%03d", w.id, w.seq), p.name, block, size)
 	w.vols = append(w.vols, v)
 	o, got, err := h.create(v)
 	switch o {
@@ -175,9 +181,10 @@ func (w *worker) unpublish(v *vol) {
 }
 
 // write adds a file of random content through the published target and
-// fsyncs it; from then on it must read back unchanged.
+// fsyncs it (a block volume: writes a range of the device, replacing what
+// an earlier write put there); from then on it must read back unchanged.
 func (w *worker) write(v *vol) {
-	if len(v.files) >= filesPerVol {
+	if len(v.files) >= filesPerVol && !v.block {
 		w.h.checkData(v, v.target)
 		return
 	}
@@ -187,7 +194,15 @@ func (w *worker) write(v *vol) {
 		data[i] = byte(w.rng.Uint32())
 	}
 	f := file{name: fmt.Sprintf("f%03d", v.fileSeq), size: len(data), sum: sha256.Sum256(data)}
-	err := writeFile(v.target, f.name, data)
+	var err error
+	if v.block {
+		slot := w.rng.IntN(blockSlots)
+		f.name, f.off = fmt.Sprintf("slot %d", slot), int64(slot)*blockSlotBytes
+		v.files = slices.DeleteFunc(v.files, func(old file) bool { return old.off == f.off })
+		err = writeBlock(v.target, f.off, data)
+	} else {
+		err = writeFile(v.target, f.name, data)
+	}
 	w.h.note(v, fmt.Sprintf("write+fsync %s (%d bytes)", f.name, f.size), err)
 	if err != nil {
 		w.h.fail(v, "writing %s through the published target %s: %v", f.name, v.target, err)
@@ -200,7 +215,7 @@ func (w *worker) write(v *vol) {
 // offline (unstaged) with the staging directory as the volume path.
 func (w *worker) expand(v *vol, offline bool) {
 	h := w.h
-	if v.capMin >= growMaxMiB<<20 || (!offline && h.isLoop(v) && !h.onlineLoopGrow) {
+	if v.capMin >= growMaxMiB<<20 || (!offline && h.isLoop(v) && !v.block && !h.onlineLoopGrow) {
 		return
 	}
 	size := v.capMin + int64(4+w.rng.IntN(13))<<20
@@ -226,9 +241,9 @@ func (w *worker) expand(v *vol, offline bool) {
 		if !offline {
 			h.checkGrown(v)
 		}
-		v.growPending = offline && h.isLoop(v)
+		v.growPending = offline && h.isLoop(v) && !v.block
 	case uncertain:
-		v.growPending = offline && h.isLoop(v)
+		v.growPending = offline && h.isLoop(v) && !v.block
 		v.capMax = max(v.capMax, size)
 		v.expandTo, v.expandAt, v.pending = size, at, "expand"
 	case failed:
