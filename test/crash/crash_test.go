@@ -158,7 +158,9 @@ func (h *harness) killLoop(rng *rand.Rand, n int) {
 		h.stats.restarts = append(h.stats.restarts, took)
 		h.stats.mu.Unlock()
 		if took > slowRestart {
-			h.t.Logf("restart #%d took %s to be ready; its log so far:\n%s", h.kills.Load(), took.Round(time.Millisecond), tail(h.d.current().log, 20))
+			inc := h.d.current()
+			h.t.Logf("restart #%d took %s to be ready (exec at %s, socket accepting after %s, ready after %d Probe calls); its log so far:\n%s",
+				h.kills.Load(), took.Round(time.Millisecond), inc.started.Format("15:04:05.000000"), inc.listening.Round(time.Millisecond), inc.probes, tail(inc.log, 20))
 		}
 		h.checkAfterRestart()
 		h.gate.open()

@@ -61,6 +61,12 @@ type incarnation struct {
 	killed atomic.Bool
 	// stopping is set before a deliberate SIGTERM.
 	stopping atomic.Bool
+	// started is when it was exec'd; listening and probed are the times
+	// from then until the socket accepted and Probe answered ready, and
+	// probes how many Probe calls that took.
+	started           time.Time
+	listening, probed time.Duration
+	probes            int
 }
 
 func newDriverProc(t *testing.T, bin, workDir, nodeID string, pools []string) *driverProc {
@@ -102,7 +108,7 @@ func (d *driverProc) start() (time.Duration, error) {
 	// No Kubernetes: the driver runs without Node events (in-cluster
 	// config is looked up from these variables).
 	inc.cmd.Env = withoutKube(os.Environ())
-	begin := time.Now()
+	inc.started = time.Now()
 	if err := inc.cmd.Start(); err != nil {
 		logf.Close()
 		return 0, fmt.Errorf("start %s: %w", d.bin, err)
@@ -116,7 +122,7 @@ func (d *driverProc) start() (time.Duration, error) {
 	if err := d.waitReady(inc); err != nil {
 		return 0, err
 	}
-	return time.Since(begin), nil
+	return inc.probed, nil
 }
 
 func withoutKube(env []string) []string {
@@ -151,6 +157,7 @@ func (d *driverProc) waitReady(inc *incarnation) error {
 		}
 		if c, err := net.Dial("unix", d.sock); err == nil {
 			c.Close()
+			inc.listening = time.Since(inc.started)
 			break
 		}
 		if time.Now().After(deadline) {
@@ -171,7 +178,9 @@ func (d *driverProc) waitReady(inc *incarnation) error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		resp, err := inc.ident.Probe(ctx, &csi.ProbeRequest{})
 		cancel()
+		inc.probes++
 		if err == nil && (resp.GetReady() == nil || resp.GetReady().GetValue()) {
+			inc.probed = time.Since(inc.started)
 			return nil
 		}
 		time.Sleep(2 * time.Millisecond)
