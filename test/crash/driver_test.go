@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -165,7 +167,12 @@ func (d *driverProc) waitReady(inc *incarnation) error {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	conn, err := grpc.NewClient("unix://"+d.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// A short reconnection backoff: the driver may accept on its socket
+	// (claimed early, to refuse a second instance) before gRPC serves
+	// there, and gRPC's default first backoff of a second would be
+	// counted as start-up time.
+	conn, err := grpc.NewClient("unix://"+d.sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 2 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 50 * time.Millisecond}}))
 	if err != nil {
 		return err
 	}
@@ -215,7 +222,52 @@ func (d *driverProc) kill(inc *incarnation) error {
 		return fmt.Errorf("kill driver #%d (pgid %d): %w", inc.n, inc.cmd.Process.Pid, err)
 	}
 	<-inc.exited
-	return nil
+	return waitGroupGone(inc.cmd.Process.Pid)
+}
+
+// groupGoneTimeout bounds the wait for the killed driver's children.
+const groupGoneTimeout = 30 * time.Second
+
+// waitGroupGone waits until no live process is left in the process group,
+// as a container runtime waits for a killed container's cgroup to empty
+// before restarting it. A child caught between fork and exec still holds
+// copies of the driver's descriptors, its CSI socket and lock file among
+// them (seen: the old socket accepting connections after the driver was
+// reaped), and a child in uninterruptible sleep (umount) dies late.
+func waitGroupGone(pgid int) error {
+	deadline := time.Now().Add(groupGoneTimeout)
+	for {
+		left := groupMembers(pgid)
+		if len(left) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("processes of the killed driver's group %d still alive after %s: %s", pgid, groupGoneTimeout, strings.Join(left, ", "))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// groupMembers lists the live (not zombie) processes of a process group
+// as "pid(comm) state".
+func groupMembers(pgid int) []string {
+	var out []string
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, st := range stats {
+		b, err := os.ReadFile(st)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid pgrp ...; comm may hold spaces.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		f := strings.Fields(s[i+1:])
+		if len(f) < 3 || f[2] != strconv.Itoa(pgid) || f[0] == "Z" {
+			continue
+		}
+		out = append(out, strings.Replace(s[:i+1], " (", "(", 1)+" "+f[0])
+	}
+	return out
 }
 
 // stop ends the incarnation with SIGTERM, as the kubelet does, and

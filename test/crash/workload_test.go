@@ -102,7 +102,7 @@ func (w *worker) create() {
 	size := int64(minVolMiB+w.rng.IntN(maxVolMiB-minVolMiB+1)) << 20
 	// A quarter of the loop pool's volumes are raw block devices: their
 	// loop device is attached at stage without AutoClear.
-	block := p.backend == "loop" && w.rng.IntN(4) == 0
+	block := *flagBlock && p.backend == "loop" && w.rng.IntN(4) == 0
 	v := h.newVol(fmt.Sprintf("w%d-%03d", w.id, w.seq), p.name, block, size)
 	w.vols = append(w.vols, v)
 	o, got, err := h.create(v)
