@@ -150,10 +150,12 @@ func (h *harness) killLoop(rng *rand.Rand, n int) {
 		// No step starts after the kill; those under way meet it, and
 		// each ends with its call cut off (uncertain) or answered.
 		h.gate.close()
-		if err := h.d.kill(inc); err != nil {
+		lingered, err := h.d.kill(inc)
+		if err != nil {
 			h.failf("%v", err)
 			return
 		}
+		h.stats.lingered(lingered)
 		h.kills.Add(1)
 		h.gate.drain()
 		inc.conn.Close()

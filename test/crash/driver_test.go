@@ -208,21 +208,26 @@ func (inc *incarnation) running() bool {
 // current is the running incarnation.
 func (d *driverProc) current() *incarnation { return d.cur.Load() }
 
-// kill SIGKILLs the incarnation's whole process group and reaps it. It
-// reports an error if the driver had already exited on its own: that is
-// a crash the test did not cause.
-func (d *driverProc) kill(inc *incarnation) error {
+// kill SIGKILLs the incarnation's whole process group, reaps the driver
+// and waits for the rest of the group; lingered is how long that rest
+// outlived the driver. It reports an error if the driver had already
+// exited on its own: that is a crash the test did not cause.
+func (d *driverProc) kill(inc *incarnation) (lingered time.Duration, err error) {
 	select {
 	case <-inc.exited:
-		return fmt.Errorf("driver #%d had exited by itself before the kill (%v); log:\n%s", inc.n, inc.err, tail(inc.log, 40))
+		return 0, fmt.Errorf("driver #%d had exited by itself before the kill (%v); log:\n%s", inc.n, inc.err, tail(inc.log, 40))
 	default:
 	}
 	inc.killed.Store(true)
 	if err := syscall.Kill(-inc.cmd.Process.Pid, syscall.SIGKILL); err != nil {
-		return fmt.Errorf("kill driver #%d (pgid %d): %w", inc.n, inc.cmd.Process.Pid, err)
+		return 0, fmt.Errorf("kill driver #%d (pgid %d): %w", inc.n, inc.cmd.Process.Pid, err)
 	}
 	<-inc.exited
-	return waitGroupGone(inc.cmd.Process.Pid)
+	reaped := time.Now()
+	if err := waitGroupGone(inc.cmd.Process.Pid); err != nil {
+		return 0, err
+	}
+	return time.Since(reaped), nil
 }
 
 // groupGoneTimeout bounds the wait for the killed driver's children.

@@ -132,6 +132,20 @@ type stats struct {
 	// checks counts the checker's calls after restarts (retries of cut-off
 	// calls, repeated stage/publish/create), by outcome.
 	checks [3]int
+	// outlived counts kills after which children of the driver outlived
+	// it (a fork not yet exec'd, an umount in uninterruptible sleep);
+	// outlivedMax is the longest they did.
+	outlived    int
+	outlivedMax time.Duration
+}
+
+func (s *stats) lingered(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d > time.Millisecond {
+		s.outlived++
+		s.outlivedMax = max(s.outlivedMax, d)
+	}
 }
 
 func newStats() *stats {
@@ -190,8 +204,8 @@ func (s *stats) summary(kills int, aimed map[string]int, elapsed time.Duration) 
 	if len(r) > 0 {
 		p50, pmax = r[len(r)/2], r[len(r)-1]
 	}
-	return fmt.Sprintf("crash loop: %d kills in %s (aimed: %s); worker calls ok/failed/uncertain: %s; in flight at a kill: %s; after-restart retries and repeats ok/failed: %d/%d; fsynced file reads checked: %d; restart-to-ready p50 %s max %s",
-		kills, elapsed.Round(100*time.Millisecond), strings.Join(aims, " "), strings.Join(parts, ", "), strings.Join(inflight, " "), s.checks[ok], s.checks[failed], s.files,
+	return fmt.Sprintf("crash loop: %d kills in %s (aimed: %s); worker calls ok/failed/uncertain: %s; in flight at a kill: %s; after-restart retries and repeats ok/failed: %d/%d; fsynced file reads checked: %d; children outlived the driver after %d kills (max %s); restart-to-ready p50 %s max %s",
+		kills, elapsed.Round(100*time.Millisecond), strings.Join(aims, " "), strings.Join(parts, ", "), strings.Join(inflight, " "), s.checks[ok], s.checks[failed], s.files, s.outlived, s.outlivedMax.Round(time.Millisecond),
 		p50.Round(time.Millisecond), pmax.Round(time.Millisecond))
 }
 
