@@ -224,7 +224,8 @@ func (d *driverProc) kill(inc *incarnation) (lingered time.Duration, err error) 
 	}
 	<-inc.exited
 	reaped := time.Now()
-	if err := waitGroupGone(inc.cmd.Process.Pid); err != nil {
+	seen, err := waitGroupGone(inc.cmd.Process.Pid)
+	if err != nil || !seen {
 		return 0, err
 	}
 	return time.Since(reaped), nil
@@ -239,15 +240,17 @@ const groupGoneTimeout = 30 * time.Second
 // copies of the driver's descriptors, its CSI socket and lock file among
 // them (seen: the old socket accepting connections after the driver was
 // reaped), and a child in uninterruptible sleep (umount) dies late.
-func waitGroupGone(pgid int) error {
+// It reports whether any process was left.
+func waitGroupGone(pgid int) (seen bool, err error) {
 	deadline := time.Now().Add(groupGoneTimeout)
 	for {
 		left := groupMembers(pgid)
 		if len(left) == 0 {
-			return nil
+			return seen, nil
 		}
+		seen = true
 		if time.Now().After(deadline) {
-			return fmt.Errorf("processes of the killed driver's group %d still alive after %s: %s", pgid, groupGoneTimeout, strings.Join(left, ", "))
+			return true, fmt.Errorf("processes of the killed driver's group %d still alive after %s: %s", pgid, groupGoneTimeout, strings.Join(left, ", "))
 		}
 		time.Sleep(time.Millisecond)
 	}

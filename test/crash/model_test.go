@@ -142,7 +142,7 @@ type stats struct {
 func (s *stats) lingered(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if d > time.Millisecond {
+	if d > 0 {
 		s.outlived++
 		s.outlivedMax = max(s.outlivedMax, d)
 	}
