@@ -78,7 +78,7 @@ func TestKillLoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !online {
-		t.Log("no CAP_SYS_RESOURCE here: loop (ext4) volumes are only expanded offline, while unstaged")
+		t.Log("no CAP_SYS_RESOURCE here: ext4 loop volumes cannot grow while mounted; their filesystem grows at the next stage")
 	}
 	bin := buildDriver(t, work)
 	h := &harness{

@@ -88,9 +88,12 @@ type vol struct {
 	expandTo int64
 	// expandAt is where that expand was asked (target, or staging offline).
 	expandAt string
-	// growPending: a loop volume expanded while unstaged, whose
-	// filesystem grows at its next stage.
+	// growPending: a loop volume whose image grew while its filesystem
+	// could not (mounted, no CAP_SYS_RESOURCE): the next stage grows it
+	// offline. deferredTo is the size that expansion asked for; the
+	// NodeExpandVolume after that stage completes it.
 	growPending bool
+	deferredTo  int64
 
 	staging, target string // fixed per volume, as a kubelet's paths are
 	files           []file

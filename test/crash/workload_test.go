@@ -3,6 +3,7 @@ package crash
 import (
 	"crypto/sha256"
 	"fmt"
+	"google.golang.org/grpc/codes"
 	"math/rand/v2"
 	"slices"
 )
@@ -72,25 +73,25 @@ func (w *worker) step() {
 		case 0:
 			w.write(v)
 		case 1:
-			w.expand(v, false)
+			w.expand(v, true)
 		default:
 			w.unpublish(v)
 		}
 	case v.staged == yes:
-		switch w.pick(70, 30) {
+		switch w.pick(60, 25, 15) {
 		case 0:
 			w.publish(v)
-		default:
+		case 1:
 			w.unstage(v)
+		default:
+			w.expand(v, false)
 		}
 	default:
-		switch w.pick(55, 30, 15) {
+		switch w.pick(65, 35) {
 		case 0:
 			w.stage(v)
-		case 1:
-			w.delete(v)
 		default:
-			w.expand(v, true)
+			w.delete(v)
 		}
 	}
 }
@@ -118,7 +119,7 @@ func (w *worker) create() {
 		v.exists, v.pending = maybe, "create"
 	case failed:
 		v.exists = no
-		if !expansionRefused(err, false) {
+		if codeOf(err) != codes.ResourceExhausted {
 			h.fail(v, "CreateVolume failed: %v", err)
 		}
 	}
@@ -138,7 +139,8 @@ func (w *worker) delete(v *vol) {
 func (w *worker) stage(v *vol) {
 	switch o, err := w.h.stage(v); o {
 	case ok:
-		v.staged, v.growPending = yes, false
+		v.staged = yes
+		w.h.finishDeferredGrow(v)
 	case uncertain:
 		v.staged, v.pending = maybe, "stage"
 	case failed:
@@ -211,24 +213,25 @@ func (w *worker) write(v *vol) {
 	v.files = append(v.files, f)
 }
 
-// expand grows the volume by a few MiB: online at the publish target, or
-// offline (unstaged) with the staging directory as the volume path.
-func (w *worker) expand(v *vol, offline bool) {
+// expand grows the volume by a few MiB at its publish target, or (not
+// published) at its staging path, where the kubelet expands right after
+// NodeStageVolume. Without CAP_SYS_RESOURCE an ext4 loop volume cannot
+// grow while mounted: the driver answers so, keeps the grown image, and
+// grows the filesystem offline at the next stage (deferGrow).
+func (w *worker) expand(v *vol, atTarget bool) {
 	h := w.h
-	if v.capMin >= growMaxMiB<<20 || (!offline && h.isLoop(v) && !v.block && !h.onlineLoopGrow) {
+	if v.capMin >= growMaxMiB<<20 {
 		return
 	}
 	size := v.capMin + int64(4+w.rng.IntN(13))<<20
-	at := v.target
-	if offline {
-		// Larger steps offline: more block groups for resize2fs to add
-		// at the next stage, so a longer window for a kill to split.
+	if h.deferredGrow(v) {
+		// Larger steps: more block groups for resize2fs to add at the
+		// next stage, so a longer window for a kill to split.
 		size = v.capMin + int64(16+w.rng.IntN(33))<<20
-		at = v.staging
-		if err := mkdirAll(at); err != nil {
-			h.fail(v, "%v", err)
-			return
-		}
+	}
+	at := v.staging
+	if atTarget {
+		at = v.target
 	}
 	o, got, err := h.expand(v, size, at)
 	switch o {
@@ -238,17 +241,36 @@ func (w *worker) expand(v *vol, offline bool) {
 			return
 		}
 		v.capMin, v.capMax = got, max(v.capMax, got)
-		if !offline {
+		if atTarget {
 			h.checkGrown(v)
 		}
-		v.growPending = offline && h.isLoop(v) && !v.block
 	case uncertain:
-		v.growPending = offline && h.isLoop(v) && !v.block
 		v.capMax = max(v.capMax, size)
 		v.expandTo, v.expandAt, v.pending = size, at, "expand"
 	case failed:
-		if !expansionRefused(err, offline) {
-			h.fail(v, "expanding to %d bytes failed: %v", size, err)
+		h.expandFailed(v, size, err)
+	}
+}
+
+// finishDeferredGrow completes, after a stage, an expansion whose
+// filesystem growth waited for it: the stage grew the filesystem offline,
+// so the kubelet's retried NodeExpandVolume now succeeds.
+func (h *harness) finishDeferredGrow(v *vol) {
+	v.growPending = false
+	if v.deferredTo == 0 {
+		return
+	}
+	size := v.deferredTo
+	switch o, got, err := h.expand(v, size, v.staging); o {
+	case ok:
+		if got < size {
+			h.fail(v, "NodeExpandVolume to %d bytes answered %d bytes", size, got)
+			return
 		}
+		v.capMin, v.capMax, v.deferredTo = got, max(v.capMax, got), 0
+	case uncertain:
+		v.expandTo, v.expandAt, v.pending = size, v.staging, "expand"
+	case failed:
+		h.fail(v, "NodeExpandVolume after the stage that grew the filesystem offline: %v", err)
 	}
 }
