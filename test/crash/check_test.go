@@ -3,7 +3,6 @@ package crash
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -538,5 +537,3 @@ func isMounted(path string) bool {
 	_, ok := mt[path]
 	return ok
 }
-
-func mkdirAll(dir string) error { return os.MkdirAll(dir, 0o750) }
