@@ -40,22 +40,6 @@ func TestMountUsers(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountPath(t *testing.T) {
-	for in, want := range map[string]string{
-		"/plain":                     "/plain",
-		`/with\040space`:             "/with space",
-		`/tab\011and\012newline`:     "/tab\tand\nnewline",
-		`/back\134slash`:             `/back\slash`,
-		`/not\04`:                    `/not\04`,
-		`/bad\999escape`:             `/bad\999escape`,
-		`/pods/x/volumes/a\040b/mnt`: "/pods/x/volumes/a b/mnt",
-	} {
-		if got := unescapeMountPath(in); got != want {
-			t.Errorf("unescapeMountPath(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // TestBindsOf: a volume's publish targets are the mounts of the pool's
 // filesystem whose root is exactly its data directory; a subdirectory, a
 // neighbour with a common prefix, or another device are not.

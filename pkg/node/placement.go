@@ -9,9 +9,9 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
+	"github.com/dhpp-io/dhpp/pkg/node/mountinfo"
 	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
 )
@@ -48,39 +48,10 @@ func stagesMount(v *Volume) bool {
 	return v.Backend == BackendLoop && v.AccessType == AccessMount
 }
 
-// readMountTable parses the mount table with mount points and roots
-// unescaped (the kernel writes a space as \040), so they compare equal to
-// the paths a CO sends.
+// readMountTable parses the mount table with its paths unescaped, so they
+// compare equal to the paths a CO sends.
 func readMountTable(mountInfoPath string) ([]mount.MountInfo, error) {
-	infos, err := mount.ParseMountInfo(mountInfoPath)
-	if err != nil {
-		return nil, fmt.Errorf("read mount table: %w", err)
-	}
-	for i := range infos {
-		infos[i].MountPoint = unescapeMountPath(infos[i].MountPoint)
-		infos[i].Root = unescapeMountPath(infos[i].Root)
-	}
-	return infos, nil
-}
-
-// unescapeMountPath undoes the kernel's octal escapes (\040 space, \011
-// tab, \012 newline, \134 backslash) in a mountinfo path.
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return mountinfo.Read(mountInfoPath)
 }
 
 // mountAt returns the topmost mount at p (the last in table order), or nil.

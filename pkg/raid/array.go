@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/dhpp-io/dhpp/pkg/node/mountinfo"
 	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
 )
@@ -168,12 +169,9 @@ func (f Finder) Arrays(path string) ([]Array, error) {
 	if sys == "" {
 		sys = "/sys"
 	}
-	if mi == "" {
-		mi = "/proc/self/mountinfo"
-	}
-	infos, err := mount.ParseMountInfo(mi)
+	infos, err := mountinfo.Read(mi)
 	if err != nil {
-		return nil, fmt.Errorf("find arrays under %s: read mount table: %w", path, err)
+		return nil, fmt.Errorf("find arrays under %s: %w", path, err)
 	}
 	// The mount table lists real paths: resolve a pool configured through
 	// a symlink (best effort; a path that does not resolve is taken as is).

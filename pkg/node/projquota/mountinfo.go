@@ -1,14 +1,12 @@
 package projquota
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 
+	"github.com/dhpp-io/dhpp/pkg/node/mountinfo"
 	"golang.org/x/sys/unix"
+	mount "k8s.io/mount-utils"
 )
 
 // Mount is the part of a /proc/self/mountinfo entry this package needs.
@@ -44,67 +42,24 @@ func FindMount(f *os.File, mountInfoPath string) (Mount, error) {
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return Mount{}, fmt.Errorf("stat %s: %w", f.Name(), err)
 	}
-	if mountInfoPath == "" {
-		mountInfoPath = "/proc/self/mountinfo"
-	}
-	data, err := os.ReadFile(mountInfoPath)
+	infos, err := mountinfo.Read(mountInfoPath)
 	if err != nil {
-		return Mount{}, fmt.Errorf("read mount table: %w", err)
+		return Mount{}, err
 	}
-	m, ok := findMountByDev(data, unix.Major(uint64(st.Dev)), unix.Minor(uint64(st.Dev)))
+	major, minor := unix.Major(uint64(st.Dev)), unix.Minor(uint64(st.Dev))
+	m, ok := findMountByDev(infos, major, minor)
 	if !ok {
-		return Mount{}, fmt.Errorf("%s (device %d:%d) is not in %s", f.Name(), unix.Major(uint64(st.Dev)), unix.Minor(uint64(st.Dev)), mountInfoPath)
+		return Mount{}, fmt.Errorf("%s (device %d:%d) is not in the mount table", f.Name(), major, minor)
 	}
 	return m, nil
 }
 
-// findMountByDev parses mountinfo text and returns the first entry of the
-// device major:minor. The format (proc(5)):
-//
-//	36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-func findMountByDev(data []byte, major, minor uint32) (Mount, bool) {
-	want := strconv.FormatUint(uint64(major), 10) + ":" + strconv.FormatUint(uint64(minor), 10)
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 10 || fields[2] != want {
-			continue
+// findMountByDev returns the first entry of the device major:minor.
+func findMountByDev(infos []mount.MountInfo, major, minor uint32) (Mount, bool) {
+	for _, mi := range infos {
+		if uint32(mi.Major) == major && uint32(mi.Minor) == minor {
+			return Mount{MountPoint: mi.MountPoint, FSType: mi.FsType, Source: mi.Source, Options: mi.SuperOptions}, true
 		}
-		sep := -1
-		for i := 6; i < len(fields); i++ {
-			if fields[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+2 >= len(fields) {
-			continue
-		}
-		m := Mount{MountPoint: unescape(fields[4]), FSType: fields[sep+1], Source: unescape(fields[sep+2])}
-		if sep+3 < len(fields) {
-			m.Options = strings.Split(fields[sep+3], ",")
-		}
-		return m, true
 	}
 	return Mount{}, false
-}
-
-// unescape undoes the octal escapes (\040 for space, ...) of mountinfo.
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
