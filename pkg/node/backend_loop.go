@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/dhpp-io/dhpp/pkg/node/loopdev"
 	"golang.org/x/sys/unix"
@@ -446,14 +447,7 @@ func (b loopBackend) Stage(ctx context.Context, dir volumeDir, v *Volume, stagin
 		return err
 	}
 	if v.AccessType == AccessBlock {
-		if len(devs) > 0 {
-			return nil
-		}
-		f, err := loopdev.AttachFile(img, loopdev.Options{DirectIO: true})
-		if err != nil {
-			return err
-		}
-		return f.Close()
+		return b.stageBlock(img, v, devs)
 	}
 	if dev := b.sourceOf(stagingPath); dev != "" {
 		return b.growFs(dev, stagingPath) // staged already; catches up with an offline expand
@@ -481,6 +475,45 @@ func (b loopBackend) Stage(ctx context.Context, dir volumeDir, v *Volume, stagin
 		return b.growFs(dev, stagingPath)
 	}
 	return nil
+}
+
+// loopReleaseTimeout bounds how long Unstage and Stage wait for a detached
+// loop device that another process still has open to be released.
+var loopReleaseTimeout = 5 * time.Second
+
+// stageBlock makes sure a live loop device is bound to a Block volume's
+// image. dhpp binds Block images without AutoClear, so a device of the
+// image that has it is one an Unstage detached while someone had it open:
+// it goes at that process's last close, and must not be taken for staged.
+// Stage waits for it to go, then binds a fresh one (also if it lingers).
+func (b loopBackend) stageBlock(img *os.File, v *Volume, devs []string) error {
+	live, releasing := splitReleasing(devs)
+	if len(live) > 0 {
+		return nil
+	}
+	for _, dev := range releasing {
+		if err := loopdev.WaitReleased(dev, img, loopReleaseTimeout); err != nil {
+			klog.InfoS("Loop device being released is still held open; binding a fresh one", "volume", v.ID, "device", dev, "err", err)
+		}
+	}
+	f, err := loopdev.AttachFile(img, loopdev.Options{DirectIO: true})
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// splitReleasing separates a Block volume's devices that are being
+// released (see stageBlock) from the live ones.
+func splitReleasing(devs []string) (live, releasing []string) {
+	for _, dev := range devs {
+		if loopdev.Releasing(dev) {
+			releasing = append(releasing, dev)
+		} else {
+			live = append(live, dev)
+		}
+	}
+	return live, releasing
 }
 
 // openDevice returns a loop device bound to img, open: one found unmounted
@@ -546,8 +579,18 @@ func (b loopBackend) Unstage(_ context.Context, dir volumeDir, v *Volume, _ stri
 		// DetachBacking checks the binding on the same descriptor it
 		// detaches through, so a device number reused by someone else is
 		// left alone.
-		if err := loopdev.DetachBacking(dev, img); err != nil && !errors.Is(err, loopdev.ErrOtherBacking) {
-			klog.ErrorS(err, "Detaching loop device", "volume", v.ID, "device", dev)
+		if err := loopdev.DetachBacking(dev, img); err != nil {
+			if !errors.Is(err, loopdev.ErrOtherBacking) {
+				klog.ErrorS(err, "Detaching loop device", "volume", v.ID, "device", dev)
+			}
+			continue
+		}
+		// If another process has the device open (udev, or this
+		// driver's own FindFile for another volume), LOOP_CLR_FD only
+		// marks it autoclear; a Stage right after would find it still
+		// bound and then see it vanish. Return only once it is gone.
+		if err := loopdev.WaitReleased(dev, img, loopReleaseTimeout); err != nil {
+			return fmt.Errorf("%w: unstage volume %q: %v; retry when it is closed", ErrBusy, v.ID, err)
 		}
 	}
 	return nil
@@ -578,10 +621,11 @@ func (b loopBackend) PublishSource(dir volumeDir, v *Volume, stagingPath string)
 	if v.AccessType == AccessMount {
 		return stagingPath, nil
 	}
-	devs, err := b.devices(dir)
+	all, err := b.devices(dir)
 	if err != nil {
 		return "", err
 	}
+	devs, _ := splitReleasing(all)
 	if len(devs) == 0 {
 		return "", fmt.Errorf("%w: block volume %q is not staged on this node (no loop device)", ErrNotStaged, v.ID)
 	}

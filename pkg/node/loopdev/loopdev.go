@@ -420,3 +420,43 @@ func sameInode(dev string, st unix.Stat_t) bool {
 	}
 	return info.Device == st.Dev && info.Inode == st.Ino
 }
+
+// Releasing reports whether dev is bound with LO_FLAGS_AUTOCLEAR (sysfs
+// loop/autoclear), read without opening the device. For a device its owner
+// bound without AutoClear this means a LOOP_CLR_FD came while another
+// process had the device open: the kernel detaches it at that process's
+// last close, so the device is on its way out and must not be reused.
+func Releasing(dev string) bool {
+	b, err := os.ReadFile(filepath.Join(sysBlock, filepath.Base(dev), "loop", "autoclear"))
+	return err == nil && strings.TrimSpace(string(b)) == "1"
+}
+
+// releasePoll is how often WaitReleased looks at the device.
+const releasePoll = 10 * time.Millisecond
+
+// WaitReleased waits up to timeout until dev is no longer bound to backing:
+// unbound (its sysfs backing_file is gone, or the loop driver says ENXIO),
+// or bound to another file since. A LOOP_CLR_FD (DetachFile) on a device
+// that someone else has open, such as a Find in another goroutine reading
+// the status of every loop device, only marks it autoclear; this is how a
+// caller learns the binding is really gone. Returns an error wrapping
+// unix.EBUSY if the device is still bound to backing at the deadline.
+func WaitReleased(dev string, backing *os.File, timeout time.Duration) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(backing.Fd()), &st); err != nil {
+		return fmt.Errorf("stat %s: %w", backing.Name(), err)
+	}
+	backingPath := filepath.Join(sysBlock, filepath.Base(dev), "loop", "backing_file")
+	deadline := time.Now().Add(timeout)
+	for {
+		// sysfs first: polling it does not open the device, which would
+		// itself delay the release it waits for.
+		if _, err := os.Stat(backingPath); err != nil || !sameInode(dev, st) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("loop device %s is still bound to %s after %v (held open by another process): %w", dev, backing.Name(), timeout, unix.EBUSY)
+		}
+		time.Sleep(releasePoll)
+	}
+}
