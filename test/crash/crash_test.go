@@ -22,13 +22,9 @@ var (
 	flagWorkers  = flag.Int("crash.workers", 4, "concurrent CSI clients")
 	flagSeed     = flag.Uint64("crash.seed", 0, "random seed (0: from the clock; the seed is logged)")
 	flagMaxDelay = flag.Duration("crash.max-delay", 1500*time.Millisecond, "longest time the driver runs before a kill")
-	// Off by default until the block stage race is fixed: NodeUnstage of a
-	// block volume returns while its loop device is still bound (the
-	// LOOP_CLR_FD is deferred while a concurrent loopdev.Find of another
-	// volume holds the device open), an immediate NodeStage then accepts
-	// that dying device, and NodePublish fails "not staged (no loop
-	// device)". Turn on with -crash.block to reproduce it.
-	flagBlock = flag.Bool("crash.block", false, "also make raw block volumes on the loop pool")
+	// Raw block volumes on the loop pool; -crash.block=false leaves them
+	// out to tell a block problem from another.
+	flagBlock = flag.Bool("crash.block", true, "also make raw block volumes on the loop pool")
 )
 
 // slowRestart is a restart-to-ready time worth a look in the log.
