@@ -13,10 +13,23 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 )
 
 // LockSuffix names the lock file beside the CSI socket: <socket>.lock.
 const LockSuffix = ".lock"
+
+// ClaimWait bounds how long a starting instance waits for the socket's lock
+// to be freed, and for the socket to stop answering, before it refuses to
+// start. A driver killed with SIGKILL does not let go of them at once: a
+// child caught between fork and exec, or an umount in uninterruptible
+// sleep, still holds the lock file and the listening socket for a moment
+// (up to ~0.7 s seen), and an immediate restart must not fail on that. A
+// variable so tests keep the wait short.
+var ClaimWait = 5 * time.Second
+
+// claimPoll is how often a waiting claim tries again.
+const claimPoll = 50 * time.Millisecond
 
 // Listen listens on the unix socket at path, for as long as this process
 // is the only driver instance on it: LockSocket, then SocketLock.Listen.
@@ -46,17 +59,18 @@ type SocketLock struct {
 // on <path>.lock, held until Release or until the listener from Listen is
 // closed; the kernel drops it when the process dies, even by kill -9. It
 // also refuses when something answers on the socket without holding the
-// lock (a driver that predates the lock file).
+// lock (a driver that predates the lock file). Either is refused only if it
+// lasts ClaimWait.
 func LockSocket(path string) (*SocketLock, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, err
 	}
-	f, err := lockFile(path)
+	f, err := lockFile(path, ClaimWait)
 	if err != nil {
 		return nil, err
 	}
 	l := &SocketLock{path: path, file: f}
-	if err := checkNotServed(path); err != nil {
+	if err := checkNotServed(path, ClaimWait); err != nil {
 		l.Release()
 		return nil, err
 	}
@@ -71,7 +85,7 @@ func (l *SocketLock) Release() { l.once.Do(func() { l.file.Close() }) }
 // Anything at the path that is not a socket is left alone. Closing the
 // listener removes the socket, then releases the lock.
 func (l *SocketLock) Listen() (net.Listener, error) {
-	if err := checkNotServed(l.path); err != nil {
+	if err := checkNotServed(l.path, ClaimWait); err != nil {
 		return nil, err
 	}
 	if err := os.Remove(l.path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -84,15 +98,22 @@ func (l *SocketLock) Listen() (net.Listener, error) {
 	return &lockedListener{Listener: nl, lock: l}, nil
 }
 
-// lockFile takes the instance lock of the socket at path and writes this
-// process's id into the lock file, for the next instance's error message.
-func lockFile(path string) (*os.File, error) {
+// lockFile takes the instance lock of the socket at path, waiting up to
+// wait for a holder to let go, and writes this process's id into the lock
+// file, for the next instance's error message.
+func lockFile(path string, wait time.Duration) (*os.File, error) {
 	name := path + LockSuffix
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock file %s: %w", name, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+	err = retryFor(wait, func() (bool, error) {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		return errors.Is(err, unix.EWOULDBLOCK), err
+	}, func() {
+		klog.InfoS("The CSI socket's lock is held, waiting for it (what a killed instance left may still hold it)", "lock", name, "wait", wait)
+	})
+	if err != nil {
 		holder := "another process"
 		if b, rerr := os.ReadFile(name); rerr == nil {
 			if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil {
@@ -101,8 +122,8 @@ func lockFile(path string) (*os.File, error) {
 		}
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("another dhpp-driver instance (%s) serves the CSI socket %s: it holds the lock %s. Refusing to start, its socket is left alone; stop that instance first (find it with: fuser -v %s)",
-				holder, path, name, name)
+			return nil, fmt.Errorf("another dhpp-driver instance (%s) serves the CSI socket %s: it has held the lock %s for %v. Refusing to start, its socket is left alone; stop that instance first (find it with: fuser -v %s)",
+				holder, path, name, wait, name)
 		}
 		return nil, fmt.Errorf("lock %s: %w", name, err)
 	}
@@ -117,10 +138,45 @@ func lockFile(path string) (*os.File, error) {
 // Accept); a dead socket is refused at once.
 const connectTimeout = time.Second
 
+// retryFor calls try until it reports no retry is needed or wait has
+// passed, calling waiting once before the first pause; it returns try's
+// last error.
+func retryFor(wait time.Duration, try func() (retry bool, err error), waiting func()) error {
+	deadline := time.Now().Add(wait)
+	for first := true; ; first = false {
+		retry, err := try()
+		if !retry || time.Now().After(deadline) {
+			return err
+		}
+		if first {
+			waiting()
+		}
+		time.Sleep(claimPoll)
+	}
+}
+
 // checkNotServed returns nil if nothing is at path, or a socket on which
-// nobody listens; an error if something answers on it, or if path is not
-// a socket.
-func checkNotServed(path string) error {
+// nobody listens (or stopped answering within wait); an error if something
+// still answers on it, or if path is not a socket.
+func checkNotServed(path string, wait time.Duration) error {
+	err := retryFor(wait, func() (bool, error) {
+		err := checkNotServedNow(path)
+		return errors.Is(err, errServed), err
+	}, func() {
+		klog.InfoS("Something answers on the CSI socket, waiting for it to stop (what a killed instance left may still hold it)", "socket", path, "wait", wait)
+	})
+	if errors.Is(err, errServed) {
+		return fmt.Errorf("another process serves the CSI socket %s, still after %v (without holding %s%s, e.g. an older dhpp-driver); refusing to take it over. Find it with: ss -xlp | grep %s",
+			path, wait, path, LockSuffix, path)
+	}
+	return err
+}
+
+// errServed: something accepted a connection on the socket.
+var errServed = errors.New("socket is served")
+
+// checkNotServedNow is one look of checkNotServed.
+func checkNotServedNow(path string) error {
 	st, err := os.Lstat(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -133,8 +189,7 @@ func checkNotServed(path string) error {
 	c, err := net.DialTimeout("unix", path, connectTimeout)
 	if err == nil {
 		c.Close()
-		return fmt.Errorf("another process serves the CSI socket %s (without holding %s%s, e.g. an older dhpp-driver); refusing to take it over. Find it with: ss -xlp | grep %s",
-			path, path, LockSuffix, path)
+		return errServed
 	}
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		return fmt.Errorf("check whether anything serves the socket %s: %w", path, err)

@@ -24,6 +24,9 @@ import (
 const helperEnv = "DHPP_LISTEN_HELPER_SOCKET"
 
 func TestMain(m *testing.M) {
+	// Every refusal waits this long first; TestListenWaitsForKilledInstance
+	// sets a longer one.
+	ClaimWait = 300 * time.Millisecond
 	if sock := os.Getenv(helperEnv); sock != "" {
 		l, err := Listen(sock)
 		if err != nil {
@@ -126,10 +129,14 @@ func TestListenRefusesWhenServed(t *testing.T) {
 			sock := filepath.Join(t.TempDir(), "csi.sock")
 			check := tt.start(t, sock)
 			ino := inode(t, sock)
+			start := time.Now()
 			l, err := Listen(sock)
 			if err == nil {
 				l.Close()
 				t.Fatal("a second Listen on a served socket succeeded")
+			}
+			if took := time.Since(start); took < ClaimWait {
+				t.Errorf("refused after %v, before waiting ClaimWait (%v) for the first instance to go", took, ClaimWait)
 			}
 			for _, w := range tt.want {
 				if w = strings.ReplaceAll(w, "SOCK", sock); !strings.Contains(err.Error(), w) {
@@ -222,6 +229,53 @@ func TestListenStaleAfterKill(t *testing.T) {
 		t.Fatalf("kill -9 should leave the socket behind: %v", err)
 	}
 	probe(t, serve(t, sock))
+}
+
+// TestListenWaitsForKilledInstance: what a killed instance leaves holding
+// the lock or the listening socket for a moment (a child between fork and
+// exec) does not make the next instance refuse to start.
+func TestListenWaitsForKilledInstance(t *testing.T) {
+	defer func(d time.Duration) { ClaimWait = d }(ClaimWait)
+	ClaimWait = 5 * time.Second
+	const hold = 300 * time.Millisecond
+	tests := []struct {
+		name string
+		// hold keeps sock claimed and returns a function that lets go.
+		hold func(t *testing.T, sock string) func()
+	}{
+		{"lock held", func(t *testing.T, sock string) func() {
+			f, err := lockFile(sock, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return func() { f.Close() }
+		}},
+		{"socket answering without the lock", func(t *testing.T, sock string) func() {
+			l, err := net.Listen("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.(*net.UnixListener).SetUnlinkOnClose(false)
+			return func() { l.Close() }
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sock := filepath.Join(t.TempDir(), "csi.sock")
+			release := tt.hold(t, sock)
+			timer := time.AfterFunc(hold, release)
+			defer timer.Stop()
+			start := time.Now()
+			l, err := Listen(sock)
+			if err != nil {
+				t.Fatalf("Listen while the claim is let go after %v: %v", hold, err)
+			}
+			l.Close()
+			if took := time.Since(start); took < hold {
+				t.Fatalf("Listen returned after %v, before the claim was let go (%v)", took, hold)
+			}
+		})
+	}
 }
 
 // TestServing: Serving (the driver's liveness) is false before Serve runs,
