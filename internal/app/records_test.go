@@ -12,6 +12,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
+	"github.com/dhpp-io/dhpp/pkg/driver"
 	"github.com/dhpp-io/dhpp/pkg/health"
 	"github.com/dhpp-io/dhpp/pkg/kube"
 	"github.com/dhpp-io/dhpp/pkg/node"
@@ -264,6 +265,8 @@ func TestUntrustedRecordsAndMissingPool(t *testing.T) {
 // running one fails before it touches the pools, and the first keeps
 // serving on its socket.
 func TestSecondInstanceRefused(t *testing.T) {
+	defer func(d time.Duration) { driver.ClaimWait = d }(driver.ClaimWait)
+	driver.ClaimWait = 300 * time.Millisecond // the refusal comes after this wait
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	t.Setenv("KUBERNETES_SERVICE_PORT", "")
 	pool := t.TempDir()
