@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -151,6 +152,27 @@ func (b loopBackend) growFs(dev, mountPoint string) error {
 	return nil
 }
 
+// catchUpStaged grows the filesystem of a volume found staged already up
+// to its image, expanded meanwhile, where that can be done mounted. ext4
+// without CAP_SYS_RESOURCE cannot: the volume is usable at the staging path
+// all the same, which is NodeStage's job, so a repeated stage (a second
+// pod, a kubelet retry) succeeds and the grow waits for the offline one at
+// the next stage after an unstage. Reading the device still has to work:
+// an I/O error or an unreadable superblock fails the stage.
+func (b loopBackend) catchUpStaged(dev, stagingPath string, v *Volume) error {
+	if v.FsType != "ext4" || growsOnline() {
+		return b.growFs(dev, stagingPath)
+	}
+	need, err := b.needsGrow(dev)
+	if err != nil {
+		return fmt.Errorf("read the filesystem on %s staged at %s: %w", dev, stagingPath, err)
+	}
+	if need {
+		klog.InfoS("Volume staged already; its ext4 cannot grow while mounted without CAP_SYS_RESOURCE: it grows offline at the next NodeStage after a NodeUnstage", "device", dev, "stagingPath", stagingPath)
+	}
+	return nil
+}
+
 // needsGrow reports whether the device is larger than its filesystem.
 func (b loopBackend) needsGrow(dev string) (bool, error) {
 	f, err := os.Open(dev)
@@ -212,12 +234,16 @@ func hasCapSysResource() bool {
 // resize2fs on an unmounted filesystem is not journaled: killed halfway it
 // leaves the filesystem inconsistent, and the `e2fsck -p` that precedes a
 // grow then refuses it ("UNEXPECTED INCONSISTENCY") on every later stage.
+// e2fsck and resize2fs both rewrite the primary superblock last, a few
+// changed bytes at a time: killed then they leave it with a checksum that
+// does not match, which `e2fsck -p` does not repair either.
 // So the intent is recorded first: the file growIntentName in the volume's
 // directory, created through the pool's root and fsynced with its
-// directory after the preliminary e2fsck and before resize2fs, removed only
-// once resize2fs has succeeded. A stage that finds it knows the damage can
-// be an interrupted resize of ours, repairs with `e2fsck -f -y` and runs
-// resize2fs again (which finishes the grow, or finds nothing to do).
+// directory before the first tool that may write to the device (the
+// preliminary e2fsck), removed only once resize2fs has succeeded. A stage
+// that finds it knows the damage can be an interrupted e2fsck or resize of
+// ours, repairs (repairInterruptedGrow) and runs resize2fs again (which
+// finishes the grow, or finds nothing to do).
 func (b loopBackend) growOffline(ctx context.Context, dir volumeDir, dev, fsType string) error {
 	if fsType != "ext4" {
 		return nil // xfs can only grow mounted: growFs does it
@@ -234,25 +260,80 @@ func (b loopBackend) growOffline(ctx context.Context, dir volumeDir, dev, fsType
 		if err != nil || !need {
 			return err
 		}
-		// -p repairs only what is safe without a human, and exits 1 when
-		// it did; anything else is not ours to force.
-		if out, err := runFsTool(ctx, "e2fsck", "-f", "-p", dev); exitStatus(err) > 1 {
-			return fmt.Errorf("e2fsck %s before growing: %w: %s", dev, err, out)
-		}
 		if err := b.setGrowIntent(dir); err != nil {
 			return err
 		}
+		// -p repairs only what is safe without a human, and exits 1 when
+		// it did; anything else it found is not ours to force: the record
+		// goes, so no later stage forces it with -y either.
+		if out, err := runFsTool(ctx, "e2fsck", "-f", "-p", dev); exitStatus(err) > 1 {
+			if exitStatus(err) < 128 {
+				if cerr := b.clearGrowIntent(dir); cerr != nil {
+					klog.ErrorS(cerr, "Keeping the offline grow record", "image", dir.abs(imageName))
+				}
+			}
+			return fmt.Errorf("e2fsck %s before growing: %w: %s", dev, err, out)
+		}
 	} else {
 		klog.InfoS("Finishing an interrupted offline grow: repairing the filesystem with e2fsck -f -y first", "image", dir.abs(imageName), "device", dev)
-		// Exit 1 and 2 mean errors were corrected; 4 and up that some were not.
-		if out, err := runFsTool(ctx, "e2fsck", "-f", "-y", dev); exitStatus(err) > 2 {
-			return fmt.Errorf("e2fsck -f -y %s to finish an interrupted grow: %w: %s", dev, err, out)
+		if err := repairInterruptedGrow(ctx, dev); err != nil {
+			return err
 		}
 	}
 	if out, err := runFsTool(ctx, "resize2fs", dev); err != nil {
 		return fmt.Errorf("resize2fs %s: %w: %s", dev, err, out)
 	}
 	return b.clearGrowIntent(dir)
+}
+
+// backupSuperblocks are where the first backup superblock of an ext4 made
+// by mkfs.ext4 with default groups lies, by block size: in group 1, whose
+// first block is 8 × block size blocks in (a block bitmap's bits), plus
+// the boot block's offset for 1 KiB blocks (mkfs picks those for small
+// images like ours). The list is tried in order and a wrong guess fails
+// harmlessly (e2fsck finds no superblock there), so neither the damaged
+// primary superblock nor the image size has to be believed to find it.
+var backupSuperblocks = []struct{ block, blockSize int }{
+	{32768, 4096}, {8193, 1024}, {16384, 2048},
+}
+
+// fsRepairedFromBackup, if set (by tests), is called when an interrupted
+// grow was repaired from a backup superblock.
+var fsRepairedFromBackup func(dev string)
+
+// repairInterruptedGrow runs `e2fsck -f -y` on a filesystem an offline grow
+// of ours was killed in. Exit 1 and 2 mean errors were corrected; 4 that
+// some were not. Exit 8 means e2fsck could not even open it: a torn
+// primary superblock. e2fsck falls back to a backup superblock by itself
+// only for some open errors, so then each backupSuperblocks candidate is
+// tried explicitly; the backups are written before the primary, so they
+// describe the filesystem as it was before the tool that tore it, and
+// e2fsck rewrites the primary from the one it used.
+func repairInterruptedGrow(ctx context.Context, dev string) error {
+	out, err := runFsTool(ctx, "e2fsck", "-f", "-y", dev)
+	if exitStatus(err) <= 2 {
+		if strings.Contains(out, "trying backup blocks") && fsRepairedFromBackup != nil {
+			fsRepairedFromBackup(dev)
+		}
+		return nil
+	}
+	if exitStatus(err) != 8 {
+		return fmt.Errorf("e2fsck -f -y %s to finish an interrupted grow: %w: %s", dev, err, out)
+	}
+	for _, sb := range backupSuperblocks {
+		bout, berr := runFsTool(ctx, "e2fsck", "-f", "-y", "-b", strconv.Itoa(sb.block), "-B", strconv.Itoa(sb.blockSize), dev)
+		if exitStatus(berr) <= 2 {
+			klog.InfoS("Repaired an interrupted offline grow from a backup superblock", "device", dev, "superblock", sb.block, "blockSize", sb.blockSize)
+			if fsRepairedFromBackup != nil {
+				fsRepairedFromBackup(dev)
+			}
+			return nil
+		}
+		if exitStatus(berr) != 8 {
+			return fmt.Errorf("e2fsck -f -y -b %d %s to finish an interrupted grow: %w: %s", sb.block, dev, berr, bout)
+		}
+	}
+	return fmt.Errorf("e2fsck -f -y %s to finish an interrupted grow, nor any backup superblock, can open it: %w: %s", dev, err, out)
 }
 
 func (b loopBackend) hasGrowIntent(dir volumeDir) (bool, error) {
@@ -264,13 +345,13 @@ func (b loopBackend) hasGrowIntent(dir volumeDir) (bool, error) {
 }
 
 // setGrowIntent creates the marker durably: the file and its directory
-// entry are fsynced before resize2fs may touch the filesystem.
+// entry are fsynced before e2fsck or resize2fs may touch the filesystem.
 func (b loopBackend) setGrowIntent(dir volumeDir) error {
 	f, err := b.pool.root.OpenFile(path.Join(dir.rel, growIntentName), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("record the offline grow: %w", err)
 	}
-	_, err = f.WriteString("resize2fs of disk.img started; the next stage runs e2fsck -f -y and resize2fs again\n")
+	_, err = f.WriteString("offline grow of disk.img started (e2fsck, resize2fs); the next stage runs e2fsck -f -y and resize2fs again\n")
 	if err == nil {
 		err = f.Sync()
 	}
@@ -291,8 +372,8 @@ func (b loopBackend) clearGrowIntent(dir volumeDir) error {
 }
 
 // fsToolStarted, if set (by tests), is called with each filesystem tool
-// growOffline starts, once it runs.
-var fsToolStarted func(name string, p *os.Process)
+// growOffline starts, once it runs, and its arguments.
+var fsToolStarted func(name string, args []string, p *os.Process)
 
 // runFsTool runs e2fsck or resize2fs on a volume's device and returns its
 // trimmed output. The tool is not tied to the request's context: stopping
@@ -311,7 +392,7 @@ func runFsTool(ctx context.Context, name string, args ...string) (string, error)
 		return "", err
 	}
 	if fsToolStarted != nil {
-		fsToolStarted(name, cmd.Process)
+		fsToolStarted(name, args, cmd.Process)
 	}
 	err := cmd.Wait()
 	return strings.TrimSpace(out.String()), err
@@ -450,7 +531,7 @@ func (b loopBackend) Stage(ctx context.Context, dir volumeDir, v *Volume, stagin
 		return b.stageBlock(img, v, devs)
 	}
 	if dev := b.sourceOf(stagingPath); dev != "" {
-		return b.growFs(dev, stagingPath) // staged already; catches up with an offline expand
+		return b.catchUpStaged(dev, stagingPath, v) // staged already
 	}
 	if err := os.MkdirAll(stagingPath, 0o750); err != nil {
 		return err

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,12 +20,16 @@ import (
 )
 
 // TestOfflineGrowKillLoop proves that the offline grow of an ext4 loop
-// volume (e2fsck, then resize2fs, at the NodeStage after an expansion while
-// unstaged) survives SIGKILL at any moment. Each round makes a volume with
-// known data, expands it while unstaged, then starts stages whose e2fsck or
-// resize2fs gets a real SIGKILL after a random delay, until one stage gets
-// through. A last stage without kills must succeed and leave the full new
-// size, an `e2fsck -fn`-clean filesystem and the data intact.
+// volume (e2fsck -p, then resize2fs, at the NodeStage after an expansion
+// while unstaged) survives SIGKILL at any moment. Each round makes a volume
+// with known data, expands it while unstaged, then starts stages whose
+// e2fsck or resize2fs gets a real SIGKILL after a random delay, until one
+// stage gets through. Some kills also tear the primary superblock: the tool
+// is stopped, the superblock's checksum corrupted on the device (what a
+// kill between the few writes that rewrite it leaves) and the tool killed;
+// the next stage must repair it from a backup superblock. A last stage
+// without kills must succeed and leave the full new size, an
+// `e2fsck -fn`-clean filesystem and the data intact.
 //
 // DHPP_GROW_KILL_ROUNDS sets the number of rounds (default 6, a few seconds
 // each); DHPP_GROW_KILL_SEED replays a run.
@@ -34,28 +40,40 @@ func TestOfflineGrowKillLoop(t *testing.T) {
 	t.Logf("%d rounds, DHPP_GROW_KILL_SEED=%d", rounds, seed)
 	rng := rand.New(rand.NewPCG(seed, seed))
 	forceOfflineGrow(t)
+	var fromBackup atomic.Int32
+	fsRepairedFromBackup = func(string) { fromBackup.Add(1) }
+	t.Cleanup(func() { fsRepairedFromBackup = nil })
 	m := openManager(t, newPoolOnDisk(t, "ext4", 8<<30), BackendLoop, &fakeClock{t: time.Now()})
 	defer m.Close()
 
 	kills := map[string]int{}
 	interrupted := 0 // stages that left the grow record behind
 	for round := range rounds {
-		k, i := growKillRound(t, m, rng, fmt.Sprintf("grow-%02d", round))
+		k, i := growKillRound(t, m, rng, fmt.Sprintf("grow-%02d", round), firstVictims[round%len(firstVictims)])
 		for tool, n := range k {
 			kills[tool] += n
 		}
 		interrupted += i
 	}
-	t.Logf("SIGKILLs: %v; %d killed stages left an interrupted grow that the next stage repaired", kills, interrupted)
+	t.Logf("SIGKILLs: %v; %d killed stages left an interrupted grow that the next stage repaired, %d repairs from a backup superblock", kills, interrupted, fromBackup.Load())
 	// The loop must have done what it claims, or it proves nothing.
-	if kills["resize2fs"] == 0 || interrupted == 0 {
-		t.Fatalf("no resize2fs was killed halfway (kills %v, interrupted %d): the delays miss the tool", kills, interrupted)
+	if rounds >= len(firstVictims) && (kills["resize2fs"] == 0 || kills["e2fsck -p"] == 0 || kills["tear e2fsck -p"]+kills["tear resize2fs"] == 0 || interrupted == 0 || fromBackup.Load() == 0) {
+		t.Fatalf("kills %v, interrupted %d, %d repairs from a backup superblock: the delays miss the tools", kills, interrupted, fromBackup.Load())
 	}
 }
 
+// firstVictims is what the first stage of each round disrupts, in turn, so
+// that a default run covers each: the preen pass exists only in a stage
+// that finds no grow record. Later stages of a round pick from
+// laterVictims, the repair pass included.
+var (
+	firstVictims = []string{"e2fsck -p", "tear e2fsck -p", "resize2fs", "tear resize2fs"}
+	laterVictims = []string{"resize2fs", "tear resize2fs", "e2fsck -y"}
+)
+
 // growKillRound runs one volume through an expansion and killed stages; it
-// returns the kills by tool and how many stages left the grow record.
-func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name string) (map[string]int, int) {
+// returns the kills by victim and how many stages left the grow record.
+func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string) (map[string]int, int) {
 	t.Helper()
 	ctx := context.Background()
 	v, err := m.CreateVolume(ctx, CreateRequest{Name: name, RequiredBytes: 64 * mib, FsType: "ext4", Mode: 0o777})
@@ -80,31 +98,51 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name string) (map[s
 	kills := map[string]int{}
 	interrupted := 0
 	for attempt := 0; attempt < 8; attempt++ {
-		// Here resize2fs runs for about 70 ms on these sizes and e2fsck
-		// for about 50: most delays land inside the tool, some after it.
-		victim, delay := "resize2fs", time.Duration(rng.Int64N(int64(100*time.Millisecond)))
-		if rng.IntN(4) == 0 {
-			victim, delay = "e2fsck", time.Duration(rng.Int64N(int64(60*time.Millisecond)))
+		victim := first
+		if attempt > 0 {
+			victim = laterVictims[rng.IntN(len(laterVictims))]
 		}
-		fsToolStarted = func(tool string, p *os.Process) {
-			if tool == victim {
-				time.AfterFunc(delay, func() { _ = p.Kill() })
+		// Here resize2fs runs for about 70 ms on these sizes and e2fsck
+		// for about 25 (preen, before the grow) to 50: most delays land
+		// inside the tool, some after it.
+		tool, tear := strings.CutPrefix(victim, "tear ")
+		limit := 100 * time.Millisecond
+		if strings.HasPrefix(tool, "e2fsck") {
+			limit = 20 * time.Millisecond
+		}
+		delay := time.Duration(rng.Int64N(int64(limit)))
+		var hit atomic.Bool
+		fsToolStarted = func(name string, args []string, p *os.Process) {
+			if key := name; name == "e2fsck" && key+" "+args[1] != tool || name != "e2fsck" && key != tool {
+				return
 			}
+			time.AfterFunc(delay, func() {
+				if !tear {
+					hit.Store(p.Kill() == nil)
+					return
+				}
+				hit.Store(tearSuperblock(t, p, args[len(args)-1]))
+			})
 		}
 		err := m.StageVolume(ctx, v.ID, staging, nil)
 		fsToolStarted = nil
 		if err == nil {
 			break // the tools finished before the kill: the grow is done
 		}
-		if !strings.Contains(err.Error(), "signal: killed") {
-			t.Fatalf("stage with %s killed after %v: %v; want the kill, nothing else", victim, delay, err)
+		if !strings.Contains(err.Error(), "signal: killed") || !hit.Load() {
+			t.Fatalf("stage with %s disrupted after %v: %v; want the kill, nothing else", victim, delay, err)
 		}
 		kills[victim]++
-		if intent, err := b.hasGrowIntent(dir); err != nil {
+		intent, err := b.hasGrowIntent(dir)
+		if err != nil {
 			t.Fatal(err)
-		} else if intent {
-			interrupted++
 		}
+		if !intent {
+			// Every tool a stage runs may write to the device: killed, it
+			// must leave the record that makes the next stage repair.
+			t.Fatalf("stage with %s killed after %v left no grow record", victim, delay)
+		}
+		interrupted++
 	}
 	// Stage for real (a no-op if the last attempt got through).
 	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
@@ -135,6 +173,65 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name string) (map[s
 	}
 	t.Logf("%s: 64 MiB → %d MiB, kills %v, %d interrupted grows repaired", name, newSize/mib, kills, interrupted)
 	return kills, interrupted
+}
+
+// tearSuperblock stops a filesystem tool, corrupts the checksum of the
+// primary ext4 superblock on dev as a kill between the tool's writes of it
+// leaves it, and kills the tool. It reports false, tearing nothing, if the
+// tool had exited already (its work is complete: a stage that goes on to
+// mount must find a sound filesystem).
+func tearSuperblock(t *testing.T, p *os.Process, dev string) bool {
+	if p.Signal(syscall.SIGSTOP) != nil {
+		return false
+	}
+	defer func() { _ = p.Kill() }() // also ends a stop that came too late
+	if !waitStopped(p.Pid) {
+		return false
+	}
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		t.Error(err)
+		return false
+	}
+	defer f.Close()
+	const csumAt = 1024 + 1020 // s_checksum, the superblock's last 4 bytes
+	sum := make([]byte, 4)
+	if _, err := f.ReadAt(sum, csumAt); err != nil {
+		t.Error(err)
+		return false
+	}
+	for i := range sum {
+		sum[i] ^= 0xff
+	}
+	if _, err := f.WriteAt(sum, csumAt); err != nil {
+		t.Error(err)
+		return false
+	}
+	if err := f.Sync(); err != nil {
+		t.Error(err)
+		return false
+	}
+	return true
+}
+
+// waitStopped waits until the process is stopped by SIGSTOP; false if it
+// is a zombie or gone (it had finished).
+func waitStopped(pid int) bool {
+	for range 100 {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return false
+		}
+		_, rest, _ := strings.Cut(string(stat), ") ")
+		switch {
+		case strings.HasPrefix(rest, "T"):
+			return true
+		case strings.HasPrefix(rest, "Z"), strings.HasPrefix(rest, "X"):
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return false
 }
 
 // forceOfflineGrow makes ext4 loop volumes grow offline for the test, as
