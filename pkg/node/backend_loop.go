@@ -130,7 +130,7 @@ func (b loopBackend) Resize(_ context.Context, dir volumeDir, v *Volume, newSize
 		}
 		if v.AccessType == AccessMount {
 			if mp := b.mountPointOf(dev); mp != "" {
-				if err := b.growFs(dev, mp); err != nil {
+				if err := b.growFs(dev, mp, v.FsType); err != nil {
 					return err
 				}
 			}
@@ -139,38 +139,39 @@ func (b loopBackend) Resize(_ context.Context, dir volumeDir, v *Volume, newSize
 	return nil
 }
 
-func (b loopBackend) growFs(dev, mountPoint string) error {
+// errNoOnlineGrow: ext4 cannot grow mounted here. Online growth
+// (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE, which the driver lacks; the
+// filesystem grows offline at the next NodeStage after a NodeUnstage.
+var errNoOnlineGrow = errors.New("online ext4 growth needs CAP_SYS_RESOURCE, which the driver lacks; the filesystem grows offline at the next NodeStage after a NodeUnstage")
+
+// growFs grows a mounted filesystem up to its device, if it is smaller.
+func (b loopBackend) growFs(dev, mountPoint, fsType string) error {
 	need, err := b.needsGrow(dev)
 	if err != nil || !need {
 		return err
 	}
+	if fsType == "ext4" && !growsOnline() {
+		return fmt.Errorf("grow filesystem on %s mounted at %s: %w", dev, mountPoint, errNoOnlineGrow)
+	}
 	if _, err := mount.NewResizeFs(b.pool.env.exec).Resize(dev, mountPoint); err != nil {
-		// ext4 online growth (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE;
-		// without it the filesystem still grows offline at the next Stage.
 		return fmt.Errorf("grow filesystem on %s mounted at %s (online ext4 growth needs CAP_SYS_RESOURCE; it also happens offline at the next stage): %w", dev, mountPoint, err)
 	}
 	return nil
 }
 
 // catchUpStaged grows the filesystem of a volume found staged already up
-// to its image, expanded meanwhile, where that can be done mounted. ext4
-// without CAP_SYS_RESOURCE cannot: the volume is usable at the staging path
-// all the same, which is NodeStage's job, so a repeated stage (a second
-// pod, a kubelet retry) succeeds and the grow waits for the offline one at
-// the next stage after an unstage. Reading the device still has to work:
-// an I/O error or an unreadable superblock fails the stage.
+// to its image, expanded meanwhile, where that can be done mounted. When
+// it cannot (errNoOnlineGrow) the volume is usable at the staging path all
+// the same, which is NodeStage's job: a repeated stage (a second pod, a
+// kubelet retry) succeeds and the grow waits for the offline one. Any
+// other error (reading the device, a failed resize) fails the stage.
 func (b loopBackend) catchUpStaged(dev, stagingPath string, v *Volume) error {
-	if v.FsType != "ext4" || growsOnline() {
-		return b.growFs(dev, stagingPath)
+	err := b.growFs(dev, stagingPath, v.FsType)
+	if errors.Is(err, errNoOnlineGrow) {
+		klog.InfoS("Volume staged already; its filesystem waits to grow to the expanded image", "device", dev, "stagingPath", stagingPath, "reason", err)
+		return nil
 	}
-	need, err := b.needsGrow(dev)
-	if err != nil {
-		return fmt.Errorf("read the filesystem on %s staged at %s: %w", dev, stagingPath, err)
-	}
-	if need {
-		klog.InfoS("Volume staged already; its ext4 cannot grow while mounted without CAP_SYS_RESOURCE: it grows offline at the next NodeStage after a NodeUnstage", "device", dev, "stagingPath", stagingPath)
-	}
-	return nil
+	return err
 }
 
 // needsGrow reports whether the device is larger than its filesystem.
@@ -553,7 +554,7 @@ func (b loopBackend) Stage(ctx context.Context, dir volumeDir, v *Volume, stagin
 		return err
 	}
 	if dev := b.sourceOf(stagingPath); dev != "" {
-		return b.growFs(dev, stagingPath)
+		return b.growFs(dev, stagingPath, v.FsType)
 	}
 	return nil
 }

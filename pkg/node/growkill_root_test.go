@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -292,4 +293,65 @@ func envInt(t *testing.T, name string, def int) int {
 		t.Fatalf("%s=%q: want a non-negative integer", name, s)
 	}
 	return n
+}
+
+// TestRestageWhileGrowWaits: an ext4 loop volume expanded while staged, by
+// a driver that cannot grow it mounted, stays usable. NodeExpandVolume says
+// why it cannot grow now; repeating NodeStage (a second pod, a kubelet
+// retry) succeeds with the filesystem as it is; the stage after an unstage
+// grows it offline.
+func TestRestageWhileGrowWaits(t *testing.T) {
+	testdisk.RequireRoot(t)
+	forceOfflineGrow(t)
+	ctx := context.Background()
+	m := openManager(t, newPoolOnDisk(t, "ext4", 2<<30), BackendLoop, &fakeClock{t: time.Now()})
+	defer m.Close()
+	v, err := m.CreateVolume(ctx, CreateRequest{Name: "restage", RequiredBytes: 64 * mib, FsType: "ext4", Mode: 0o777})
+	if err != nil {
+		t.Fatal(err)
+	}
+	staging := filepath.Join(t.TempDir(), "staging")
+	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = m.UnstageVolume(ctx, v.ID, staging) }() // before m.Close
+	sums := writeKnownFiles(t, staging, rand.New(rand.NewPCG(1, 2)))
+	dir := volumeDir{pool: m.Pools()[0], rel: "volumes/" + v.Name}
+	fsSize := func() int64 {
+		t.Helper()
+		f, err := os.Open(dir.abs(imageName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		n, err := filesystemBytes(f, "ext4")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	_, err = m.ExpandVolume(ctx, v.ID, 256*mib, 0)
+	if !errors.Is(err, errNoOnlineGrow) || !strings.Contains(err.Error(), "CAP_SYS_RESOURCE") {
+		t.Fatalf("ExpandVolume while staged without online growth: %v; want it to say why and when it grows", err)
+	}
+	for range 2 {
+		if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+			t.Fatalf("repeated StageVolume while the grow waits: %v", err)
+		}
+	}
+	if n := fsSize(); n != 64*mib {
+		t.Fatalf("ext4 is %d bytes while staged, want 64 MiB until the offline grow", n)
+	}
+	checkKnownFiles(t, staging, sums)
+	if err := m.UnstageVolume(ctx, v.ID, staging); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+		t.Fatalf("stage after the unstage: %v", err)
+	}
+	if n := fsSize(); n != 256*mib {
+		t.Fatalf("ext4 is %d bytes after unstage and stage, want 256 MiB", n)
+	}
+	checkKnownFiles(t, staging, sums)
 }

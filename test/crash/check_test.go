@@ -261,12 +261,10 @@ func (h *harness) checkUsable(v *vol) {
 		h.fail(v, "once every call converged after restart #%d, the record of %s says phase %s, %d bytes; want Ready, %d bytes", h.kills.Load(), v.id, r.Phase, r.CapacityBytes, v.capMin)
 		return
 	}
-	// Not repeated while a deferred grow waits (growPending): the driver
-	// then tries the online grow again and fails the whole NodeStage
-	// (Internal, "online ext4 growth needs CAP_SYS_RESOURCE"), so a second
-	// pod on an expanded volume could not start until it is unstaged. A
-	// known bug, reported; remove this condition once it is fixed.
-	if v.staged == yes && !v.growPending {
+	// Also while a deferred grow waits (growPending): the volume is usable
+	// at the staging path, so NodeStage succeeds and the grow waits for the
+	// next stage after an unstage.
+	if v.staged == yes {
 		if o, err := h.stage(v); o != ok {
 			h.fail(v, "repeating NodeStageVolume at the same path after restart #%d: %v", h.kills.Load(), err)
 			return
