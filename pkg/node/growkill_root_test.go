@@ -58,7 +58,7 @@ func TestOfflineGrowKillLoop(t *testing.T) {
 	}
 	t.Logf("SIGKILLs: %v; %d killed stages left an interrupted grow that the next stage repaired, %d repairs from a backup superblock", kills, interrupted, fromBackup.Load())
 	// The loop must have done what it claims, or it proves nothing.
-	if rounds >= len(firstVictims) && (kills["resize2fs"] == 0 || kills["e2fsck -p"] == 0 || kills["tear e2fsck -p"]+kills["tear resize2fs"] == 0 || interrupted == 0 || fromBackup.Load() == 0) {
+	if rounds >= len(firstVictims) && (kills["resize2fs"] == 0 || kills["e2fsck -p"] == 0 || kills["torn superblocks"] == 0 || interrupted == 0 || fromBackup.Load() == 0) {
 		t.Fatalf("kills %v, interrupted %d, %d repairs from a backup superblock: the delays miss the tools", kills, interrupted, fromBackup.Load())
 	}
 }
@@ -113,6 +113,7 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string)
 		}
 		delay := time.Duration(rng.Int64N(int64(limit)))
 		var hit atomic.Bool
+		var tears atomic.Int32
 		fsToolStarted = func(name string, args []string, p *os.Process) {
 			if key := name; name == "e2fsck" && key+" "+args[1] != tool || name != "e2fsck" && key != tool {
 				return
@@ -122,7 +123,11 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string)
 					hit.Store(p.Kill() == nil)
 					return
 				}
-				hit.Store(tearSuperblock(t, p, args[len(args)-1]))
+				killed, torn := tearSuperblock(t, p, args[len(args)-1])
+				hit.Store(killed)
+				if torn {
+					tears.Add(1)
+				}
 			})
 		}
 		err := m.StageVolume(ctx, v.ID, staging, nil)
@@ -134,6 +139,7 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string)
 			t.Fatalf("stage with %s disrupted after %v: %v; want the kill, nothing else", victim, delay, err)
 		}
 		kills[victim]++
+		kills["torn superblocks"] += int(tears.Load())
 		intent, err := b.hasGrowIntent(dir)
 		if err != nil {
 			t.Fatal(err)
@@ -178,61 +184,65 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string)
 
 // tearSuperblock stops a filesystem tool, corrupts the checksum of the
 // primary ext4 superblock on dev as a kill between the tool's writes of it
-// leaves it, and kills the tool. It reports false, tearing nothing, if the
-// tool had exited already (its work is complete: a stage that goes on to
-// mount must find a sound filesystem).
-func tearSuperblock(t *testing.T, p *os.Process, dev string) bool {
+// leaves it, and kills the tool. It tears nothing if the tool had exited
+// already (its work is complete: a stage that goes on to mount must find a
+// sound filesystem), and only kills it if it does not stop in time.
+func tearSuperblock(t *testing.T, p *os.Process, dev string) (killed, torn bool) {
 	if p.Signal(syscall.SIGSTOP) != nil {
-		return false
+		return false, false
 	}
-	defer func() { _ = p.Kill() }() // also ends a stop that came too late
-	if !waitStopped(p.Pid) {
-		return false
+	switch waitStopped(p.Pid) {
+	case 'Z':
+		return false, false
+	case 'R':
+		return p.Kill() == nil, false // a stop that comes later is ended too
 	}
+	defer func() { _ = p.Kill() }()
 	f, err := os.OpenFile(dev, os.O_RDWR, 0)
 	if err != nil {
 		t.Error(err)
-		return false
+		return true, false
 	}
 	defer f.Close()
 	const csumAt = 1024 + 1020 // s_checksum, the superblock's last 4 bytes
 	sum := make([]byte, 4)
 	if _, err := f.ReadAt(sum, csumAt); err != nil {
 		t.Error(err)
-		return false
+		return true, false
 	}
 	for i := range sum {
 		sum[i] ^= 0xff
 	}
 	if _, err := f.WriteAt(sum, csumAt); err != nil {
 		t.Error(err)
-		return false
+		return true, false
 	}
 	if err := f.Sync(); err != nil {
 		t.Error(err)
-		return false
+		return true, false
 	}
-	return true
+	return true, true
 }
 
-// waitStopped waits until the process is stopped by SIGSTOP; false if it
-// is a zombie or gone (it had finished).
-func waitStopped(pid int) bool {
-	for range 100 {
+// waitStopped waits until the process is stopped by SIGSTOP (which waits
+// for an I/O in progress): 'T' once stopped, 'Z' if it had finished, 'R'
+// if it is still not stopped after a second.
+func waitStopped(pid int) byte {
+	for range 1000 {
 		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
-			return false
+			return 'Z'
 		}
 		_, rest, _ := strings.Cut(string(stat), ") ")
 		switch {
 		case strings.HasPrefix(rest, "T"):
-			return true
+			return 'T'
 		case strings.HasPrefix(rest, "Z"), strings.HasPrefix(rest, "X"):
-			return false
+			return 'Z'
 		}
 		time.Sleep(time.Millisecond)
 	}
-	return false
+	return 'R'
 }
 
 // forceOfflineGrow makes ext4 loop volumes grow offline for the test, as
