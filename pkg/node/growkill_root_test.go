@@ -32,11 +32,11 @@ import (
 // without kills must succeed and leave the full new size, an
 // `e2fsck -fn`-clean filesystem and the data intact.
 //
-// DHPP_GROW_KILL_ROUNDS sets the number of rounds (default 6, a few seconds
+// DHPP_GROW_KILL_ROUNDS sets the number of rounds (default 8, about a second
 // each); DHPP_GROW_KILL_SEED replays a run.
 func TestOfflineGrowKillLoop(t *testing.T) {
 	testdisk.RequireRoot(t)
-	rounds := envInt(t, "DHPP_GROW_KILL_ROUNDS", 6)
+	rounds := envInt(t, "DHPP_GROW_KILL_ROUNDS", 8)
 	seed := uint64(envInt(t, "DHPP_GROW_KILL_SEED", int(time.Now().UnixNano()%1e9)))
 	t.Logf("%d rounds, DHPP_GROW_KILL_SEED=%d", rounds, seed)
 	rng := rand.New(rand.NewPCG(seed, seed))
@@ -58,7 +58,8 @@ func TestOfflineGrowKillLoop(t *testing.T) {
 	}
 	t.Logf("SIGKILLs: %v; %d killed stages left an interrupted grow that the next stage repaired, %d repairs from a backup superblock", kills, interrupted, fromBackup.Load())
 	// The loop must have done what it claims, or it proves nothing.
-	if rounds >= len(firstVictims) && (kills["resize2fs"] == 0 || kills["e2fsck -p"] == 0 || kills["torn superblocks"] == 0 || interrupted == 0 || fromBackup.Load() == 0) {
+	preen, resize := kills["e2fsck -p"]+kills["tear e2fsck -p"], kills["resize2fs"]+kills["tear resize2fs"]
+	if rounds >= len(firstVictims) && (preen == 0 || resize == 0 || kills["torn superblocks"] == 0 || interrupted == 0 || fromBackup.Load() == 0) {
 		t.Fatalf("kills %v, interrupted %d, %d repairs from a backup superblock: the delays miss the tools", kills, interrupted, fromBackup.Load())
 	}
 }
@@ -107,9 +108,9 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string)
 		// for about 25 (preen, before the grow) to 50: most delays land
 		// inside the tool, some after it.
 		tool, tear := strings.CutPrefix(victim, "tear ")
-		limit := 100 * time.Millisecond
+		limit := 60 * time.Millisecond
 		if strings.HasPrefix(tool, "e2fsck") {
-			limit = 20 * time.Millisecond
+			limit = 12 * time.Millisecond
 		}
 		delay := time.Duration(rng.Int64N(int64(limit)))
 		var hit atomic.Bool
