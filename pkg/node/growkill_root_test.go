@@ -113,13 +113,17 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string)
 			limit = 12 * time.Millisecond
 		}
 		delay := time.Duration(rng.Int64N(int64(limit)))
+		// done closes once the disruption ran: a stage fails with the kill
+		// before the timer's function has recorded it.
 		var hit atomic.Bool
 		var tears atomic.Int32
+		done := make(chan struct{})
 		fsToolStarted = func(name string, args []string, p *os.Process) {
 			if key := name; name == "e2fsck" && key+" "+args[1] != tool || name != "e2fsck" && key != tool {
 				return
 			}
 			time.AfterFunc(delay, func() {
+				defer close(done)
 				if !tear {
 					hit.Store(p.Kill() == nil)
 					return
@@ -135,6 +139,10 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string)
 		fsToolStarted = nil
 		if err == nil {
 			break // the tools finished before the kill: the grow is done
+		}
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
 		}
 		if !strings.Contains(err.Error(), "signal: killed") || !hit.Load() {
 			t.Fatalf("stage with %s disrupted after %v: %v; want the kill, nothing else", victim, delay, err)
