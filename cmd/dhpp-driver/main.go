@@ -4,36 +4,13 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/dhpp-io/dhpp/internal/app"
-	"github.com/dhpp-io/dhpp/pkg/dhpp"
-	"k8s.io/klog/v2"
+	"github.com/dhpp-io/dhpp/internal/cli"
 )
 
 func main() {
 	cfg, err := app.Parse(os.Args[1:], os.Stdout, os.Getenv)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		os.Exit(0)
-	case err != nil:
-		fmt.Fprintf(os.Stderr, "dhpp-driver: %v (see --help)\n", err)
-		os.Exit(2)
-	case cfg.ShowVersion:
-		fmt.Println(dhpp.DriverName, dhpp.Version)
-		return
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := app.Run(ctx, cfg); err != nil {
-		klog.ErrorS(err, "dhpp-driver failed")
-		klog.Flush()
-		os.Exit(1)
-	}
-	klog.Flush()
+	cli.Main("dhpp-driver", err, cfg.ShowVersion, func(ctx context.Context) error { return app.Run(ctx, cfg) })
 }

@@ -12,11 +12,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dhpp-io/dhpp/internal/cli"
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
 	"github.com/dhpp-io/dhpp/pkg/health"
 	"github.com/dhpp-io/dhpp/pkg/node"
 	"k8s.io/apimachinery/pkg/api/resource"
-	"k8s.io/klog/v2"
 )
 
 // Config is everything dhpp-driver runs with.
@@ -128,7 +128,6 @@ func (f quantityFlag) Set(s string) error {
 func Parse(args []string, out io.Writer, getenv func(string) string) (Config, error) {
 	c := Config{DefaultVolumeSize: node.DefaultVolumeSize, Health: health.DefaultConfig()}
 	fs := flag.NewFlagSet("dhpp-driver", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix socket) the sidecars and kubelet connect to")
 	fs.StringVar(&c.NodeID, "node-id", "", "this node's name (default: $NODE_NAME, then the hostname); must match the Kubernetes node name")
 	fs.Var(poolFlag{&c.Pools}, "pool", "a storage pool: name=path[,backend=auto|btrfs|xfs|ext4|loop|dir][,fs=ext4|xfs]; repeatable, the first is the default")
@@ -147,20 +146,8 @@ func Parse(args []string, out io.Writer, getenv func(string) string) (Config, er
 	fs.StringVar(&c.KubeletRegistrationPath, "kubelet-registration-path", "/var/lib/kubelet/plugins/"+dhpp.DriverName+"/csi.sock", "the CSI socket path as the kubelet sees it on the host")
 	fs.StringVar(&c.PluginRegistrationDir, "plugin-registration-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory (as mounted into this container)")
 	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
-	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(klogFlags)
-	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
-
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(out)
-			fmt.Fprintln(out, "Usage: dhpp-driver --pool=NAME=PATH[,backend=...] [flags]")
-			fs.PrintDefaults()
-		}
+	if err := cli.Parse(fs, args, out, "dhpp-driver --pool=NAME=PATH[,backend=...] [flags]"); err != nil {
 		return c, err
-	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected argument %q (all options are --flags)", fs.Arg(0))
 	}
 	if c.ShowVersion {
 		return c, nil

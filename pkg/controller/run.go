@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dhpp-io/dhpp/internal/cli"
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -53,7 +54,6 @@ type Config struct {
 func Parse(args []string, out io.Writer, getenv func(string) string) (Config, error) {
 	c := Config{Options: DefaultOptions()}
 	fs := flag.NewFlagSet("dhpp-controller", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	fs.DurationVar(&c.Grace, "grace-period", c.Grace, "how long a node must be gone (Node deleted, or tainted "+TaintOutOfService+") before the claims of its dhpp volumes are released under policy recreate")
 	fs.DurationVar(&c.FenceLimit, "fenced-pool-limit", c.FenceLimit, "how long a pool must be fenced before the claims of its volumes are released under policy recreate (0 = never)")
 	fs.BoolVar(&c.DryRun, "dry-run", false, "log what would be done; write nothing (no deletions, evictions, annotations or Events)")
@@ -70,20 +70,8 @@ func Parse(args []string, out io.Writer, getenv func(string) string) (Config, er
 	fs.DurationVar(&c.RenewDeadline, "leader-election-renew-deadline", 10*time.Second, "how long the leader retries renewing before it gives up leading (and exits)")
 	fs.DurationVar(&c.RetryPeriod, "leader-election-retry-period", 5*time.Second, "time between attempts to acquire or renew the Lease")
 	fs.BoolVar(&c.ShowVersion, "version", false, "print the version and exit")
-	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(klogFlags)
-	klogFlags.VisitAll(func(f *flag.Flag) { fs.Var(f.Value, f.Name, f.Usage) })
-
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(out)
-			fmt.Fprintln(out, "Usage: dhpp-controller [flags]")
-			fs.PrintDefaults()
-		}
+	if err := cli.Parse(fs, args, out, "dhpp-controller [flags]"); err != nil {
 		return c, err
-	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected argument %q (all options are --flags)", fs.Arg(0))
 	}
 	if c.ShowVersion {
 		return c, nil
