@@ -48,7 +48,7 @@ test: deps tools vet
 
 ## e2e: the scenarios on the real local cluster (reuses a running cluster).
 e2e:
-	mkdir -p _output; CI=$${CI:-true} CGO_ENABLED=0 $(GO) test -count=1 -tags e2e -p 1 -v -timeout 45m ./test/e2e/ 2>&1 | tee _output/e2e.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok)|e2e_test|_test.go' ; exit $${PIPESTATUS[0]}
+	mkdir -p _output; CI=$${CI:-true} CGO_ENABLED=0 $(GO) test -count=1 -tags e2e -p 1 -v -timeout 60m ./test/e2e/ 2>&1 | tee _output/e2e.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok)|e2e_test|_test.go' ; exit $${PIPESTATUS[0]}
 
 ## unit: the tests that need neither root nor tools (quick local loop).
 unit:

@@ -16,7 +16,7 @@ import (
 )
 
 // TestClusterSmoke brings the local cluster up (or reuses a running one),
-// checks that its three nodes are Ready, runs a busybox pod on every node
+// checks that all its nodes are Ready, runs a busybox pod on every node
 // that writes to and reads back an emptyDir, checks the host rules that keep
 // cluster traffic off the uplink, and tears the cluster down if it made it.
 // DHPP_E2E_KEEP=1 keeps a cluster this test made.
@@ -51,7 +51,7 @@ func TestClusterSmoke(t *testing.T) {
 		}
 	}
 
-	t.Run("three nodes Ready", func(t *testing.T) {
+	t.Run("all nodes Ready", func(t *testing.T) {
 		out, err := cfg.Kubectl(ctx, "get", "nodes", "-o",
 			`jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}`)
 		if err != nil {

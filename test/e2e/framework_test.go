@@ -503,23 +503,32 @@ func (e *env) scrape(ctx context.Context, node string) (string, error) {
 	if pod.Status.PodIP == "" {
 		return "", fmt.Errorf("driver pod %s has no IP yet", pod.Name)
 	}
+	text, err := httpGet(ctx, fmt.Sprintf("http://%s:%d/metrics", pod.Status.PodIP, metricsPort))
+	if err != nil {
+		return "", fmt.Errorf("scrape %s: %w", pod.Name, err)
+	}
+	return text, nil
+}
+
+// httpGet fetches url (5 s timeout) and wants HTTP 200.
+func httpGet(ctx context.Context, url string) (string, error) {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, fmt.Sprintf("http://%s:%d/metrics", pod.Status.PodIP, metricsPort), nil)
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, url, nil)
 	if err != nil {
 		return "", err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return "", fmt.Errorf("scrape %s: %w", pod.Name, err)
+		return "", err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return "", fmt.Errorf("scrape %s: %w", pod.Name, err)
+		return "", err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("scrape %s: HTTP %d", pod.Name, resp.StatusCode)
+		return "", fmt.Errorf("GET %s: HTTP %d", url, resp.StatusCode)
 	}
 	return string(body), nil
 }

@@ -210,11 +210,15 @@ func up(ctx context.Context, cfg Config, out io.Writer) error {
 		return err
 	}
 	if st != nil {
-		if st.Ready && allAlive(st) {
+		if st.Ready && allAlive(st) && len(st.Nodes) == len(cfg.Nodes) {
 			fmt.Fprintf(out, "cluster is already running (started %s); kubeconfig: %s\n", st.StartedAt.Format(time.RFC3339), cfg.KubeconfigPath())
 			return ErrAlreadyRunning
 		}
-		fmt.Fprintln(out, "found the state of an earlier, incomplete cluster: tearing it down first")
+		if st.Ready && allAlive(st) {
+			fmt.Fprintf(out, "the running cluster has %d nodes, %d are wanted (DHPP_E2E_NODES): tearing it down first\n", len(st.Nodes), len(cfg.Nodes))
+		} else {
+			fmt.Fprintln(out, "found the state of an earlier, incomplete cluster: tearing it down first")
+		}
 		if err := down(ctx, cfg, out); err != nil {
 			return fmt.Errorf("clean up earlier cluster: %w", err)
 		}

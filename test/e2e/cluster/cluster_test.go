@@ -324,19 +324,47 @@ func TestGeneratedConfigs(t *testing.T) {
 }
 
 func TestDefaultNodesAreDistinct(t *testing.T) {
+	t.Setenv("DHPP_E2E_NODES", "")
 	names, ips, fs := map[string]bool{}, map[string]bool{}, map[string]int{}
-	for _, n := range DefaultNodes() {
+	for _, n := range NodeSpecs(MaxNodes) {
 		if names[n.Name] || ips[n.IP] {
 			t.Errorf("duplicate node %+v", n)
 		}
 		names[n.Name], ips[n.IP] = true, true
-		fs[n.FS]++
 		if len(vethName(n.Index)) > 15 {
 			t.Errorf("veth name %s exceeds IFNAMSIZ", vethName(n.Index))
 		}
 	}
-	if len(names) != 3 || fs["btrfs"] != 2 || fs["ext4"] != 1 {
-		t.Errorf("want 3 nodes, 2 btrfs + 1 ext4; got %v", fs)
+	for _, n := range DefaultNodes() {
+		fs[n.FS]++
+	}
+	if len(DefaultNodes()) != 4 || fs["btrfs"] != 3 || fs["ext4"] != 1 || DefaultNodes()[2].FS != "ext4" {
+		t.Errorf("want 4 nodes, 3 btrfs + dhpp-node-3 ext4; got %v", DefaultNodes())
+	}
+}
+
+func TestNodeCount(t *testing.T) {
+	tests := []struct {
+		env     string
+		want    int
+		wantErr bool
+	}{
+		{"", DefaultNodeCount, false},
+		{"3", 3, false},
+		{"1", 1, false},
+		{"0", 0, true},
+		{"10", 0, true},
+		{"four", 0, true},
+	}
+	for _, tc := range tests {
+		t.Setenv("DHPP_E2E_NODES", tc.env)
+		n, err := NodeCount()
+		if n != tc.want || (err != nil) != tc.wantErr {
+			t.Errorf("DHPP_E2E_NODES=%q: NodeCount() = %d, %v; want %d (error %v)", tc.env, n, err, tc.want, tc.wantErr)
+		}
+		if !tc.wantErr && len(DefaultNodes()) != tc.want {
+			t.Errorf("DHPP_E2E_NODES=%q: %d default nodes", tc.env, len(DefaultNodes()))
+		}
 	}
 }
 

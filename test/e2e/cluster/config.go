@@ -1,5 +1,5 @@
 // Package cluster brings up and tears down dhpp's local multi-node Kubernetes
-// cluster: etcd and a v1.33 control plane on the host, and three nodes, each
+// cluster: etcd and a v1.33 control plane on the host, and four nodes, each
 // in its own network and mount namespace with its own containerd, kubelet,
 // kube-proxy and loop-backed data disk. Everything it creates stays on
 // bridges and veths it owns; nothing is routed to the host's uplink.
@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -69,14 +70,51 @@ type NodeSpec struct {
 	Index int
 }
 
-// DefaultNodes: btrfs on two nodes (subvolume + qgroup backend), ext4 on the
-// third (the loop backend, since this kernel has no ext4 project quota).
-func DefaultNodes() []NodeSpec {
-	return []NodeSpec{
-		{Name: "dhpp-node-1", IP: "10.200.0.11", FS: "btrfs", Index: 1},
-		{Name: "dhpp-node-2", IP: "10.200.0.12", FS: "btrfs", Index: 2},
-		{Name: "dhpp-node-3", IP: "10.200.0.13", FS: "ext4", Index: 3},
+// DefaultNodeCount is the number of nodes unless DHPP_E2E_NODES says
+// otherwise: four, so that when the node-loss scenarios lose one, a
+// 3-replica StatefulSet with required anti-affinity still has a node to go.
+const DefaultNodeCount = 4
+
+// MaxNodes bounds DHPP_E2E_NODES: each node is a containerd, a kubelet and
+// a kube-proxy on this one machine.
+const MaxNodes = 9
+
+// NodeSpecs returns n nodes dhpp-node-1..n: the data disk is ext4 (the loop
+// backend, since this kernel has no ext4 project quota) on dhpp-node-3 and
+// btrfs (subvolume + qgroup backend) on every other node.
+func NodeSpecs(n int) []NodeSpec {
+	var nodes []NodeSpec
+	for i := 1; i <= n; i++ {
+		fs := "btrfs"
+		if i == 3 {
+			fs = "ext4"
+		}
+		nodes = append(nodes, NodeSpec{Name: fmt.Sprintf("dhpp-node-%d", i), IP: fmt.Sprintf("10.200.0.%d", 10+i), FS: fs, Index: i})
 	}
+	return nodes
+}
+
+// NodeCount is $DHPP_E2E_NODES (1..MaxNodes), else DefaultNodeCount.
+func NodeCount() (int, error) {
+	v := os.Getenv("DHPP_E2E_NODES")
+	if v == "" {
+		return DefaultNodeCount, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > MaxNodes {
+		return 0, fmt.Errorf("DHPP_E2E_NODES=%q: want a number of nodes from 1 to %d", v, MaxNodes)
+	}
+	return n, nil
+}
+
+// DefaultNodes are the cluster's nodes: NodeCount() of them (a bad
+// DHPP_E2E_NODES falls back to the default here; DefaultConfig reports it).
+func DefaultNodes() []NodeSpec {
+	n, err := NodeCount()
+	if err != nil {
+		n = DefaultNodeCount
+	}
+	return NodeSpecs(n)
 }
 
 // Config says where the cluster lives and what it consists of.
@@ -112,6 +150,9 @@ func DefaultConfig() (Config, error) {
 			return Config{}, fmt.Errorf("home directory for the cache (set DHPP_CACHE): %w", err)
 		}
 		cache = filepath.Join(home, ".cache", "dhpp")
+	}
+	if _, err := NodeCount(); err != nil {
+		return Config{}, err
 	}
 	return Config{
 		RepoRoot:  root,

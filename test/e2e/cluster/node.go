@@ -289,8 +289,24 @@ func startNodeBase(ctx context.Context, cfg Config, st *State, i int, images []s
 	if err := os.WriteFile(conf, []byte(containerdConfig(cfg, n.Name)), 0o644); err != nil {
 		return fmt.Errorf("containerd config: %w", err)
 	}
+	if err := launchContainerd(ctx, cfg, ns, commit); err != nil {
+		return err
+	}
+	sock := cfg.criSocket(n.Name)
+	for _, img := range images {
+		if _, err := run(ctx, "ctr", "--address", sock, "-n", "k8s.io", "images", "import", img); err != nil {
+			return fmt.Errorf("import %s on %s: %w", filepath.Base(img), n.Name, err)
+		}
+	}
+	return nil
+}
+
+// launchContainerd starts node n's containerd from the config
+// startNodeBase wrote, records it (commit) and waits for its socket.
+func launchContainerd(ctx context.Context, cfg Config, ns *NodeState, commit func() error) error {
+	n := ns.Spec
 	cd, err := startDaemon(n.Name+"-containerd", filepath.Join(cfg.logDir(), n.Name+"-containerd.log"),
-		ns.nsenter("containerd", "--config", conf))
+		ns.nsenter("containerd", "--config", filepath.Join(cfg.nodeDir(n.Name), "containerd.toml")))
 	if err != nil {
 		return err
 	}
@@ -307,11 +323,6 @@ func startNodeBase(ctx context.Context, cfg Config, st *State, i int, images []s
 		return err == nil, nil
 	}); err != nil {
 		return withLog(err, cd)
-	}
-	for _, img := range images {
-		if _, err := run(ctx, "ctr", "--address", sock, "-n", "k8s.io", "images", "import", img); err != nil {
-			return fmt.Errorf("import %s on %s: %w", filepath.Base(img), n.Name, err)
-		}
 	}
 	return nil
 }
@@ -368,8 +379,15 @@ func startKubelet(ctx context.Context, cfg Config, pki *PKI, st *State, ns *Node
 	if err := os.WriteFile(conf, []byte(kubeletConfig(cfg, pki, n.Name)), 0o644); err != nil {
 		return fmt.Errorf("kubelet config: %w", err)
 	}
+	return launchKubelet(cfg, st, ns)
+}
+
+// launchKubelet starts node n's kubelet from the files startKubelet wrote.
+func launchKubelet(cfg Config, st *State, ns *NodeState) error {
+	n := ns.Spec
+	d := cfg.nodeDir(n.Name)
 	p, err := startDaemon(n.Name+"-kubelet", filepath.Join(cfg.logDir(), n.Name+"-kubelet.log"),
-		ns.nsenter(cfg.KubeBin("kubelet"), "--config="+conf, "--kubeconfig="+kc,
+		ns.nsenter(cfg.KubeBin("kubelet"), "--config="+filepath.Join(d, "kubelet.yaml"), "--kubeconfig="+filepath.Join(d, "kubelet.kubeconfig"),
 			"--hostname-override="+n.Name, "--node-ip="+n.IP, "--v=2"))
 	if err != nil {
 		return err
@@ -498,6 +516,14 @@ conntrack:
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return fmt.Errorf("kube-proxy config: %w", err)
 	}
+	return launchKubeProxy(cfg, st, ns)
+}
+
+// launchKubeProxy starts node n's kube-proxy from the config
+// startKubeProxy wrote.
+func launchKubeProxy(cfg Config, st *State, ns *NodeState) error {
+	n := ns.Spec
+	conf := filepath.Join(cfg.nodeDir(n.Name), "kube-proxy.yaml")
 	p, err := startDaemon(n.Name+"-kube-proxy", filepath.Join(cfg.logDir(), n.Name+"-kube-proxy.log"),
 		ns.nsenter(cfg.KubeBin("kube-proxy"), "--config="+conf, "--v=1"))
 	if err != nil {

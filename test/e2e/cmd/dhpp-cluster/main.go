@@ -1,10 +1,13 @@
-// Command dhpp-cluster brings dhpp's local three-node Kubernetes cluster up
-// and down. The logic lives in test/e2e/cluster; this file parses flags.
+// Command dhpp-cluster brings dhpp's local Kubernetes cluster (four nodes,
+// or $DHPP_E2E_NODES) up and down. The logic lives in test/e2e/cluster;
+// this file parses flags.
 //
 //	go run ./test/e2e/cmd/dhpp-cluster up [--install-dhpp]
 //	go run ./test/e2e/cmd/dhpp-cluster status
 //	go run ./test/e2e/cmd/dhpp-cluster down
 //	go run ./test/e2e/cmd/dhpp-cluster tools    # only build the cached tools
+//	go run ./test/e2e/cmd/dhpp-cluster lose NODE     # kill its kubelet, containerd and pods (disk kept)
+//	go run ./test/e2e/cmd/dhpp-cluster restore NODE  # start them again on the same disk
 package main
 
 import (
@@ -25,7 +28,7 @@ func main() {
 	install := flag.Bool("install-dhpp", false, "up: apply "+cluster.LocalOverlay+" and wait for its DaemonSets")
 	skipPkgs := flag.Bool("skip-packages", false, "up: do not check/install the Debian packages")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: dhpp-cluster [flags] up|down|status|tools\n")
+		fmt.Fprintf(os.Stderr, "usage: dhpp-cluster [flags] up|down|status|tools|lose NODE|restore NODE\n")
 		flag.PrintDefaults()
 	}
 	// Flags may follow the verb: `up --install-dhpp`.
@@ -37,9 +40,10 @@ func main() {
 	if err := flag.CommandLine.Parse(args); err != nil {
 		os.Exit(2)
 	}
-	if verb == "" && flag.NArg() == 1 {
+	if verb == "" && flag.NArg() >= 1 {
 		verb = flag.Arg(0)
 	}
+	node := flag.Arg(flag.NArg() - 1)
 	cfg, err := cluster.DefaultConfig()
 	if err != nil {
 		klog.ErrorS(err, "configuration")
@@ -61,6 +65,16 @@ func main() {
 		err = cluster.Status(ctx, cfg, os.Stdout)
 	case "tools":
 		err = cluster.BuildTools(ctx, cfg)
+	case "lose", "restore":
+		if flag.NArg() == 0 || node == verb {
+			flag.Usage()
+			os.Exit(2)
+		}
+		if verb == "lose" {
+			err = cluster.LoseNode(ctx, cfg, node, os.Stdout)
+		} else {
+			err = cluster.RestoreNode(ctx, cfg, node, os.Stdout)
+		}
 	default:
 		flag.Usage()
 		os.Exit(2)
