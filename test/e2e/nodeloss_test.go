@@ -111,6 +111,7 @@ func (e *env) replicas(t *testing.T, ctx context.Context, ns, name string, n int
 		pod := e.waitPodReady(t, ctx, ns, fmt.Sprintf("%s-%d", name, i), "", 5*time.Minute)
 		pvc, pv := e.waitPVCBound(t, ctx, ns, fmt.Sprintf("data-%s-%d", name, i), time.Minute)
 		token, err := e.exec(ctx, ns, pod.Name, "cat", "/data/token")
+		token = strings.TrimSpace(token)
 		if err != nil || token == "" {
 			t.Fatalf("token of %s: %q %v", pod.Name, token, err)
 		}
@@ -278,7 +279,7 @@ func (e *env) checkUntouched(t *testing.T, ctx context.Context, ns string, reps 
 		if err != nil || string(c.UID) != r.claimUID || c.DeletionTimestamp != nil {
 			t.Errorf("claim of %s changed (%v)", r.pod, err)
 		}
-		if tok, err := e.exec(ctx, ns, r.pod, "cat", "/data/token"); err != nil || tok != r.token {
+		if tok, err := e.exec(ctx, ns, r.pod, "cat", "/data/token"); err != nil || strings.TrimSpace(tok) != r.token {
 			t.Errorf("%s reads %q (%v), want its own %q", r.pod, tok, err, r.token)
 		}
 	}
@@ -326,7 +327,7 @@ func TestNodeLossRecreate(t *testing.T) {
 	if took > lossGrace+60*time.Second {
 		t.Errorf("replica back after %s, want within grace %s + 60s", took, lossGrace)
 	}
-	if tok, err := e.exec(ctx, ns, r.pod, "cat", "/data/token"); err != nil || tok == r.token {
+	if tok, err := e.exec(ctx, ns, r.pod, "cat", "/data/token"); err != nil || strings.TrimSpace(tok) == r.token {
 		t.Errorf("new volume holds %q (%v): want a fresh token, not the old %q", tok, err, r.token)
 	}
 	e.checkUntouched(t, ctx, ns, reps, k)
@@ -437,7 +438,7 @@ func TestNodeLossKeep(t *testing.T) {
 		if p.Spec.NodeName != lost {
 			t.Errorf("%s on %s, want back on %s", r.pod, p.Spec.NodeName, lost)
 		}
-		if tok, err := e.exec(ctx, ns, r.pod, "cat", "/data/token"); err != nil || tok != r.token {
+		if tok, err := e.exec(ctx, ns, r.pod, "cat", "/data/token"); err != nil || strings.TrimSpace(tok) != r.token {
 			t.Errorf("%s reads %q (%v), want its old %q", r.pod, tok, err, r.token)
 		}
 	})
