@@ -6,6 +6,8 @@ import (
 	"io"
 	"syscall"
 	"time"
+
+	"k8s.io/klog/v2"
 )
 
 // LoseNode makes node name fail the way a machine that loses power does, as
@@ -74,6 +76,14 @@ func RestoreNode(ctx context.Context, cfg Config, name string, out io.Writer) er
 		if ns.Kubelet.Alive() || ns.Containerd.Alive() {
 			return fmt.Errorf("node %s is not lost (kubelet or containerd running)", name)
 		}
+		// A Node that was deleted registers anew and may get another pod
+		// CIDR: the CNI bridge, which kept the old gateway address, goes
+		// (the bridge plugin makes it again; no pod of this node survived)
+		// and the host route of the old range with it.
+		oldCIDR := ns.PodCIDR
+		if _, err := run(ctx, "ip", "-n", name, "link", "del", "cni0"); err != nil {
+			klog.V(2).InfoS("no CNI bridge to remove", "node", name, "err", err)
+		}
 		save := func() error { return st.save() }
 		if err := launchContainerd(ctx, cfg, ns, save); err != nil {
 			return err
@@ -83,6 +93,11 @@ func RestoreNode(ctx context.Context, cfg Config, name string, out io.Writer) er
 		}
 		if err := waitPodCIDR(ctx, cfg, st, ns); err != nil {
 			return err
+		}
+		if oldCIDR != "" && oldCIDR != ns.PodCIDR {
+			if _, err := run(ctx, "ip", "route", "del", oldCIDR, "via", ns.Spec.IP); err != nil {
+				klog.InfoS("removing the old pod route", "node", name, "cidr", oldCIDR, "err", err)
+			}
 		}
 		if err := launchKubeProxy(cfg, st, ns); err != nil {
 			return err
