@@ -30,13 +30,8 @@ func blockSize(t *testing.T, path string) int64 {
 // loop device itself, bind-mounted onto the target file, and grows online.
 func TestBlockVolume(t *testing.T) {
 	ctx := context.Background()
-	poolPath := newPoolOnDisk(t, "ext4", 256*mib)
-	m := openManager(t, poolPath, BackendLoop, &fakeClock{t: time.Now()})
-	defer m.Close()
-	v, err := m.CreateVolume(ctx, CreateRequest{Name: "blk", RequiredBytes: 8 * mib, AccessType: AccessBlock})
-	if err != nil {
-		t.Fatalf("CreateVolume: %v", err)
-	}
+	m, v, poolPath := newBlockVolume(t)
+	img := filepath.Join(poolPath, "volumes/blk/disk.img")
 	work := t.TempDir()
 	staging, target := filepath.Join(work, "staging"), filepath.Join(work, "dev", "target")
 	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
@@ -71,7 +66,7 @@ func TestBlockVolume(t *testing.T) {
 	if err := m.UnstageVolume(ctx, v.ID, staging); err != nil {
 		t.Fatalf("UnstageVolume: %v", err)
 	}
-	if devs, _ := loopdev.Find(filepath.Join(poolPath, "volumes/blk/disk.img")); len(devs) != 0 {
+	if devs, _ := loopdev.Find(img); len(devs) != 0 {
 		t.Fatalf("loop device still attached: %v", devs)
 	}
 	if err := m.DeleteVolume(ctx, v.ID); err != nil {
@@ -87,13 +82,8 @@ func TestBlockVolume(t *testing.T) {
 // no device ("not staged"), or binds one that is gone.
 func TestBlockRestageWhileDeviceHeld(t *testing.T) {
 	ctx := context.Background()
-	poolPath := newPoolOnDisk(t, "ext4", 256*mib)
-	m := openManager(t, poolPath, BackendLoop, &fakeClock{t: time.Now()})
-	defer m.Close()
-	v, err := m.CreateVolume(ctx, CreateRequest{Name: "blk", RequiredBytes: 8 * mib, AccessType: AccessBlock})
-	if err != nil {
-		t.Fatalf("CreateVolume: %v", err)
-	}
+	m, v, poolPath := newBlockVolume(t)
+	img := filepath.Join(poolPath, "volumes/blk/disk.img")
 	work := t.TempDir()
 	staging, target := filepath.Join(work, "staging"), filepath.Join(work, "dev", "target")
 	publish := func() {
@@ -114,7 +104,7 @@ func TestBlockRestageWhileDeviceHeld(t *testing.T) {
 		t.Fatalf("write to the block device: %v", err)
 	}
 	f.Close()
-	devs, err := loopdev.Find(filepath.Join(poolPath, "volumes/blk/disk.img"))
+	devs, err := loopdev.Find(img)
 	if err != nil || len(devs) != 1 {
 		t.Fatalf("loop devices of the image = %v, %v; want one", devs, err)
 	}
@@ -155,7 +145,7 @@ func TestBlockRestageWhileDeviceHeld(t *testing.T) {
 	if err := m.UnstageVolume(ctx, v.ID, staging); err != nil {
 		t.Fatalf("UnstageVolume: %v", err)
 	}
-	dying, err := loopdev.AttachOpen(filepath.Join(poolPath, "volumes/blk/disk.img"), loopdev.Options{AutoClear: true})
+	dying, err := loopdev.AttachOpen(img, loopdev.Options{AutoClear: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,18 +185,12 @@ func TestBlockUnstageDeviceHeldOpen(t *testing.T) {
 	ctx := context.Background()
 	defer func(d time.Duration) { loopReleaseTimeout = d }(loopReleaseTimeout)
 	loopReleaseTimeout = 200 * time.Millisecond
-	poolPath := newPoolOnDisk(t, "ext4", 256*mib)
-	m := openManager(t, poolPath, BackendLoop, &fakeClock{t: time.Now()})
-	defer m.Close()
-	v, err := m.CreateVolume(ctx, CreateRequest{Name: "blk", RequiredBytes: 8 * mib, AccessType: AccessBlock})
-	if err != nil {
-		t.Fatalf("CreateVolume: %v", err)
-	}
+	m, v, poolPath := newBlockVolume(t)
+	img := filepath.Join(poolPath, "volumes/blk/disk.img")
 	staging := filepath.Join(t.TempDir(), "staging")
 	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
 		t.Fatalf("StageVolume: %v", err)
 	}
-	img := filepath.Join(poolPath, "volumes/blk/disk.img")
 	devs, err := loopdev.Find(img)
 	if err != nil || len(devs) != 1 {
 		t.Fatalf("loop devices of the image = %v, %v; want one", devs, err)
@@ -226,4 +210,18 @@ func TestBlockUnstageDeviceHeldOpen(t *testing.T) {
 	if devs, _ := loopdev.Find(img); len(devs) != 0 {
 		t.Fatalf("loop device still attached: %v", devs)
 	}
+}
+
+// newBlockVolume makes an 8 MiB Block volume "blk" on a loop pool of its
+// own (an ext4 disk); the manager is closed at cleanup.
+func newBlockVolume(t *testing.T) (*Manager, *Volume, string) {
+	t.Helper()
+	poolPath := newPoolOnDisk(t, "ext4", 256*mib)
+	m := openManager(t, poolPath, BackendLoop, &fakeClock{t: time.Now()})
+	t.Cleanup(m.Close)
+	v, err := m.CreateVolume(context.Background(), CreateRequest{Name: "blk", RequiredBytes: 8 * mib, AccessType: AccessBlock})
+	if err != nil {
+		t.Fatalf("CreateVolume: %v", err)
+	}
+	return m, v, poolPath
 }
