@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -646,7 +647,7 @@ func TestNodeReturns(t *testing.T) {
 	if _, err := w.cs.CoreV1().Nodes().Update(context.Background(), n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool {
+	testdisk.WaitFor(t, "the informer to see the untainted node", func() bool {
 		cached, err := h.c.nodes.Get(lostNode)
 		return err == nil && len(cached.Spec.Taints) == 0
 	})
@@ -658,17 +659,6 @@ func TestNodeReturns(t *testing.T) {
 	}
 	if w.claim("data-web-0") == nil {
 		t.Error("claim released although the node returned")
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -688,8 +678,8 @@ func TestRunWorksQueue(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- c.Run(ctx, 2) }()
-	waitFor(t, func() bool { w.collect(); return w.claim("data-web-0") == nil })
-	waitFor(t, func() bool { w.collect(); return w.pv("pvc-web-0") == nil })
+	testdisk.WaitFor(t, "the claim to be released", func() bool { w.collect(); return w.claim("data-web-0") == nil })
+	testdisk.WaitFor(t, "the PV to be deleted", func() bool { w.collect(); return w.pv("pvc-web-0") == nil })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/sys/unix"
+
+	"github.com/dhpp-io/dhpp/internal/testdisk"
 )
 
 // fakeProber returns queued errors, or blocks while hang is set, so the
@@ -112,7 +114,7 @@ func TestMonitorHangingIO(t *testing.T) {
 	// The disk comes back: the late result is discarded, new I/O starts.
 	f.set(nil)
 	close(release)
-	waitFor(t, time.Second, func() bool { return m.ioInFlight.Load() == 0 })
+	testdisk.WaitFor(t, "the probe I/O to finish", func() bool { return m.ioInFlight.Load() == 0 })
 	m.probeOnce(ctx, p)
 	if c := f.calls.Load(); c != 2 {
 		t.Errorf("prober called %d times after release, want 2", c)
@@ -120,17 +122,6 @@ func TestMonitorHangingIO(t *testing.T) {
 	s, _ = m.Status("p1")
 	if s.State != Fenced || s.ConsecutiveSuccesses != 1 || s.ConsecutiveFailures != 0 {
 		t.Errorf("status after recovery probe = %+v, want still Fenced (manual policy) with 1 success", s)
-	}
-}
-
-func waitFor(t *testing.T, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", d)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -153,7 +144,7 @@ func TestMonitorRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
-	waitFor(t, 5*time.Second, func() bool { s, _ := m.Status("p1"); return s.ConsecutiveSuccesses >= 3 })
+	testdisk.WaitFor(t, "three successful probes", func() bool { s, _ := m.Status("p1"); return s.ConsecutiveSuccesses >= 3 })
 	cancel()
 	select {
 	case <-done:
