@@ -4,13 +4,11 @@ import (
 	"fmt"
 	"image"
 	"image/color"
-	"image/draw"
-	"image/png"
 	"math"
-	"os"
-	"path/filepath"
 	"sort"
 	"time"
+
+	"github.com/dhpp-io/dhpp/internal/plot"
 )
 
 // Colours per provisioner, and for the chart's furniture.
@@ -127,19 +125,19 @@ func Chart(results []Result) (*image.RGBA, error) {
 	sort.Ints(ns)
 	const title = "dhpp vs local-path-provisioner: latency per volume (log scale)"
 	// Wide enough for the title and legend even with a single N.
-	w := max(marginL+len(ns)*panelW+20, marginL+textWidth(title, 2)+20)
+	w := max(marginL+len(ns)*panelW+20, marginL+plot.TextWidth(title, 2)+20)
 	h := marginT + len(metrics)*(panelH+rowGap) + marginB
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
-	draw.Draw(img, img.Bounds(), &image.Uniform{paper}, image.Point{}, draw.Src)
+	plot.FillRect(img, 0, 0, w, h, paper)
 
-	drawText(img, marginL, 12, title, ink, 2)
+	plot.Text(img, marginL, 12, title, ink, 2)
 	lx := marginL
 	for _, p := range provs {
-		fillRect(img, lx, 40, lx+14, 54, colorOf(p))
-		drawText(img, lx+20, 40, p, ink, 2)
-		lx += 20 + textWidth(p, 2) + 30
+		plot.FillRect(img, lx, 40, lx+14, 54, colorOf(p))
+		plot.Text(img, lx+20, 40, p, ink, 2)
+		lx += 20 + plot.TextWidth(p, 2) + 30
 	}
-	drawText(img, lx, 44, "thick bar p50, thin bar p95, short bar max", otherColor, 1)
+	plot.Text(img, lx, 44, "thick bar p50, thin bar p95, short bar max", otherColor, 1)
 
 	for mi, m := range metrics {
 		top := marginT + mi*(panelH+rowGap) + 28
@@ -155,18 +153,18 @@ func Chart(results []Result) (*image.RGBA, error) {
 			minS, maxS = 0.1, 1
 		}
 		ax := newLogAxis(minS, maxS, top, bottom)
-		drawText(img, 8, top-26, m.title, ink, 2)
+		plot.Text(img, 8, top-26, m.title, ink, 2)
 		for d := ax.loDecade; d <= ax.hiDecade; d++ {
 			y := ax.y(math.Pow(10, float64(d)))
 			lbl := decadeLabel(d)
-			drawText(img, marginL-8-textWidth(lbl, 1), y-3, lbl, ink, 1)
-			hline(img, marginL, marginL+len(ns)*panelW, y, gridColor)
+			plot.Text(img, marginL-8-plot.TextWidth(lbl, 1), y-3, lbl, ink, 1)
+			plot.HLine(img, marginL, marginL+len(ns)*panelW, y, gridColor)
 		}
 		for ni, n := range ns {
 			x0 := marginL + ni*panelW
-			vline(img, x0, top, bottom, ink)
-			hline(img, x0, x0+panelW, bottom, ink)
-			drawText(img, x0+panelW/2-textWidth(fmt.Sprintf("N=%d", n), 2)/2, bottom+8, fmt.Sprintf("N=%d", n), ink, 2)
+			plot.VLine(img, x0, top, bottom, ink)
+			plot.HLine(img, x0, x0+panelW, bottom, ink)
+			plot.Text(img, x0+panelW/2-plot.TextWidth(fmt.Sprintf("N=%d", n), 2)/2, bottom+8, fmt.Sprintf("N=%d", n), ink, 2)
 			colW := (panelW - 20) / max(len(provs), 1)
 			for pi, p := range provs {
 				r, ok := by[p][n]
@@ -177,20 +175,20 @@ func Chart(results []Result) (*image.RGBA, error) {
 				ds := m.raw(r)
 				c := colorOf(p)
 				if len(ds) == 0 {
-					drawText(img, cx+8, (top+bottom)/2, "no data", otherColor, 1)
+					plot.Text(img, cx+8, (top+bottom)/2, "no data", otherColor, 1)
 					continue
 				}
 				// Bars first, dots on top: a bar must not hide the values.
 				s := Summarize(ds)
-				fillRect(img, cx+2, ax.y(s.P50.Seconds())-1, cx+colW-2, ax.y(s.P50.Seconds())+2, ink)
-				hline(img, cx+2, cx+colW-2, ax.y(s.P95.Seconds()), ink)
-				hline(img, cx+colW/3, cx+2*colW/3, ax.y(s.Max.Seconds()), ink)
+				plot.FillRect(img, cx+2, ax.y(s.P50.Seconds())-1, cx+colW-2, ax.y(s.P50.Seconds())+2, ink)
+				plot.HLine(img, cx+2, cx+colW-2, ax.y(s.P95.Seconds()), ink)
+				plot.HLine(img, cx+colW/3, cx+2*colW/3, ax.y(s.Max.Seconds()), ink)
 				for i, d := range ds {
 					x := cx + 8 + jitter(i, colW-16)
-					fillRect(img, x-1, ax.y(d.Seconds())-1, x+2, ax.y(d.Seconds())+2, c)
+					plot.FillRect(img, x-1, ax.y(d.Seconds())-1, x+2, ax.y(d.Seconds())+2, c)
 				}
 				lbl := "p50 " + shortDur(s.P50)
-				drawText(img, cx+colW/2-textWidth(lbl, 1)/2, bottom+30, lbl, c, 1)
+				plot.Text(img, cx+colW/2-plot.TextWidth(lbl, 1)/2, bottom+30, lbl, c, 1)
 			}
 		}
 	}
@@ -212,32 +210,11 @@ func shortDur(d time.Duration) string {
 	return fmt.Sprintf("%.1fs", d.Seconds())
 }
 
-func fillRect(img *image.RGBA, x0, y0, x1, y1 int, c color.Color) {
-	draw.Draw(img, image.Rect(x0, y0, x1, y1), &image.Uniform{c}, image.Point{}, draw.Src)
-}
-
-func hline(img *image.RGBA, x0, x1, y int, c color.Color) { fillRect(img, x0, y, x1, y+1, c) }
-func vline(img *image.RGBA, x, y0, y1 int, c color.Color) { fillRect(img, x, y0, x+1, y1, c) }
-
 // WriteChart draws the chart and saves it as a PNG at path.
 func WriteChart(path string, results []Result) error {
 	img, err := Chart(results)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
-	}
-	if err := png.Encode(f, img); err != nil {
-		f.Close()
-		return fmt.Errorf("encode %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", path, err)
-	}
-	return nil
+	return plot.SavePNG(path, img)
 }

@@ -142,16 +142,3 @@ func TestChartRejectsNoResults(t *testing.T) {
 		t.Error("Chart(nil) succeeded, want an error")
 	}
 }
-
-func TestTextWidthAndGlyphs(t *testing.T) {
-	for r, g := range glyphs {
-		for _, row := range g {
-			if len(row) != 5 {
-				t.Errorf("glyph %q has a row of %d columns, want 5", r, len(row))
-			}
-		}
-	}
-	if got := textWidth("N=10", 2); got != 4*glyphW*2 {
-		t.Errorf("textWidth = %d, want %d", got, 4*glyphW*2)
-	}
-}

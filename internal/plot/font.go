@@ -1,4 +1,8 @@
-package bench
+// Package plot draws the benchmark charts: a bitmap font, filled
+// rectangles and PNG output on the standard library's image package, shared
+// by the cluster benchmark (test/e2e/bench) and the data-path benchmark
+// (test/benchio).
+package plot
 
 import (
 	"image"
@@ -6,7 +10,7 @@ import (
 	"strings"
 )
 
-// A 5×7 bitmap font for the chart's labels: the standard library has no
+// A 5×7 bitmap font for the charts' labels: the standard library has no
 // font rendering and the root module should not grow a dependency for a few
 // words. Lowercase is drawn as uppercase; unknown characters as a box.
 var glyphs = map[rune][7]string{
@@ -68,13 +72,13 @@ var glyphs = map[rune][7]string{
 // glyphW and glyphH are a glyph's cell at scale 1, spacing included.
 const glyphW, glyphH = 6, 8
 
-// textWidth is the width of s in pixels at scale.
-func textWidth(s string, scale int) int {
+// TextWidth is the width of s in pixels at scale.
+func TextWidth(s string, scale int) int {
 	return len([]rune(s)) * glyphW * scale
 }
 
-// drawText draws s with its top-left corner at (x, y).
-func drawText(img *image.RGBA, x, y int, s string, c color.Color, scale int) {
+// Text draws s with its top-left corner at (x, y).
+func Text(img *image.RGBA, x, y int, s string, c color.Color, scale int) {
 	for _, r := range strings.ToUpper(s) {
 		g, ok := glyphs[r]
 		if !ok {
