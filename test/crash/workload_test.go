@@ -125,61 +125,59 @@ func (w *worker) create() {
 	}
 }
 
-func (w *worker) delete(v *vol) {
-	switch o, err := w.h.delete(v); o {
+// transition is how one CSI call moves a volume's model: on OK the field
+// becomes to (and then runs), a call cut by a kill leaves it maybe with the
+// call pending for the checker, and an error fails the run.
+type transition struct {
+	call    func(*vol) (outcome, error)
+	field   func(*vol) *tri
+	to      tri
+	pending string // the call's name in the checker's resolution
+	then    func(*vol)
+	failure string // what must not fail, for the message
+}
+
+func (w *worker) apply(v *vol, tr transition) {
+	switch o, err := tr.call(v); o {
 	case ok:
-		v.deleted = yes
+		*tr.field(v) = tr.to
+		if tr.then != nil {
+			tr.then(v)
+		}
 	case uncertain:
-		v.deleted, v.pending = maybe, "delete"
+		*tr.field(v), v.pending = maybe, tr.pending
 	case failed:
-		w.h.fail(v, "DeleteVolume of an unpublished, unstaged volume failed: %v", err)
+		w.h.fail(v, "%s failed: %v", tr.failure, err)
 	}
+}
+
+func deletedOf(v *vol) *tri { return &v.deleted }
+func stagedOf(v *vol) *tri  { return &v.staged }
+func pubOf(v *vol) *tri     { return &v.pub }
+
+func (w *worker) delete(v *vol) {
+	w.apply(v, transition{call: w.h.delete, field: deletedOf, to: yes, pending: "delete",
+		failure: "DeleteVolume of an unpublished, unstaged volume"})
 }
 
 func (w *worker) stage(v *vol) {
-	switch o, err := w.h.stage(v); o {
-	case ok:
-		v.staged = yes
-		w.h.finishDeferredGrow(v)
-	case uncertain:
-		v.staged, v.pending = maybe, "stage"
-	case failed:
-		w.h.fail(v, "NodeStageVolume failed: %v", err)
-	}
+	w.apply(v, transition{call: w.h.stage, field: stagedOf, to: yes, pending: "stage",
+		then: w.h.finishDeferredGrow, failure: "NodeStageVolume"})
 }
 
 func (w *worker) unstage(v *vol) {
-	switch o, err := w.h.unstage(v); o {
-	case ok:
-		v.staged = no
-	case uncertain:
-		v.staged, v.pending = maybe, "unstage"
-	case failed:
-		w.h.fail(v, "NodeUnstageVolume failed: %v", err)
-	}
+	w.apply(v, transition{call: w.h.unstage, field: stagedOf, to: no, pending: "unstage",
+		failure: "NodeUnstageVolume"})
 }
 
 func (w *worker) publish(v *vol) {
-	switch o, err := w.h.publish(v); o {
-	case ok:
-		v.pub = yes
-		w.h.checkData(v, v.target)
-	case uncertain:
-		v.pub, v.pending = maybe, "publish"
-	case failed:
-		w.h.fail(v, "NodePublishVolume of a staged volume failed: %v", err)
-	}
+	w.apply(v, transition{call: w.h.publish, field: pubOf, to: yes, pending: "publish",
+		then: func(v *vol) { w.h.checkData(v, v.target) }, failure: "NodePublishVolume of a staged volume"})
 }
 
 func (w *worker) unpublish(v *vol) {
-	switch o, err := w.h.unpublish(v); o {
-	case ok:
-		v.pub = no
-	case uncertain:
-		v.pub, v.pending = maybe, "unpublish"
-	case failed:
-		w.h.fail(v, "NodeUnpublishVolume failed: %v", err)
-	}
+	w.apply(v, transition{call: w.h.unpublish, field: pubOf, to: no, pending: "unpublish",
+		failure: "NodeUnpublishVolume"})
 }
 
 // write adds a file of random content through the published target and
