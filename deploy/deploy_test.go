@@ -22,10 +22,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
@@ -137,6 +139,12 @@ func parseStream(stream []byte) (map[string]object, error) {
 			continue // empty document, e.g. a template rendered to nothing
 		}
 		typed, gvk, err := strictDecoder.Decode(doc, nil, nil)
+		if runtime.IsNotRegisteredError(err) && raw["kind"] == "CustomResourceDefinition" {
+			// client-go has no CRD types; the DhppPool CRD is checked
+			// against its Go types in pkg/apis/dhpp/v1alpha1.
+			u := &unstructured.Unstructured{Object: raw}
+			typed, gvk, err = u, ptr.To(u.GroupVersionKind()), nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("decode with client-go's scheme: %w\n%s", err, doc)
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/dhpp-io/dhpp/pkg/registration"
 	"github.com/kubernetes-csi/csi-lib-utils/metrics"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/klog/v2"
 )
 
@@ -30,6 +31,11 @@ const restoreTimeout = 10 * time.Second
 type hooks struct {
 	// kubeClient replaces Connect (e.g. a fake clientset).
 	kubeClient kube.API
+	// dynamicClient, with kubeClient, publishes the DhppPool objects to a
+	// fake; without it a kubeClient hook runs no publisher.
+	dynamicClient dynamic.Interface
+	// poolStatusPeriod replaces poolstatus.DefaultPeriod.
+	poolStatusPeriod time.Duration
 	// httpListening is told the metrics endpoint's address once it listens.
 	httpListening func(addr string)
 }
@@ -89,16 +95,24 @@ func run(ctx context.Context, c Config, hk hooks) error {
 		{"RAID watcher", arrays.Run},
 	}
 
-	fencer, events, err := connectNode(c, hk, mgr, mon, arrays)
+	side, err := connectNode(c, hk, mgr, mon, arrays)
 	if err != nil {
 		return err
 	}
+	fencer, events := side.fencer, side.events
 	// A pool whose directory is missing is fenced before CSI is served,
 	// once the Fencer listens, so the Node says why.
 	fenceMissingPools(mon, mgr.Pools())
 	if fencer != nil {
 		restoreFencing(ctx, fencer, events, mgr)
 		parts = append(parts, runnable{"node fencing", fencer.Run}, runnable{"node events", events.Run})
+	}
+	if side.dynamic != nil {
+		pub, err := newPublisher(c, side, hk.poolStatusPeriod, mgr, mon, arrays)
+		if err != nil {
+			return err
+		}
+		parts = append(parts, runnable{"pool status", pub.Run})
 	}
 
 	l, err := sockLock.Listen()
@@ -186,14 +200,21 @@ func newMetrics(mgr *node.Manager, mon *health.Monitor, arrays *raid.Watcher) (m
 }
 
 // connectNode makes the Node side: the Fencer (label, condition, unfence
-// annotation) and the Node Events, which also carry RAID degradation. Both
-// are nil outside a cluster.
-func connectNode(c Config, hk hooks, mgr *node.Manager, mon *health.Monitor, arrays *raid.Watcher) (*kube.Fencer, *kube.NodeEvents, error) {
-	client := hk.kubeClient
+// annotation) and the Node Events, which also carry RAID degradation, and
+// the dynamic client the DhppPool publisher uses. All are nil outside a
+// cluster.
+func connectNode(c Config, hk hooks, mgr *node.Manager, mon *health.Monitor, arrays *raid.Watcher) (nodeSide, error) {
+	client, dyn := hk.kubeClient, hk.dynamicClient
 	if client == nil {
-		var err error
-		if client, err = kube.Connect(c.Kubeconfig); err != nil || client == nil {
-			return nil, nil, err
+		cfg, err := kube.RESTConfig(c.Kubeconfig)
+		if err != nil || cfg == nil {
+			return nodeSide{}, err
+		}
+		if client, err = kube.NewAPI(cfg); err != nil {
+			return nodeSide{}, err
+		}
+		if dyn, err = dynamic.NewForConfig(cfg); err != nil {
+			return nodeSide{}, fmt.Errorf("dynamic client for %s: %w", cfg.Host, err)
 		}
 	}
 	paths := map[string]string{}
@@ -203,11 +224,11 @@ func connectNode(c Config, hk hooks, mgr *node.Manager, mon *health.Monitor, arr
 	events := kube.NewNodeEvents(client, c.NodeID, paths)
 	fencer, err := kube.NewFencer(kube.Config{Client: client, NodeName: c.NodeID, Monitor: mon, PoolPaths: paths, Events: events})
 	if err != nil {
-		return nil, nil, err
+		return nodeSide{}, err
 	}
 	// A degraded RAID array under a pool is a Node Event, not fencing.
 	arrays.OnDegradation(events.PoolDegradationChanged)
-	return fencer, events, nil
+	return nodeSide{client: client, dynamic: dyn, fencer: fencer, events: events}, nil
 }
 
 // restoreFencing re-applies the fencing the Node's labels record, before

@@ -20,7 +20,8 @@ import (
 )
 
 // Client API rate: the driver patches its own Node and posts an Event per
-// fencing change, a handful of calls per incident. Low limits keep a
+// fencing change, a handful of calls per incident, and writes its pools'
+// DhppPool status at most once per pool per 30 s (pkg/poolstatus). Low limits keep a
 // flapping disk on many nodes from loading the API server.
 const (
 	clientQPS   = 5
@@ -33,6 +34,27 @@ const (
 // without Kubernetes. A kubeconfig that was asked for but cannot be loaded
 // is an error, not a silent fallback.
 func Connect(kubeconfig string) (API, error) {
+	cfg, err := RESTConfig(kubeconfig)
+	if err != nil || cfg == nil {
+		return nil, err
+	}
+	return NewAPI(cfg)
+}
+
+// NewAPI returns the API on cfg (from RESTConfig).
+func NewAPI(cfg *rest.Config) (API, error) {
+	c, err := newRESTAPI(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client for %s: %w", cfg.Host, err)
+	}
+	klog.InfoS("Kubernetes API configured", "host", cfg.Host)
+	return c, nil
+}
+
+// RESTConfig is the driver's client configuration (user agent, rate
+// limits) for kubeconfig or the in-cluster service account; (nil, nil)
+// outside a cluster with no kubeconfig, as for Connect.
+func RESTConfig(kubeconfig string) (*rest.Config, error) {
 	var (
 		cfg *rest.Config
 		err error
@@ -54,10 +76,5 @@ func Connect(kubeconfig string) (API, error) {
 	}
 	cfg.UserAgent = "dhpp-driver/" + dhpp.Version
 	cfg.QPS, cfg.Burst = clientQPS, clientBurst
-	c, err := newRESTAPI(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client for %s: %w", cfg.Host, err)
-	}
-	klog.InfoS("Kubernetes API configured", "host", cfg.Host)
-	return c, nil
+	return cfg, nil
 }

@@ -1,0 +1,56 @@
+package app
+
+import (
+	"context"
+	"time"
+
+	v1 "github.com/dhpp-io/dhpp/pkg/apis/dhpp/v1alpha1"
+	"github.com/dhpp-io/dhpp/pkg/dhpp"
+	"github.com/dhpp-io/dhpp/pkg/health"
+	"github.com/dhpp-io/dhpp/pkg/kube"
+	"github.com/dhpp-io/dhpp/pkg/node"
+	"github.com/dhpp-io/dhpp/pkg/poolstatus"
+	"github.com/dhpp-io/dhpp/pkg/raid"
+	"k8s.io/client-go/dynamic"
+)
+
+// nodeSide is the driver's cluster side (connectNode); all nil outside a
+// cluster.
+type nodeSide struct {
+	client  kube.API
+	dynamic dynamic.Interface
+	fencer  *kube.Fencer
+	events  *kube.NodeEvents
+}
+
+// newPublisher makes the DhppPool publisher: each pool's figures from the
+// Manager, its health from the Monitor, its RAID state from the watcher
+// and its trash read from the pool directory.
+func newPublisher(c Config, side nodeSide, period time.Duration, mgr *node.Manager, mon *health.Monitor, arrays *raid.Watcher) (*poolstatus.Publisher, error) {
+	return poolstatus.New(poolstatus.Config{
+		Client:   side.dynamic,
+		NodeName: c.NodeID,
+		NodeUID: func(ctx context.Context) (string, error) {
+			n, err := side.client.GetNode(ctx, c.NodeID)
+			if err != nil {
+				return "", err
+			}
+			return string(n.UID), nil
+		},
+		Pools: func() []poolstatus.PoolInfo {
+			pools := mgr.Pools()
+			out := make([]poolstatus.PoolInfo, len(pools))
+			for i, p := range pools {
+				out[i] = poolstatus.FromPool(p)
+			}
+			return out
+		},
+		Health:   mon,
+		Degraded: arrays.PoolDegraded,
+		Trash: func(pi poolstatus.PoolInfo) (v1.Trash, error) {
+			return poolstatus.ReadTrash(pi.Path, c.TrashRetention)
+		},
+		Version: dhpp.Version,
+		Period:  period,
+	})
+}

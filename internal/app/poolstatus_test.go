@@ -1,0 +1,138 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dhpp-io/dhpp/internal/testdisk"
+	v1 "github.com/dhpp-io/dhpp/pkg/apis/dhpp/v1alpha1"
+	"github.com/dhpp-io/dhpp/pkg/health"
+	"github.com/dhpp-io/dhpp/pkg/kube"
+	"github.com/dhpp-io/dhpp/pkg/kube/kubetest"
+	"github.com/dhpp-io/dhpp/pkg/node"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	dynfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+// TestPoolStatusPublished runs the whole driver with fake API servers and
+// checks the DhppPool it publishes: owned by the Node, with the pool's
+// volumes and trash, and that spec.fence fences the pool through the
+// health monitor (CreateVolume refused, Node labelled as for any fence).
+func TestPoolStatusPublished(t *testing.T) {
+	kc := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "uid-n1"}})
+	dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schema.GroupVersionResource]string{v1.GroupVersionResource: v1.Kind + "List"})
+	cfg := Config{
+		Endpoint: "unix://" + filepath.Join(t.TempDir(), "csi.sock"), NodeID: "n1", TrashRetention: time.Hour,
+		Pools:             []node.PoolConfig{{Name: "default", Path: t.TempDir(), Backend: node.BackendDir}},
+		DefaultVolumeSize: 64 << 20, MetricsAddress: "127.0.0.1:0", Health: health.DefaultConfig(),
+	}
+	d := startDriverHooks(t, cfg, hooks{kubeClient: kubetest.FakeAPI{C: kc}, dynamicClient: dyn, poolStatusPeriod: 50 * time.Millisecond})
+	ctx := context.Background()
+	pool := func() *v1.DhppPool {
+		u, err := dyn.Resource(v1.GroupVersionResource).Get(ctx, "n1.default", metav1.GetOptions{})
+		if err != nil {
+			return nil
+		}
+		p, err := v1.FromUnstructured(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+
+	if _, err := d.create("pvc-1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.create("pvc-2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "n1/default/pvc-2"}); err != nil {
+		t.Fatal(err)
+	}
+	testdisk.WaitFor(t, "the pool's object with 1 volume and 1 trash entry", func() bool {
+		p := pool()
+		return p != nil && p.Status.Volumes == 1 && p.Status.Trash.Entries == 1
+	})
+	p := pool()
+	if or := p.OwnerReferences; len(or) != 1 || or[0].Kind != "Node" || or[0].UID != "uid-n1" {
+		t.Errorf("owner references %+v, want Node n1", or)
+	}
+	e := p.Status.Trash.Items[0]
+	if !strings.HasPrefix(e.Entry, "pvc-2@") || e.VolumeID != "n1/default/pvc-2" || e.SizeBytes != 32<<20 ||
+		e.PurgeAt.Sub(e.DeletedAt.Time) != time.Hour {
+		t.Errorf("trash entry %+v", e)
+	}
+	if p.Status.Health.State != "Healthy" || p.Status.SizeEnforced || p.Status.Backend != "dir" || p.Status.CapacityBytes <= 0 {
+		t.Errorf("status %+v", p.Status)
+	}
+
+	// spec.fence: the pool is fenced as by hand, with the operator's reason.
+	p.Spec.Fence = &v1.Fence{Reason: "replacing sdb"}
+	u, err := v1.ToUnstructured(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dyn.Resource(v1.GroupVersionResource).Update(ctx, u, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testdisk.WaitFor(t, "the pool fenced and published so", func() bool {
+		p := pool()
+		return p.Status.Health.State == "Fenced" && strings.Contains(p.Status.Health.Message, "replacing sdb")
+	})
+	_, err = d.create("pvc-3")
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "replacing sdb") {
+		t.Errorf("CreateVolume on the fenced pool: %v, want ResourceExhausted naming the reason", err)
+	}
+	testdisk.WaitFor(t, "the Node labelled fenced", func() bool {
+		n, err := kc.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
+		return err == nil && n.Labels[kube.PoolLabelPrefix+"default"] == kube.PoolLabelFenced
+	})
+}
+
+// startDriverHooks runs the driver with the given hooks until the test ends.
+func startDriverHooks(t *testing.T, cfg Config, hk hooks) *driverUnderTest {
+	t.Helper()
+	listening := make(chan string, 1)
+	hk.httpListening = func(a string) { listening <- a }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, hk) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil && !errors.Is(err, context.Canceled) {
+				t.Errorf("driver: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Error("driver did not stop within 20 s")
+		}
+	})
+	select {
+	case <-listening:
+	case err := <-done:
+		t.Fatalf("driver stopped at start: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("driver did not start within 20 s")
+	}
+	conn, err := grpc.NewClient(cfg.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &driverUnderTest{t: t, cfg: cfg, ctl: csi.NewControllerClient(conn), node: csi.NewNodeClient(conn)}
+}

@@ -1,0 +1,218 @@
+// Package v1alpha1 is the dhpp.io/v1alpha1 API: DhppPool, one cluster-scoped
+// object per node and pool that the node's driver keeps up to date (status)
+// and operators use to fence a pool for maintenance (spec.fence).
+//
+// The types are plain Go structs with JSON tags; clients go through the
+// dynamic client and convert with ToUnstructured/FromUnstructured, so
+// neither the driver nor the kubectl plugin needs generated clientsets.
+package v1alpha1
+
+import (
+	"fmt"
+	"hash/fnv"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+const (
+	// Group and Version of the API.
+	Group   = "dhpp.io"
+	Version = "v1alpha1"
+	// Kind and Resource of a pool object.
+	Kind     = "DhppPool"
+	Resource = "dhpppools"
+
+	// LabelNode and LabelPool name the node and pool of an object, so the
+	// driver watches only its own (label selector) and the plugin filters.
+	LabelNode = "dhpp.io/node"
+	LabelPool = "dhpp.io/pool"
+)
+
+// GroupVersionResource is what the dynamic client is asked for.
+var GroupVersionResource = schema.GroupVersionResource{Group: Group, Version: Version, Resource: Resource}
+
+// APIVersion is the apiVersion field of every object.
+var APIVersion = Group + "/" + Version
+
+// DhppPool is one pool of one node as its driver sees it.
+type DhppPool struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   DhppPoolSpec   `json:"spec"`
+	Status DhppPoolStatus `json:"status,omitempty"`
+}
+
+// DhppPoolList is a list of DhppPools.
+type DhppPoolList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []DhppPool `json:"items"`
+}
+
+// DhppPoolSpec names the pool and carries what operators ask of it.
+type DhppPoolSpec struct {
+	// Node and Pool identify the pool (also in labels; the name may be hashed).
+	Node string `json:"node"`
+	Pool string `json:"pool"`
+	// Fence, when set, asks the node's driver to fence the pool (no new
+	// volumes) for planned maintenance. Clearing it does not unfence by
+	// itself: `kubectl dhpp unfence` clears it and then sets the Node's
+	// unfence.dhpp.io/<pool> annotation, the one way out of any fence.
+	Fence *Fence `json:"fence,omitempty"`
+}
+
+// Fence is an operator's request to fence a pool.
+type Fence struct {
+	Reason string `json:"reason"`
+	// RequestedAt is when it was asked for; informational.
+	RequestedAt metav1.Time `json:"requestedAt,omitempty"`
+}
+
+// DhppPoolStatus is what the node's driver last published.
+type DhppPoolStatus struct {
+	// Path of the pool directory on the node.
+	Path string `json:"path,omitempty"`
+	// Backend that carves new volumes (btrfs, xfs, ext4, loop, dir).
+	Backend string `json:"backend,omitempty"`
+	// SizeEnforced is false for the dir backend, which only records sizes.
+	SizeEnforced bool `json:"sizeEnforced"`
+	// Missing says the pool directory is missing (an unmounted disk?).
+	Missing string `json:"missing,omitempty"`
+
+	// Bytes, rounded down to MiB so that small writes do not cause a write
+	// to the API. Capacity is the filesystem's size, Used = Capacity − Free,
+	// Free what statfs leaves to writers, Available what a new volume may
+	// get (GetCapacity: Free minus space promised to volumes, and never more
+	// than Capacity − Provisioned), Provisioned the sum of volume sizes.
+	CapacityBytes    int64 `json:"capacityBytes"`
+	ProvisionedBytes int64 `json:"provisionedBytes"`
+	UsedBytes        int64 `json:"usedBytes"`
+	FreeBytes        int64 `json:"freeBytes"`
+	AvailableBytes   int64 `json:"availableBytes"`
+	// Human-readable copies for `kubectl get` columns (e.g. "9.8Gi").
+	Capacity    string `json:"capacity,omitempty"`
+	Provisioned string `json:"provisioned,omitempty"`
+	Used        string `json:"used,omitempty"`
+	Free        string `json:"free,omitempty"`
+	Available   string `json:"available,omitempty"`
+
+	Volumes            int `json:"volumes"`
+	QuarantinedVolumes int `json:"quarantinedVolumes,omitempty"`
+
+	Health Health `json:"health"`
+	RAID   RAID   `json:"raid"`
+	Trash  Trash  `json:"trash"`
+
+	// DriverVersion of the dhpp-driver that wrote this status.
+	DriverVersion string `json:"driverVersion,omitempty"`
+	// UpdatedAt is when the driver last wrote this status; it is rewritten
+	// only when something else changed, or every RefreshEvery (5 min) so a
+	// dead driver shows as a stale timestamp.
+	UpdatedAt metav1.Time `json:"updatedAt,omitempty"`
+}
+
+// Health is the pool's disk health probe state (pkg/health).
+type Health struct {
+	// State is Healthy, Failing or Fenced.
+	State string `json:"state"`
+	// Reason is the failure reason (timeout, io_error, ..., manual).
+	Reason string `json:"reason,omitempty"`
+	// Message says in a sentence why (the last error or the fence reason).
+	Message string `json:"message,omitempty"`
+	// Manual is true for a pool fenced by hand (kubectl dhpp fence, restore).
+	Manual bool        `json:"manual,omitempty"`
+	Since  metav1.Time `json:"since,omitempty"`
+	// ProbeLatency is the last probe I/O's duration, rounded to 0.1 ms
+	// (e.g. "2.3ms"); ProbeLatencyMicros the same number for machines,
+	// rounded to a quarter of its order of magnitude so it does not cause
+	// a write at every probe.
+	ProbeLatency       string `json:"probeLatency,omitempty"`
+	ProbeLatencyMicros int64  `json:"probeLatencyMicros,omitempty"`
+}
+
+// RAID is the md degradation under the pool (pkg/raid; never fences).
+type RAID struct {
+	Degraded bool   `json:"degraded"`
+	Detail   string `json:"detail,omitempty"`
+}
+
+// Trash is what the pool's trash holds: deleted volumes still recoverable.
+type Trash struct {
+	Entries int `json:"entries"`
+	// Bytes is the sum of the trashed volumes' recorded sizes.
+	Bytes int64  `json:"bytes"`
+	Size  string `json:"size,omitempty"`
+	// Items lists the entries, newest first, at most MaxTrashItems.
+	Items []TrashEntry `json:"items,omitempty"`
+}
+
+// MaxTrashItems bounds the entries listed in a status (the object stays
+// small whatever the delete rate); Trash.Entries counts them all.
+const MaxTrashItems = 100
+
+// TrashEntry is one deleted volume in the trash.
+type TrashEntry struct {
+	// Entry is the directory name in <pool>/.dhpp/trash (<name>@<nanos>).
+	Entry string `json:"entry"`
+	// VolumeID, PV, Namespace and Claim come from the volume's record
+	// (empty when the record was unreadable).
+	VolumeID  string      `json:"volumeID,omitempty"`
+	PV        string      `json:"pv,omitempty"`
+	Namespace string      `json:"namespace,omitempty"`
+	Claim     string      `json:"claim,omitempty"`
+	SizeBytes int64       `json:"sizeBytes,omitempty"`
+	DeletedAt metav1.Time `json:"deletedAt"`
+	PurgeAt   metav1.Time `json:"purgeAt"`
+}
+
+// Name is the object name of node's pool: "<node>.<pool>". Pool names are
+// DNS labels (no dot), so the last dot splits it unambiguously. A name that
+// would exceed 253 characters ends in a hash instead; the labels and the
+// spec always carry the node and pool in full.
+func Name(node, pool string) string {
+	n := node + "." + pool
+	if len(n) <= validation.DNS1123SubdomainMaxLength {
+		return n
+	}
+	h := fnv.New64a()
+	h.Write([]byte(n))
+	suffix := fmt.Sprintf(".%016x", h.Sum64())
+	return node[:validation.DNS1123SubdomainMaxLength-len(suffix)] + suffix
+}
+
+// ToUnstructured converts p for the dynamic client.
+func ToUnstructured(p *DhppPool) (*unstructured.Unstructured, error) {
+	c := p.DeepCopy()
+	c.APIVersion, c.Kind = APIVersion, Kind
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(c)
+	if err != nil {
+		return nil, fmt.Errorf("convert DhppPool %s: %w", p.Name, err)
+	}
+	return &unstructured.Unstructured{Object: m}, nil
+}
+
+// FromUnstructured converts an object read with the dynamic client.
+func FromUnstructured(u *unstructured.Unstructured) (*DhppPool, error) {
+	p := &DhppPool{}
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, p); err != nil {
+		return nil, fmt.Errorf("read DhppPool %s: %w", u.GetName(), err)
+	}
+	return p, nil
+}
+
+// DeepCopy returns a deep copy of p.
+func (p *DhppPool) DeepCopy() *DhppPool {
+	c := *p
+	p.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
+	if p.Spec.Fence != nil {
+		f := *p.Spec.Fence
+		c.Spec.Fence = &f
+	}
+	c.Status.Trash.Items = append([]TrashEntry(nil), p.Status.Trash.Items...)
+	return &c
+}
