@@ -12,12 +12,17 @@ export DHPP_CACHE
 # install their own on first use).
 APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod busybox-static gcc libc6-dev
 
-.PHONY: all build demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e unit deps tools bench bench-cluster vet
+.PHONY: all build kubectl-dhpp demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e unit deps tools bench bench-cluster vet
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/dhpp-driver ./cmd/dhpp-driver
+
+## kubectl-dhpp: the kubectl plugin (`kubectl dhpp pools`); put bin/ on PATH
+## or copy bin/kubectl-dhpp to a directory on it.
+kubectl-dhpp:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/kubectl-dhpp ./cmd/kubectl-dhpp
 
 ## demo: the README's first command (root): the local 3-node cluster, dhpp
 ## installed from deploy/, and a StatefulSet with a volume on each node.
