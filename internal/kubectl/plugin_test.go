@@ -44,7 +44,7 @@ func healthyCluster() *cluster {
 		Spec: v1.DhppPoolSpec{Node: "n1", Pool: "default"},
 		Status: v1.DhppPoolStatus{Path: "/var/lib/dhpp/default", Backend: "btrfs", SizeEnforced: true,
 			CapacityBytes: 20 * gib, Capacity: "20Gi", Provisioned: "3Gi", Used: "1.5Gi", Free: "18.5Gi", Available: "17Gi", Volumes: 2,
-			Health:        v1.Health{State: "Healthy", ProbeLatency: "2ms"},
+			Health: v1.Health{State: "Healthy", ProbeLatency: "2ms"},
 			Trash: v1.Trash{Entries: 1, Bytes: gib, Size: "1Gi", Items: []v1.TrashEntry{{Entry: "pvc-old@1764403200000000000",
 				VolumeID: "n1/default/pvc-old", PV: "pvc-old", Namespace: "db", Claim: "data-db-2", SizeBytes: gib,
 				DeletedAt: mt(-5 * time.Minute), PurgeAt: mt(10 * time.Minute)}}},

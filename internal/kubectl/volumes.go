@@ -219,4 +219,3 @@ func parseSummary(raw []byte) (map[string]int64, error) {
 	}
 	return out, nil
 }
-
