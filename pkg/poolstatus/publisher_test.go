@@ -189,9 +189,12 @@ func TestSyncWritesOnlyOnChangeOrRefresh(t *testing.T) {
 			t.Errorf("%s: writes %v, want %v", s.name, got, s.want)
 		}
 	}
-	st := get(t, client, "node-a.default").Status.Health
-	if st.State != "Fenced" || st.Reason != "io_error" || st.Message != "EIO" {
+	published := get(t, client, "node-a.default").Status
+	if st := published.Health; st.State != "Fenced" || st.Reason != "io_error" || st.Message != "EIO" {
 		t.Errorf("health = %+v", st)
+	}
+	if published.AvailableBytes != 0 || published.Available != "0" {
+		t.Errorf("a fenced pool publishes available %d %q, want 0 as GetCapacity says", published.AvailableBytes, published.Available)
 	}
 }
 

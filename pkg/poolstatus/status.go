@@ -66,6 +66,10 @@ func buildStatus(pi PoolInfo, hs health.Status, degraded bool, raidDetail string
 		st.Capacity, st.Provisioned = Bytes(st.CapacityBytes), Bytes(st.ProvisionedBytes)
 		st.Used, st.Free, st.Available = Bytes(st.UsedBytes), Bytes(st.FreeBytes), Bytes(st.AvailableBytes)
 	}
+	if hs.State == health.Fenced {
+		// What GetCapacity reports for a fenced pool: nothing goes there.
+		st.AvailableBytes, st.Available = 0, Bytes(0)
+	}
 	st.Health = v1.Health{State: hs.State.String(), Reason: string(hs.Reason), Message: hs.LastError,
 		Manual: hs.Manual, Since: metav1.NewTime(hs.Since.UTC().Truncate(time.Second))}
 	if hs.Since.IsZero() {

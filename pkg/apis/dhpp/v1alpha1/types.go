@@ -88,7 +88,8 @@ type DhppPoolStatus struct {
 	// to the API. Capacity is the filesystem's size, Used = Capacity − Free,
 	// Free what statfs leaves to writers, Available what a new volume may
 	// get (GetCapacity: Free minus space promised to volumes, and never more
-	// than Capacity − Provisioned), Provisioned the sum of volume sizes.
+	// than Capacity − Provisioned; 0 while the pool is fenced), Provisioned
+	// the sum of volume sizes.
 	CapacityBytes    int64 `json:"capacityBytes"`
 	ProvisionedBytes int64 `json:"provisionedBytes"`
 	UsedBytes        int64 `json:"usedBytes"`
