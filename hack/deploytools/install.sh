@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the deploy/ rendering tools (kustomize, helm) from the Go module proxy
-# into ${DHPP_CACHE:-$HOME/.cache/dhpp}/bin, skipping any that are already there
+# Builds the deploy/ rendering tools (kustomize, helm) and dhpp-promql (our
+# own PromQL reader for deploy/'s monitoring tests, module ./promql) from the
+# Go module proxy into ${DHPP_CACHE:-$HOME/.cache/dhpp}/bin, skipping any that are already there
 # at the pinned version. The versions are pinned by this directory's go.mod
 # (a separate module, so helm's and kustomize's dependency graph never leaks
 # into the driver's go.mod). Chosen because they are the newest releases whose
@@ -20,6 +21,12 @@ version_of() {
 	go -C "$here" list -m -f '{{.Version}}' "$1"
 }
 
+# promql_version is what dhpp-promql is built from: its source and go.mod,
+# so any change to them rebuilds it.
+promql_version() {
+	cat "$here/promql/go.mod" "$here/promql/go.sum" "$here/promql/main.go" | sha256sum | cut -c1-16
+}
+
 # build NAME PACKAGE MODULE: builds PACKAGE as $bin/NAME unless a stamp file
 # says the same version is already there. The stamp makes a version bump in
 # go.mod rebuild the tool instead of silently keeping an old binary.
@@ -27,7 +34,11 @@ build() {
 	local name="$1" pkg="$2" mod="$3" modver ver stamp
 	# The stamp also carries this script's build recipe revision, so a change
 	# in how a tool is built (ldflags) rebuilds it too.
-	modver="$(version_of "$mod")"
+	if [[ "$name" == dhpp-promql ]]; then
+		modver="$(promql_version)"
+	else
+		modver="$(version_of "$mod")"
+	fi
 	ver="$modver recipe-$recipe"
 	stamp="$bin/.$name.version"
 	if [[ -x "$bin/$name" && -f "$stamp" && "$(cat "$stamp")" == "$ver" ]]; then
@@ -54,7 +65,9 @@ build() {
 		;;
 	kustomize) ldflags+=" -X sigs.k8s.io/kustomize/api/provenance.version=kustomize/$modver" ;;
 	esac
-	CGO_ENABLED=0 go -C "$here" build -trimpath -ldflags "$ldflags" -o "$bin/$name.tmp" "$pkg"
+	local dir="$here"
+	[[ "$name" == dhpp-promql ]] && dir="$here/promql"
+	CGO_ENABLED=0 go -C "$dir" build -trimpath -ldflags "$ldflags" -o "$bin/$name.tmp" "$pkg"
 	mv "$bin/$name.tmp" "$bin/$name"
 	echo "$ver" >"$stamp"
 	echo "built $name in $((SECONDS - start))s"
@@ -65,4 +78,5 @@ recipe=2
 
 build kustomize sigs.k8s.io/kustomize/kustomize/v5 sigs.k8s.io/kustomize/kustomize/v5
 build helm helm.sh/helm/v3/cmd/helm helm.sh/helm/v3
+build dhpp-promql . ""
 echo "$bin"
