@@ -1,8 +1,10 @@
 # syntax=docker/dockerfile:1
-# Production image of dhpp-driver:
+# Production image of dhpp-driver and dhpp-controller (one image: the
+# controller Deployment runs /dhpp-controller from it). `make image` builds it
+# and saves it to _output/dhpp-image.tar:
 #   docker build --build-arg VERSION=v0.1.0 -t ghcr.io/dhpp-io/dhpp-driver:v0.1.0 .
-# (The local e2e cluster does not use this file: it assembles its images
-# without Docker, see test/e2e.)
+# Where no Docker daemon answers, `make image` assembles the same layout with
+# hack/images instead (the local e2e cluster's builder, see test/e2e).
 
 # ---- build: a static binary, so the runtime stage needs no Go and no libc match.
 FROM golang:1.26 AS build
@@ -18,7 +20,7 @@ RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     go build -trimpath \
       -ldflags "-s -w -X github.com/dhpp-io/dhpp/pkg/dhpp.Version=${VERSION}" \
-      -o /out/dhpp-driver ./cmd/dhpp-driver
+      -o /out/ ./cmd/dhpp-driver ./cmd/dhpp-controller
 
 # ---- runtime: the driver shells out only for what has no stable syscall
 # interface: mount/umount and losetup (mount, util-linux), mkfs and grow
@@ -28,7 +30,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       util-linux mount e2fsprogs xfsprogs btrfs-progs \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /out/dhpp-driver /usr/local/bin/dhpp-driver
+# At the root, where hack/images puts them and deploy/ runs them.
+COPY --from=build /out/dhpp-driver /out/dhpp-controller /
 # Runs as root: the DaemonSet makes it privileged to mount and create
 # loop devices; there is no unprivileged mode.
-ENTRYPOINT ["/usr/local/bin/dhpp-driver"]
+ENTRYPOINT ["/dhpp-driver"]

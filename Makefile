@@ -12,7 +12,7 @@ export DHPP_CACHE
 # install their own on first use).
 APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod busybox-static gcc libc6-dev
 
-.PHONY: all build kubectl-dhpp demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e unit deps tools bench bench-cluster vet
+.PHONY: all build kubectl-dhpp image demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e unit deps tools bench bench-cluster vet
 
 all: build
 
@@ -23,6 +23,28 @@ build:
 ## or copy bin/kubectl-dhpp to a directory on it.
 kubectl-dhpp:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/kubectl-dhpp ./cmd/kubectl-dhpp
+
+## image: the production image (dhpp-driver and dhpp-controller, one image)
+## as a docker-archive at $(IMAGE_TAR), tagged $(IMAGE), which `docker load`,
+## `ctr images import` and `skopeo copy docker-archive:...` read. Built from
+## the Dockerfile where a Docker daemon answers, else by the project's own
+## image builder (hack/images: the host's static binaries and tools, no
+## container engine). IMAGE_BUILDER=docker|hack forces one.
+IMAGE ?= ghcr.io/dhpp-io/dhpp-driver:$(VERSION)
+IMAGE_TAR ?= _output/dhpp-image.tar
+IMAGE_BUILDER ?=
+
+image:
+	@mkdir -p $(dir $(IMAGE_TAR)); builder="$(IMAGE_BUILDER)"; \
+	if [ -z "$$builder" ]; then docker info >/dev/null 2>&1 && builder=docker || builder=hack; fi; \
+	echo "building $(IMAGE) with $$builder"; \
+	if [ "$$builder" = docker ]; then \
+		docker build --build-arg VERSION=$(VERSION) -t "$(IMAGE)" . && docker save -o "$(IMAGE_TAR)" "$(IMAGE)"; \
+	else \
+		d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
+		CGO_ENABLED=0 $(GO) run ./hack/images -out "$$d" -only dhpp-driver -driver-tag "$(IMAGE)" -ldflags "$(LDFLAGS)" >/dev/null && \
+		mv "$$d/dhpp-driver.tar" "$(IMAGE_TAR)"; \
+	fi && echo "$(IMAGE) -> $(IMAGE_TAR)"
 
 ## demo: the README's first command (root): the local 3-node cluster, dhpp
 ## installed from deploy/, and a StatefulSet with a volume on each node.

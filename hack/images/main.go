@@ -10,6 +10,11 @@
 // directory cmd/dhpp-driver does not exist yet) are skipped with a message.
 // The driver's image also carries /dhpp-controller (cmd/dhpp-controller):
 // dhpp ships one image, and the controller Deployment runs that binary.
+//
+// `make image` uses the driver's recipe alone to build the production image
+// where no container engine is present:
+//
+//	go run ./hack/images -out DIR -only dhpp-driver -driver-tag REGISTRY/dhpp-driver:TAG -ldflags "-X ..."
 package main
 
 import (
@@ -32,6 +37,8 @@ func main() {
 	flag.StringVar(&o.driverBin, "driver-bin", "", "use this prebuilt static driver binary instead of building -driver-pkg")
 	flag.StringVar(&o.controllerPkg, "controller-pkg", "./cmd/dhpp-controller", "Go package of dhpp-controller, built static into the driver's image; left out if its directory does not exist")
 	flag.StringVar(&o.controllerBin, "controller-bin", "", "use this prebuilt static dhpp-controller binary instead of building -controller-pkg")
+	flag.StringVar(&o.driverTag, "driver-tag", DriverTag, "name:tag the driver's image is known by (its RepoTags)")
+	flag.StringVar(&o.ldflags, "ldflags", "", "-ldflags for the driver's and dhpp-controller's go build (e.g. the version stamp)")
 	flag.StringVar(&o.only, "only", "", "comma-separated image names to build (default: all): "+strings.Join(imageNames, ","))
 	flag.Parse()
 	if o.out == "" {
@@ -51,6 +58,7 @@ func main() {
 type options struct {
 	out, provisioner, resizer, driverPkg, driverBin, only string
 	controllerPkg, controllerBin                          string
+	driverTag, ldflags                                    string
 }
 
 func (o options) wanted(name string) bool {

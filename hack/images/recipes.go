@@ -163,8 +163,8 @@ var driverTools = []string{
 }
 
 // goBuildStatic builds a Go package into a static binary.
-func goBuildStatic(pkg, out string) error {
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, pkg)
+func goBuildStatic(pkg, out, ldflags string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", ldflags, "-o", out, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build %s: %w: %s", pkg, err, b)
@@ -180,7 +180,7 @@ func driverImage(o options, work string) (*imagetar.Image, error) {
 			return nil, nil
 		}
 		bin = filepath.Join(work, "dhpp-driver")
-		if err := goBuildStatic(o.driverPkg, bin); err != nil {
+		if err := goBuildStatic(o.driverPkg, bin, o.ldflags); err != nil {
 			return nil, err
 		}
 	}
@@ -188,7 +188,7 @@ func driverImage(o options, work string) (*imagetar.Image, error) {
 	if ctrl == "" && o.controllerPkg != "" {
 		if st, err := os.Stat(o.controllerPkg); err == nil && st.IsDir() {
 			ctrl = filepath.Join(work, "dhpp-controller")
-			if err := goBuildStatic(o.controllerPkg, ctrl); err != nil {
+			if err := goBuildStatic(o.controllerPkg, ctrl, o.ldflags); err != nil {
 				return nil, err
 			}
 		} else {
@@ -203,7 +203,11 @@ func driverImage(o options, work string) (*imagetar.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	img := &imagetar.Image{Tag: DriverTag, Entrypoint: []string{"/dhpp-driver"}}
+	tag := o.driverTag
+	if tag == "" {
+		tag = DriverTag
+	}
+	img := &imagetar.Image{Tag: tag, Entrypoint: []string{"/dhpp-driver"}}
 	img.Add(base...)
 	img.Add(imagetar.Entry{Path: "/dhpp-driver", Source: bin, Mode: 0o755})
 	if ctrl != "" {
