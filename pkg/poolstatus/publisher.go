@@ -176,13 +176,45 @@ func (p *Publisher) cached(name string) (*v1.DhppPool, error) {
 }
 
 // Sync does one round: every pool's requested fence is applied, its
-// object created if missing and its status written if it changed.
+// object created if missing and its status written if it changed; the
+// objects of pools this node no longer has are deleted.
 func (p *Publisher) Sync(ctx context.Context) error {
 	var errs []error
+	have := map[string]bool{}
 	for _, pi := range p.cfg.Pools() {
+		have[v1.Name(p.cfg.NodeName, pi.Name)] = true
 		if err := p.syncPool(ctx, pi); err != nil {
 			errs = append(errs, fmt.Errorf("pool %q: %w", pi.Name, err))
 		}
+	}
+	if err := p.prune(ctx, have); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// prune deletes this node's objects whose pool is no longer configured
+// (--pool removed), so they do not linger as stale pools. Only objects
+// that name this node in their spec and label are touched, and the delete
+// is preconditioned on the UID seen.
+func (p *Publisher) prune(ctx context.Context, have map[string]bool) error {
+	var errs []error
+	for _, obj := range p.inf.GetStore().List() {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok || have[u.GetName()] || u.GetLabels()[v1.LabelNode] != p.cfg.NodeName {
+			continue
+		}
+		old, err := v1.FromUnstructured(u)
+		if err != nil || old.Spec.Node != p.cfg.NodeName {
+			continue
+		}
+		uid := u.GetUID()
+		err = p.cfg.Client.Resource(v1.GroupVersionResource).Delete(ctx, u.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete %s %s of a pool this node no longer has: %w", v1.Kind, u.GetName(), err))
+			continue
+		}
+		klog.InfoS("Deleted the status object of a pool this node no longer has", "kind", v1.Kind, "name", u.GetName(), "pool", old.Spec.Pool)
 	}
 	return errors.Join(errs...)
 }

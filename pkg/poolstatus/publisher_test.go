@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -296,6 +297,40 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestSyncPrunesRemovedPools: the object of a pool removed from the
+// driver's --pool flags goes; another node's object stays.
+func TestSyncPrunesRemovedPools(t *testing.T) {
+	client, _, p, _ := newFake(t)
+	ctx := context.Background()
+	for _, o := range []*v1.DhppPool{
+		{ObjectMeta: metav1.ObjectMeta{Name: "node-a.old", Labels: map[string]string{v1.LabelNode: "node-a", v1.LabelPool: "old"}}, Spec: v1.DhppPoolSpec{Node: "node-a", Pool: "old"}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "node-b.old", Labels: map[string]string{v1.LabelNode: "node-b", v1.LabelPool: "old"}}, Spec: v1.DhppPoolSpec{Node: "node-b", Pool: "old"}},
+	} {
+		u, _ := v1.ToUnstructured(o)
+		if _, err := client.Resource(v1.GroupVersionResource).Create(ctx, u, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The informer watches this node's label only; the test's cache holds
+	// everything, so the label check is exercised too.
+	feedCache(t, client, p)
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l, err := client.Resource(v1.GroupVersionResource).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, u := range l.Items {
+		names = append(names, u.GetName())
+	}
+	sort.Strings(names)
+	if want := []string{"node-a.default", "node-b.old"}; strings.Join(names, ",") != strings.Join(want, ",") {
+		t.Errorf("objects %v, want %v", names, want)
 	}
 }
 
