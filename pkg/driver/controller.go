@@ -3,7 +3,6 @@ package driver
 import (
 	"context"
 	"fmt"
-	"sort"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
@@ -154,33 +153,17 @@ func (d *Driver) ValidateVolumeCapabilities(_ context.Context, req *csi.Validate
 	}}, nil
 }
 
-// ListVolumes pages through this node's volumes in volume-ID order. The
-// token is the ID to continue from, so it stays valid when that volume is
-// deleted in between, and a malformed token gets Aborted, as the spec says.
+// ListVolumes pages through this node's volumes in volume-ID order (see page).
 func (d *Driver) ListVolumes(_ context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
-	if req.GetMaxEntries() < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "max_entries is negative (%d)", req.GetMaxEntries())
+	vols, next, err := page(d.nodes.ListVolumes(), func(v *node.Volume) string { return v.ID }, req.GetStartingToken(), req.GetMaxEntries())
+	if err != nil {
+		return nil, err
 	}
-	vols := d.nodes.ListVolumes()
-	start := 0
-	if tok := req.GetStartingToken(); tok != "" {
-		if _, err := node.ParseVolumeID(tok); err != nil {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q is not one this driver issued: %v", tok, err)
-		}
-		start = sort.Search(len(vols), func(i int) bool { return vols[i].ID >= tok })
-	}
-	end := len(vols)
-	if n := int(req.GetMaxEntries()); n > 0 && start+n < end {
-		end = start + n
-	}
-	resp := &csi.ListVolumesResponse{}
-	for _, v := range vols[start:end] {
+	resp := &csi.ListVolumesResponse{NextToken: next}
+	for _, v := range vols {
 		st := &csi.ListVolumesResponse_VolumeStatus{}
 		legacyCondition(st, d.volumeHealth(v))
 		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: d.csiVolume(v), Status: st})
-	}
-	if end < len(vols) {
-		resp.NextToken = vols[end].ID
 	}
 	return resp, nil
 }

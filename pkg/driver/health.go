@@ -3,12 +3,9 @@ package driver
 import (
 	"context"
 	"fmt"
-	"sort"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dhpp-io/dhpp/pkg/node"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
@@ -131,31 +128,17 @@ func (d *Driver) ControllerGetVolumeHealth(_ context.Context, req *csi.Controlle
 // ControllerListVolumeHealth lists only volumes with adverse conditions, in
 // volume-ID order, paged like ListVolumes.
 func (d *Driver) ControllerListVolumeHealth(_ context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
-	if req.GetMaxEntries() < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "max_entries is negative (%d)", req.GetMaxEntries())
-	}
 	var abnormal []*csi.VolumeHealth
 	for _, v := range d.nodes.ListVolumes() {
 		if h := d.volumeHealth(v); len(h.HealthStatuses) > 0 {
 			abnormal = append(abnormal, h)
 		}
 	}
-	start := 0
-	if tok := req.GetStartingToken(); tok != "" {
-		if _, err := node.ParseVolumeID(tok); err != nil {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q is not one this driver issued: %v", tok, err)
-		}
-		start = sort.Search(len(abnormal), func(i int) bool { return abnormal[i].VolumeId >= tok })
+	entries, next, err := page(abnormal, (*csi.VolumeHealth).GetVolumeId, req.GetStartingToken(), req.GetMaxEntries())
+	if err != nil {
+		return nil, err
 	}
-	end := len(abnormal)
-	if n := int(req.GetMaxEntries()); n > 0 && start+n < end {
-		end = start + n
-	}
-	resp := &csi.ControllerListVolumeHealthResponse{Entries: abnormal[start:end]}
-	if end < len(abnormal) {
-		resp.NextToken = abnormal[end].VolumeId
-	}
-	return resp, nil
+	return &csi.ControllerListVolumeHealthResponse{Entries: entries, NextToken: next}, nil
 }
 
 func (d *Driver) NodeGetVolumeHealth(_ context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {

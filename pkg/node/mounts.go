@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"path"
 	"path/filepath"
-	"strings"
 
+	"github.com/dhpp-io/dhpp/pkg/node/mountinfo"
 	mount "k8s.io/mount-utils"
 )
 
@@ -41,13 +41,13 @@ func mountUsers(infos []mount.MountInfo, poolPath, dir string) []string {
 	var users []string
 	for i := range infos {
 		mi := &infos[i]
-		if isWithin(mi.MountPoint, dir) {
+		if mountinfo.Within(mi.MountPoint, dir) {
 			users = append(users, mi.MountPoint)
 		}
 	}
-	// The pool's own mount translates dir (see fsPathOf); a mount inside
+	// The pool's own mount translates dir (see mountinfo.Holder); a mount inside
 	// the pool must not.
-	base, poolFsPath, ok := fsPathOf(infos, poolPath)
+	base, poolFsPath, ok := mountinfo.Holder(infos, poolPath)
 	if !ok {
 		return users
 	}
@@ -61,17 +61,9 @@ func mountUsers(infos []mount.MountInfo, poolPath, dir string) []string {
 		if mi.Major != base.Major || mi.Minor != base.Minor || mi.ID == base.ID {
 			continue
 		}
-		if isWithin(mi.Root, fsPath) && !isWithin(mi.MountPoint, dir) {
+		if mountinfo.Within(mi.Root, fsPath) && !mountinfo.Within(mi.MountPoint, dir) {
 			users = append(users, mi.MountPoint)
 		}
 	}
 	return users
-}
-
-// isWithin reports whether p is dir or below it (clean absolute paths).
-func isWithin(p, dir string) bool {
-	if dir == "/" {
-		return strings.HasPrefix(p, "/")
-	}
-	return p == dir || strings.HasPrefix(p, dir+"/")
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/dhpp-io/dhpp/pkg/node/mountinfo"
 	mount "k8s.io/mount-utils"
 )
 
@@ -46,22 +47,22 @@ func (m *Manager) checkPath(field, p string, v *Volume, pl placement, infos []mo
 // or the pool's own files.
 func (m *Manager) outsideStorage(field, p string, infos []mount.MountInfo) error {
 	for _, pool := range m.pools {
-		if isWithin(p, pool.Path) {
+		if mountinfo.Within(p, pool.Path) {
 			return fmt.Errorf("%w: %s %s is inside pool %q (%s); it must lie outside every pool", ErrWrongPath, field, p, pool.Name, pool.Path)
 		}
 	}
-	holder, fsPath, ok := fsPathOf(infos, filepath.Dir(p))
+	holder, fsPath, ok := mountinfo.Holder(infos, filepath.Dir(p))
 	if !ok {
 		return nil
 	}
 	image := loopBackingFile(holder.Major, holder.Minor)
 	for _, pool := range m.pools {
-		base, poolFsPath, ok := fsPathOf(infos, pool.Path)
-		if ok && base.Major == holder.Major && base.Minor == holder.Minor && isWithin(fsPath, poolFsPath) {
+		base, poolFsPath, ok := mountinfo.Holder(infos, pool.Path)
+		if ok && base.Major == holder.Major && base.Minor == holder.Minor && mountinfo.Within(fsPath, poolFsPath) {
 			return fmt.Errorf("%w: %s %s lies in a mount of pool %q's storage (%s, root %s); it must lie outside every pool and volume",
 				ErrWrongPath, field, p, pool.Name, holder.MountPoint, holder.Root)
 		}
-		if image != "" && isWithin(image, pool.Path) {
+		if image != "" && mountinfo.Within(image, pool.Path) {
 			return fmt.Errorf("%w: %s %s lies in the filesystem of a loop volume of pool %q (mounted at %s, image %s); it must lie outside every pool and volume",
 				ErrWrongPath, field, p, pool.Name, holder.MountPoint, image)
 		}
@@ -367,7 +368,7 @@ func (m *Manager) showsDataDir(dir volumeDir, v *Volume, p string) bool {
 		return false
 	}
 	for _, pool := range m.pools {
-		if isWithin(p, pool.Path) {
+		if mountinfo.Within(p, pool.Path) {
 			return false
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -69,32 +68,10 @@ func describeMount(mi *mount.MountInfo) string {
 	return fmt.Sprintf("%s (%s, root %s)", mi.Source, mi.FsType, mi.Root)
 }
 
-// fsPathOf translates a host path into the namespace of the filesystem that
-// holds it: the mount whose mount point is the longest prefix of hostPath,
-// and hostPath's path inside that filesystem (what bind mounts of it record
-// as their root).
-func fsPathOf(infos []mount.MountInfo, hostPath string) (*mount.MountInfo, string, bool) {
-	var base *mount.MountInfo
-	for i := range infos {
-		mi := &infos[i]
-		if isWithin(hostPath, mi.MountPoint) && (base == nil || len(mi.MountPoint) >= len(base.MountPoint)) {
-			base = mi
-		}
-	}
-	if base == nil {
-		return nil, "", false
-	}
-	rel, err := filepath.Rel(base.MountPoint, hostPath)
-	if err != nil {
-		return nil, "", false
-	}
-	return base, path.Join(base.Root, filepath.ToSlash(rel)), true
-}
-
 // bindsOf lists the mount points that show exactly the directory at
 // hostPath: mounts of the same filesystem whose root is that directory.
 func bindsOf(infos []mount.MountInfo, hostPath string) []string {
-	base, fsPath, ok := fsPathOf(infos, hostPath)
+	base, fsPath, ok := mountinfo.Holder(infos, hostPath)
 	if !ok {
 		return nil
 	}

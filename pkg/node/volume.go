@@ -86,26 +86,9 @@ const recordFile = "volume.json"
 // temporary file, fsync it, rename it over the record, fsync the directory.
 // A crash leaves either the old or the new record, never a torn one.
 func writeRecord(root *os.Root, dir string, v *Volume) error {
-	v.Version = recordVersion
-	data, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	data = append(data, '\n')
 	tmp := path.Join(dir, recordFile+".tmp")
-	f, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("write volume record: %w", err)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write volume record %s: %w", tmp, err)
+	if err := writeRecordFile(root, tmp, v, os.O_TRUNC); err != nil {
+		return err
 	}
 	if err := root.Rename(tmp, path.Join(dir, recordFile)); err != nil {
 		return fmt.Errorf("write volume record: %w", err)
@@ -118,12 +101,18 @@ func writeRecord(root *os.Root, dir string, v *Volume) error {
 // are needed, only the fsync that makes it durable before the volume's
 // directory is renamed into volumes/ (pool.create fsyncs that rename).
 func writeNewRecord(root *os.Root, dir string, v *Volume) error {
+	return writeRecordFile(root, path.Join(dir, recordFile), v, os.O_EXCL)
+}
+
+// writeRecordFile writes v as JSON to the file rel, opened with flag added
+// to O_WRONLY|O_CREATE, and fsyncs it.
+func writeRecordFile(root *os.Root, rel string, v *Volume, flag int) error {
 	v.Version = recordVersion
 	data, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	f, err := root.OpenFile(path.Join(dir, recordFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := root.OpenFile(rel, os.O_WRONLY|os.O_CREATE|flag, 0o600)
 	if err != nil {
 		return fmt.Errorf("write volume record: %w", err)
 	}
@@ -135,7 +124,7 @@ func writeNewRecord(root *os.Root, dir string, v *Volume) error {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("write volume record %s: %w", path.Join(dir, recordFile), err)
+		return fmt.Errorf("write volume record %s: %w", rel, err)
 	}
 	return nil
 }

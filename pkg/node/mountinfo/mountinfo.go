@@ -7,6 +7,8 @@ package mountinfo
 
 import (
 	"fmt"
+	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -52,4 +54,34 @@ func Unescape(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// Holder finds the filesystem that holds a host path: the mount whose mount
+// point is the longest prefix of hostPath (the last one in table order
+// among equals, the one on top), and hostPath's path inside that
+// filesystem, which is what bind mounts of it record as their root.
+func Holder(infos []mount.MountInfo, hostPath string) (*mount.MountInfo, string, bool) {
+	var base *mount.MountInfo
+	for i := range infos {
+		mi := &infos[i]
+		if Within(hostPath, mi.MountPoint) && (base == nil || len(mi.MountPoint) >= len(base.MountPoint)) {
+			base = mi
+		}
+	}
+	if base == nil {
+		return nil, "", false
+	}
+	rel, err := filepath.Rel(base.MountPoint, hostPath)
+	if err != nil {
+		return nil, "", false
+	}
+	return base, path.Join(base.Root, filepath.ToSlash(rel)), true
+}
+
+// Within reports whether p is dir or below it (clean absolute paths).
+func Within(p, dir string) bool {
+	if dir == "/" {
+		return strings.HasPrefix(p, "/")
+	}
+	return p == dir || strings.HasPrefix(p, dir+"/")
 }
