@@ -52,22 +52,25 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err := d.checkRequisite(req.GetAccessibilityRequirements()); err != nil {
 		return nil, err
 	}
-	pool, err := d.nodes.Pool(params.Pool)
-	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "parameter %q: %v", dhpp.ParamPool, err)
-	}
-	if fenced, why := d.fenced(pool.Name); fenced {
-		return nil, status.Errorf(codes.ResourceExhausted, "pool %q on node %q is fenced after failing its disk health probe: %s", pool.Name, d.nodeID, why)
-	}
 	v, err := d.nodes.CreateVolume(ctx, node.CreateRequest{
-		Name: req.GetName(), Pool: pool.Name,
+		Name: req.GetName(), Pool: params.Pool,
 		RequiredBytes: req.GetCapacityRange().GetRequiredBytes(), LimitBytes: req.GetCapacityRange().GetLimitBytes(),
 		AccessType: access, FsType: fsType, Mode: params.Mode, Labels: params.Labels,
+		Admit: d.refuseFenced,
 	})
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.CreateVolumeResponse{Volume: d.csiVolume(v)}, nil
+}
+
+// refuseFenced refuses a fenced pool with ResourceExhausted: another node
+// may take the volume.
+func (d *Driver) refuseFenced(pool string) error {
+	if fenced, why := d.fenced(pool); fenced {
+		return status.Errorf(codes.ResourceExhausted, "pool %q on node %q is fenced after failing its disk health probe: %s", pool, d.nodeID, why)
+	}
+	return nil
 }
 
 func (d *Driver) csiVolume(v *node.Volume) *csi.Volume {
@@ -190,7 +193,7 @@ func (d *Driver) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*c
 	}
 	for _, c := range req.GetVolumeCapabilities() {
 		access, _, err := checkCapability(c)
-		if err != nil || (access == node.AccessBlock && pool.Backend() != node.BackendLoop) {
+		if err != nil || !pool.Supports(access) {
 			return &csi.GetCapacityResponse{}, nil
 		}
 	}
@@ -237,7 +240,7 @@ func (d *Driver) ControllerExpandVolume(_ context.Context, req *csi.ControllerEx
 			return nil, status.Errorf(codes.InvalidArgument, "volume_capability: %v", err)
 		}
 	}
-	size, _, err := d.nodes.ResolveExpansion(req.GetVolumeId(), req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
+	size, err := d.nodes.CheckExpansion(req.GetVolumeId(), req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
 	if err != nil {
 		return nil, toStatus(err)
 	}

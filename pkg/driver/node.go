@@ -2,9 +2,6 @@ package driver
 
 import (
 	"context"
-	"errors"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -64,28 +61,15 @@ func checkPath(field, p string) error {
 }
 
 // checkVolumePath validates the volume_path of NodeGetVolumeStats and
-// NodeExpandVolume: it must be where the volume is published or staged. The
-// spec's error for "no volume at this path" is NotFound, so only a missing
-// field or a NUL byte is InvalidArgument; a relative, absent or foreign path
-// is a path where the volume is not.
-func (d *Driver) checkVolumePath(id, p, staging string) error {
-	if err := checkVolumePathSyntax(p); err != nil {
-		return err
-	}
-	return toStatus(d.nodes.CheckVolumePath(id, p, staging))
-}
-
-func checkVolumePathSyntax(p string) error {
+// NodeExpandVolume. The spec's error for "no volume at this path" is
+// NotFound, so only a missing field or a NUL byte is InvalidArgument here;
+// pkg/node refuses a relative, absent or foreign path with NotFound.
+func checkVolumePath(p string) error {
 	switch {
 	case p == "":
 		return required("volume_path")
 	case strings.ContainsRune(p, 0):
 		return status.Error(codes.InvalidArgument, "volume_path contains a NUL byte")
-	case !filepath.IsAbs(p):
-		return status.Errorf(codes.NotFound, "volume_path %q is not an absolute path, so no volume is published there", p)
-	}
-	if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
-		return status.Errorf(codes.NotFound, "volume_path %q does not exist", p)
 	}
 	return nil
 }
@@ -111,14 +95,11 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "volume_capability: %v", err)
 	}
-	v, err := d.nodes.GetVolume(req.GetVolumeId())
+	err = d.nodes.StageVolume(ctx, node.StageRequest{
+		VolumeID: req.GetVolumeId(), StagingPath: req.GetStagingTargetPath(),
+		AccessType: access, MountFlags: mountFlags(req.GetVolumeCapability()),
+	})
 	if err != nil {
-		return nil, toStatus(err)
-	}
-	if access != v.AccessType {
-		return nil, status.Errorf(codes.InvalidArgument, "volume %q is a %s volume and cannot be staged as %s", v.ID, v.AccessType, access)
-	}
-	if err := d.nodes.StageVolume(ctx, req.GetVolumeId(), req.GetStagingTargetPath(), mountFlags(req.GetVolumeCapability())); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
@@ -186,17 +167,10 @@ func (d *Driver) NodeGetVolumeStats(_ context.Context, req *csi.NodeGetVolumeSta
 	if req.GetVolumeId() == "" {
 		return nil, required("volume_id")
 	}
-	if req.GetVolumePath() == "" {
-		return nil, required("volume_path")
-	}
-	v, err := d.nodes.GetVolume(req.GetVolumeId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if err := d.checkVolumePath(v.ID, req.GetVolumePath(), req.GetStagingTargetPath()); err != nil {
+	if err := checkVolumePath(req.GetVolumePath()); err != nil {
 		return nil, err
 	}
-	u, err := d.nodes.VolumeUsage(v.ID, req.GetVolumePath())
+	v, u, err := d.nodes.VolumeStats(req.GetVolumeId(), req.GetVolumePath(), req.GetStagingTargetPath())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -222,25 +196,19 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if req.GetVolumeId() == "" {
 		return nil, required("volume_id")
 	}
-	if req.GetVolumePath() == "" {
-		return nil, required("volume_path")
+	if err := checkVolumePath(req.GetVolumePath()); err != nil {
+		return nil, err
 	}
 	if c := req.GetVolumeCapability(); c != nil {
 		if _, _, err := checkCapability(c); err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "volume_capability: %v", err)
 		}
 	}
-	v, err := d.nodes.GetVolume(req.GetVolumeId())
-	if err != nil {
-		return nil, toStatus(err)
-	}
-	if err := d.checkVolumePath(v.ID, req.GetVolumePath(), req.GetStagingTargetPath()); err != nil {
-		return nil, err
-	}
-	if req.GetCapacityRange() == nil {
-		return &csi.NodeExpandVolumeResponse{CapacityBytes: v.CapacityBytes}, nil
-	}
-	v, err = d.nodes.ExpandVolume(ctx, req.GetVolumeId(), req.GetCapacityRange().GetRequiredBytes(), req.GetCapacityRange().GetLimitBytes())
+	v, err := d.nodes.ExpandVolume(ctx, node.ExpandRequest{
+		VolumeID: req.GetVolumeId(), VolumePath: req.GetVolumePath(), StagingPath: req.GetStagingTargetPath(),
+		RequiredBytes: req.GetCapacityRange().GetRequiredBytes(), LimitBytes: req.GetCapacityRange().GetLimitBytes(),
+		KeepSize: req.GetCapacityRange() == nil,
+	})
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -113,7 +113,7 @@ func BenchmarkVolumeUsage1000(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {
 				v := vols[i%len(vols)]
-				if _, err := m.VolumeUsage(v.ID, ""); err != nil {
+				if _, _, err := m.VolumeStats(v.ID, "", ""); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -34,7 +34,7 @@ func TestBlockVolume(t *testing.T) {
 	img := filepath.Join(poolPath, "volumes/blk/disk.img")
 	work := t.TempDir()
 	staging, target := filepath.Join(work, "staging"), filepath.Join(work, "dev", "target")
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 		t.Fatalf("StageVolume: %v", err)
 	}
 	if err := m.PublishVolume(ctx, PublishRequest{VolumeID: v.ID, StagingPath: staging, TargetPath: target, AccessType: AccessBlock}); err != nil {
@@ -51,7 +51,7 @@ func TestBlockVolume(t *testing.T) {
 		t.Fatalf("write to the block device: %v", err)
 	}
 	f.Close()
-	if _, err := m.ExpandVolume(ctx, v.ID, 16*mib, 0); err != nil {
+	if _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 16*mib}); err != nil {
 		t.Fatalf("ExpandVolume: %v", err)
 	}
 	if got := blockSize(t, target); got != 16*mib {
@@ -92,7 +92,7 @@ func TestBlockRestageWhileDeviceHeld(t *testing.T) {
 			t.Fatalf("PublishVolume: %v", err)
 		}
 	}
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 		t.Fatalf("StageVolume: %v", err)
 	}
 	publish()
@@ -126,7 +126,7 @@ func TestBlockRestageWhileDeviceHeld(t *testing.T) {
 	if err := m.UnstageVolume(ctx, v.ID, staging); err != nil {
 		t.Fatalf("UnstageVolume: %v", err)
 	}
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 		t.Fatalf("StageVolume again: %v", err)
 	}
 	<-released
@@ -155,7 +155,7 @@ func TestBlockRestageWhileDeviceHeld(t *testing.T) {
 		dying.Close()
 		close(released)
 	}()
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 		t.Fatalf("StageVolume over a dying device: %v", err)
 	}
 	<-released
@@ -188,7 +188,7 @@ func TestBlockUnstageDeviceHeldOpen(t *testing.T) {
 	m, v, poolPath := newBlockVolume(t)
 	img := filepath.Join(poolPath, "volumes/blk/disk.img")
 	staging := filepath.Join(t.TempDir(), "staging")
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 		t.Fatalf("StageVolume: %v", err)
 	}
 	devs, err := loopdev.Find(img)

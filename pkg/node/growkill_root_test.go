@@ -83,7 +83,7 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string)
 		t.Fatal(err)
 	}
 	staging := filepath.Join(t.TempDir(), "staging")
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 		t.Fatal(err)
 	}
 	sums := writeKnownFiles(t, staging, rng)
@@ -91,7 +91,7 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string)
 		t.Fatal(err)
 	}
 	newSize := (256 + rng.Int64N(1792)) * mib
-	if _, err := m.ExpandVolume(ctx, v.ID, newSize, 0); err != nil {
+	if _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: newSize}); err != nil {
 		t.Fatal(err)
 	}
 	dir := volumeDir{pool: m.Pools()[0], rel: "volumes/" + v.Name}
@@ -139,7 +139,7 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string)
 				}
 			})
 		}
-		err := m.StageVolume(ctx, v.ID, staging, nil)
+		err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType})
 		fsToolStarted = nil
 		if err == nil && attempt == 0 && misses < 6 {
 			// The tool finished before its kill (the tools run faster on
@@ -150,7 +150,7 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string)
 				t.Fatal(err)
 			}
 			newSize += 64 * mib
-			if _, err := m.ExpandVolume(ctx, v.ID, newSize, 0); err != nil {
+			if _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: newSize}); err != nil {
 				t.Fatal(err)
 			}
 			attempt = -1
@@ -180,7 +180,7 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string)
 		interrupted++
 	}
 	// Stage for real (a no-op if the last attempt got through).
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 		t.Fatalf("stage after the kills: %v", err)
 	}
 	checkKnownFiles(t, staging, sums)
@@ -349,7 +349,7 @@ func TestRestageWhileGrowWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	staging := filepath.Join(t.TempDir(), "staging")
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = m.UnstageVolume(ctx, v.ID, staging) }() // before m.Close
@@ -369,12 +369,12 @@ func TestRestageWhileGrowWaits(t *testing.T) {
 		return n
 	}
 
-	_, err = m.ExpandVolume(ctx, v.ID, 256*mib, 0)
+	_, err = m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 256*mib})
 	if !errors.Is(err, errNoOnlineGrow) || !strings.Contains(err.Error(), "CAP_SYS_RESOURCE") {
 		t.Fatalf("ExpandVolume while staged without online growth: %v; want it to say why and when it grows", err)
 	}
 	for range 2 {
-		if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+		if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 			t.Fatalf("repeated StageVolume while the grow waits: %v", err)
 		}
 	}
@@ -385,7 +385,7 @@ func TestRestageWhileGrowWaits(t *testing.T) {
 	if err := m.UnstageVolume(ctx, v.ID, staging); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 		t.Fatalf("stage after the unstage: %v", err)
 	}
 	if n := fsSize(); n != 256*mib {

@@ -56,10 +56,10 @@ func TestSymlinkedImage(t *testing.T) {
 			sum, size := fileSum(t, tc.target)
 			staging := filepath.Join(t.TempDir(), "staging")
 
-			if err := m.StageVolume(ctx, v.ID, staging, nil); !errors.Is(err, ErrWrongPath) {
+			if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); !errors.Is(err, ErrWrongPath) {
 				t.Errorf("StageVolume through a symlinked image = %v, want ErrWrongPath", err)
 			}
-			if _, err := m.ExpandVolume(ctx, v.ID, 32*mib, 0); !errors.Is(err, ErrWrongPath) {
+			if _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 32*mib}); !errors.Is(err, ErrWrongPath) {
 				t.Errorf("ExpandVolume through a symlinked image = %v, want ErrWrongPath", err)
 			}
 			if err := m.UnstageVolume(ctx, v.ID, staging); err != nil {

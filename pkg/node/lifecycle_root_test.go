@@ -141,10 +141,10 @@ func testLifecycle(t *testing.T, fsType string, kind BackendKind, size int64, lo
 	if err := os.Mkdir(staging, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 		t.Fatalf("StageVolume: %v", err)
 	}
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 		t.Fatalf("repeated StageVolume: %v", err)
 	}
 	pub := PublishRequest{VolumeID: v.ID, StagingPath: staging, TargetPath: target, AccessType: AccessMount}
@@ -200,9 +200,9 @@ func testLifecycle(t *testing.T, fsType string, kind BackendKind, size int64, lo
 
 	// Stats come from the backend's accounting.
 	syncFS(t, target)
-	u, err := m.VolumeUsage(v.ID, target)
+	_, u, err := m.VolumeStats(v.ID, target, "")
 	if err != nil {
-		t.Fatalf("VolumeUsage: %v", err)
+		t.Fatalf("VolumeStats: %v", err)
 	}
 	switch kind {
 	case BackendBtrfs:
@@ -229,7 +229,7 @@ func testLifecycle(t *testing.T, fsType string, kind BackendKind, size int64, lo
 	if kind == BackendLoop && loopFs == "ext4" && !growsOnline() {
 		t.Logf("online ext4 growth not tested: this process lacks CAP_SYS_RESOURCE (offline growth is tested below)")
 	} else {
-		ev, err := m.ExpandVolume(ctx, v.ID, 2*size, 0)
+		ev, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 2*size})
 		if err != nil {
 			t.Fatalf("ExpandVolume: %v", err)
 		}
@@ -271,10 +271,10 @@ func testLifecycle(t *testing.T, fsType string, kind BackendKind, size int64, lo
 	// before a pod sees it (ext4: online right after the mount when the
 	// process has CAP_SYS_RESOURCE, else offline before it; the offline
 	// path and its crash safety are TestOfflineGrowKillLoop's).
-	if _, err := m.ExpandVolume(ctx, v.ID, 3*size, 0); err != nil {
+	if _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 3*size}); err != nil {
 		t.Fatalf("offline ExpandVolume: %v", err)
 	}
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 		t.Fatalf("StageVolume after offline expand: %v", err)
 	}
 	if err := m.PublishVolume(ctx, pub); err != nil {

@@ -211,17 +211,26 @@ type CreateRequest struct {
 	FsType                    string // loop Filesystem volumes: ext4 (default) or xfs
 	Mode                      fs.FileMode
 	Labels                    map[string]string
+	// Admit, if set, may refuse the pool the request resolved to before
+	// anything else is checked (the driver refuses fenced pools); its
+	// error is returned as it is.
+	Admit func(pool string) error
 }
 
 // CreateVolume makes a volume, or returns the existing one of that name if
 // it is compatible (CSI idempotency); an incompatible one is ErrAlreadyExists.
 func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume, error) {
-	if err := ValidateVolumeName(req.Name); err != nil {
-		return nil, err
-	}
 	p, err := m.Pool(req.Pool)
 	if err != nil {
-		return nil, fmt.Errorf("%w: parameter pool: %v", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: parameter %q: %v", ErrInvalid, "pool", err)
+	}
+	if req.Admit != nil {
+		if err := req.Admit(p.Name); err != nil {
+			return nil, err
+		}
+	}
+	if err := ValidateVolumeName(req.Name); err != nil {
+		return nil, err
 	}
 	if req.AccessType == "" {
 		req.AccessType = AccessMount
@@ -368,66 +377,86 @@ func (m *Manager) DeleteVolume(ctx context.Context, id string) error {
 	return p.remove(ctx, v)
 }
 
-// ResolveExpansion checks an expand request and returns the size it leads
-// to, without changing anything. Volumes of other nodes pass syntactically:
-// the owning node's NodeExpandVolume does the work (see pkg/driver).
-func (m *Manager) ResolveExpansion(id string, required, limit int64) (int64, *Volume, error) {
+// CheckExpansion checks an expand request and returns the size it leads
+// to, without changing anything (ControllerExpandVolume). Volumes of other
+// nodes pass syntactically: the owning node's NodeExpandVolume does the
+// work (see pkg/driver).
+func (m *Manager) CheckExpansion(id string, required, limit int64) (int64, error) {
 	vid, p, err := m.resolve(id)
 	if errors.Is(err, ErrWrongNode) {
-		size, err := ResolveSize(required, limit, required, sizeGranularity)
-		return size, nil, err
+		return ResolveSize(required, limit, required, sizeGranularity)
 	}
 	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
 	v, err := p.lookup(vid.Name)
 	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
+	size, err := expansionSize(id, v, required, limit)
+	if err != nil || size <= v.CapacityBytes {
+		return size, err
+	}
+	return size, p.checkFits(size, size-v.ReservedBytes())
+}
+
+// expansionSize is the size an expand request for v (nil if there is no
+// such volume) leads to: its current size if the request would shrink it.
+func expansionSize(id string, v *Volume, required, limit int64) (int64, error) {
 	if v == nil {
-		return 0, nil, fmt.Errorf("%w: volume %q does not exist", ErrNotFound, id)
+		return 0, fmt.Errorf("%w: volume %q does not exist", ErrNotFound, id)
 	}
 	if required == 0 {
-		return 0, nil, fmt.Errorf("%w: capacity_range.required_bytes must be set to expand", ErrInvalid)
+		return 0, fmt.Errorf("%w: capacity_range.required_bytes must be set to expand", ErrInvalid)
 	}
 	size, err := ResolveSize(required, limit, v.CapacityBytes, sizeGranularity)
 	if err != nil {
-		return 0, nil, err
+		return 0, err
 	}
-	if size <= v.CapacityBytes {
-		return v.CapacityBytes, v, nil // shrinking is not expanding: keep the size
-	}
-	if err := p.checkFits(size, size-v.ReservedBytes()); err != nil {
-		return 0, nil, err
-	}
-	return size, v, nil
+	return max(size, v.CapacityBytes), nil // shrinking is not expanding: keep the size
 }
 
-// ExpandVolume grows a volume on this node to at least required bytes.
-func (m *Manager) ExpandVolume(ctx context.Context, id string, required, limit int64) (*Volume, error) {
-	vid, p, err := m.resolve(id)
-	if err != nil {
-		if errors.Is(err, ErrWrongNode) {
-			return nil, fmt.Errorf("%w: %v", ErrNotFound, err)
+// ExpandRequest asks to grow a volume on this node (NodeExpandVolume).
+type ExpandRequest struct {
+	VolumeID string
+	// VolumePath, if set, must be where the volume is (see VolumeStats);
+	// StagingPath is the request's staging path, if any.
+	VolumePath, StagingPath string
+	// RequiredBytes and LimitBytes are the capacity range (0: unset).
+	RequiredBytes, LimitBytes int64
+	// KeepSize: the request has no capacity range, so there is no new
+	// size; the volume (and path) is only checked and returned.
+	KeepSize bool
+}
+
+// ExpandVolume grows a volume on this node to at least RequiredBytes. The
+// admission (Pool.expand) checks that the growth fits.
+func (m *Manager) ExpandVolume(ctx context.Context, req ExpandRequest) (*Volume, error) {
+	var out *Volume
+	err := m.withVolume(req.VolumeID, func(v *Volume, b backend, dir volumeDir) error {
+		if req.VolumePath != "" {
+			if err := m.checkVolumePath(v, b, dir, req.VolumePath, req.StagingPath); err != nil {
+				return err
+			}
 		}
-		return nil, err
-	}
-	unlock, err := m.lock(vid.Name)
+		out = v
+		if req.KeepSize {
+			return nil
+		}
+		size, err := expansionSize(req.VolumeID, v, req.RequiredBytes, req.LimitBytes)
+		if err != nil || size <= v.CapacityBytes && v.Phase == PhaseReady {
+			return err
+		}
+		if v.Phase == PhaseResizing && v.TargetBytes > size {
+			size = v.TargetBytes // finish what an interrupted resize started
+		}
+		out, err = m.byName[v.Pool].expand(ctx, v, size)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer unlock()
-	size, v, err := m.ResolveExpansion(id, required, limit)
-	if err != nil {
-		return nil, err
-	}
-	if size <= v.CapacityBytes && v.Phase == PhaseReady {
-		return v, nil
-	}
-	if v.Phase == PhaseResizing && v.TargetBytes > size {
-		size = v.TargetBytes // finish what an interrupted resize started
-	}
-	return p.expand(ctx, v, size)
+	return out, nil
 }
 
 // ListVolumes returns every live volume of the node, sorted by ID (the

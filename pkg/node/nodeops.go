@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"fmt"
 	"os"
 	"path"
@@ -90,14 +91,26 @@ func foreignMount(field, p string, v *Volume, pl placement, infos []mount.MountI
 	return nil
 }
 
+// StageRequest asks to prepare a volume on this node.
+type StageRequest struct {
+	VolumeID, StagingPath string
+	// AccessType is how the CO will use the volume: it must be the
+	// volume's own.
+	AccessType AccessType
+	MountFlags []string
+}
+
 // StageVolume prepares a volume on this node (loop Filesystem: attach and
-// mount at stagingPath; loop Block: attach; other backends need nothing).
-// Idempotent at the same path; a loop Filesystem volume already staged
-// elsewhere is refused, since a second mount of its filesystem through a
-// second loop device would corrupt it.
-func (m *Manager) StageVolume(ctx context.Context, id, stagingPath string, mountFlags []string) error {
-	return m.withVolume(id, func(v *Volume, b backend, dir volumeDir) error {
-		staging := resolveParent(stagingPath)
+// mount at the staging path; loop Block: attach; other backends need
+// nothing). Idempotent at the same path; a loop Filesystem volume already
+// staged elsewhere is refused, since a second mount of its filesystem
+// through a second loop device would corrupt it.
+func (m *Manager) StageVolume(ctx context.Context, req StageRequest) error {
+	return m.withVolume(req.VolumeID, func(v *Volume, b backend, dir volumeDir) error {
+		if req.AccessType != v.AccessType {
+			return fmt.Errorf("%w: volume %q is a %s volume and cannot be staged as %s", ErrInvalid, v.ID, v.AccessType, req.AccessType)
+		}
+		staging := resolveParent(req.StagingPath)
 		pl, infos, err := m.where(b, dir, v)
 		if err != nil {
 			return err
@@ -116,7 +129,7 @@ func (m *Manager) StageVolume(ctx context.Context, id, stagingPath string, mount
 				return err
 			}
 		}
-		return b.Stage(ctx, dir, v, staging, mountFlags)
+		return b.Stage(ctx, dir, v, staging, req.MountFlags)
 	})
 }
 
@@ -329,15 +342,27 @@ func (m *Manager) UnpublishVolume(_ context.Context, id, targetPath string) erro
 	return removeTarget(v, target)
 }
 
-// CheckVolumePath checks the volume_path of NodeGetVolumeStats and
+// checkVolumePathExists refuses a volume_path of NodeGetVolumeStats or
+// NodeExpandVolume that cannot be where a volume is (ErrNotFound, as the
+// spec says for "no volume at this path"): relative or absent.
+func checkVolumePathExists(p string) error {
+	if !filepath.IsAbs(p) {
+		return fmt.Errorf("%w: volume_path %q is not an absolute path, so no volume is published there", ErrNotFound, p)
+	}
+	if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: volume_path %q does not exist", ErrNotFound, p)
+	}
+	return nil
+}
+
+// checkVolumePath checks the volume_path of NodeGetVolumeStats and
 // NodeExpandVolume: it must be where the volume is mounted (a publish
 // target, or a loop Filesystem volume's staging mount). For backends that
 // mount nothing at staging, the kubelet also expands right after NodeStage
 // at the staging path, which is then the empty, unmounted staging directory
 // named by stagingPath. Anything else is ErrNotFound, as the spec says.
-func (m *Manager) CheckVolumePath(id, volumePath, stagingPath string) error {
-	v, b, dir, err := m.volumeOp(id)
-	if err != nil {
+func (m *Manager) checkVolumePath(v *Volume, b backend, dir volumeDir, volumePath, stagingPath string) error {
+	if err := checkVolumePathExists(volumePath); err != nil {
 		return err
 	}
 	p := resolveParent(volumePath)
@@ -359,7 +384,7 @@ func (m *Manager) CheckVolumePath(id, volumePath, stagingPath string) error {
 	return fmt.Errorf("%w: volume %q is not published at %s; it is published at %s", ErrNotFound, v.ID, volumePath, pl.describe())
 }
 
-// showsDataDir is CheckVolumePath's fast path for the directory backends,
+// showsDataDir is checkVolumePath's fast path for the directory backends,
 // which kubelet's periodic stats take: a path outside every pool whose
 // inode is the volume's data directory can only be a bind mount of it
 // (directories have no hard links). Two lstats instead of the mount table.
@@ -400,12 +425,19 @@ func (m *Manager) VolumeAllocated(id string) (bytes int64, accounted bool, err e
 	return n, true, nil
 }
 
-// VolumeUsage reports a volume's space from its backend's accounting;
-// volumePath, if not empty, must have passed CheckVolumePath.
-func (m *Manager) VolumeUsage(id, volumePath string) (Usage, error) {
+// VolumeStats reports a volume's space from its backend's accounting
+// (NodeGetVolumeStats). volumePath, if not empty, must be where the volume
+// is (see checkVolumePath); stagingPath is the request's, if any.
+func (m *Manager) VolumeStats(id, volumePath, stagingPath string) (*Volume, Usage, error) {
 	v, b, dir, err := m.volumeOp(id)
 	if err != nil {
-		return Usage{}, err
+		return nil, Usage{}, err
 	}
-	return b.Usage(dir, v, volumePath)
+	if volumePath != "" {
+		if err := m.checkVolumePath(v, b, dir, volumePath, stagingPath); err != nil {
+			return nil, Usage{}, err
+		}
+	}
+	u, err := b.Usage(dir, v, volumePath)
+	return v, u, err
 }

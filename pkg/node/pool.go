@@ -250,6 +250,12 @@ func (p *Pool) Backend() BackendKind {
 	return p.backend.Kind()
 }
 
+// Supports reports whether the pool can carve new volumes of the access
+// type (false while the pool is not opened).
+func (p *Pool) Supports(a AccessType) bool {
+	return p.opened.Load() && p.backend.Supports(a)
+}
+
 // Close releases the pool's file descriptors.
 func (p *Pool) Close() {
 	if p.rootFile != nil {

@@ -97,7 +97,7 @@ func testProjQuotaLifecycle(t *testing.T, mnt string, kind BackendKind, quotaErr
 	if err := os.Mkdir(staging, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {
 		t.Fatalf("StageVolume: %v", err)
 	}
 	pub := PublishRequest{VolumeID: v.ID, StagingPath: staging, TargetPath: target, AccessType: AccessMount}
@@ -129,9 +129,9 @@ func testProjQuotaLifecycle(t *testing.T, mnt string, kind BackendKind, quotaErr
 	}
 
 	// Stats come from the quota: bytes and inodes of this volume only.
-	u, err := m.VolumeUsage(v.ID, target)
+	_, u, err := m.VolumeStats(v.ID, target, "")
 	if err != nil {
-		t.Fatalf("VolumeUsage: %v", err)
+		t.Fatalf("VolumeStats: %v", err)
 	}
 	if u.TotalBytes != size || u.UsedBytes < n || u.UsedBytes > size || u.AvailableBytes > size-u.UsedBytes ||
 		!u.HasInodes || u.UsedInodes != 3 || u.TotalInodes != u.UsedInodes+u.FreeInodes || u.FreeInodes <= 0 {
@@ -145,7 +145,7 @@ func testProjQuotaLifecycle(t *testing.T, mnt string, kind BackendKind, quotaErr
 	}
 
 	// Expand while published: the limit rises, more fits, and stops at the new size.
-	ev, err := m.ExpandVolume(ctx, v.ID, 2*size, 0)
+	ev, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 2*size})
 	if err != nil || ev.CapacityBytes != 2*size || ev.Phase != PhaseReady {
 		t.Fatalf("ExpandVolume = %+v, %v", ev, err)
 	}
@@ -153,7 +153,7 @@ func testProjQuotaLifecycle(t *testing.T, mnt string, kind BackendKind, quotaErr
 	if !strings.Contains(out, quotaErr) || n <= size || n > 2*size {
 		t.Fatalf("after expanding to %d bytes wrote %d: %s", 2*size, n, out)
 	}
-	if u, err := m.VolumeUsage(v.ID, target); err != nil || u.TotalBytes != 2*size || u.UsedBytes < n {
+	if _, u, err := m.VolumeStats(v.ID, target, ""); err != nil || u.TotalBytes != 2*size || u.UsedBytes < n {
 		t.Fatalf("usage after expand = %+v, %v", u, err)
 	}
 	if err := os.Remove(big); err != nil {
