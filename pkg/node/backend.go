@@ -53,35 +53,43 @@ type Usage struct {
 // of what a volume occupies.
 var errNoAccount = errors.New("the backend keeps no per-volume account")
 
-// volumeDir is a volume's directory inside a pool, as backends see it.
-type volumeDir struct {
-	pool *Pool
-	// rel is the directory relative to the pool root (e.g. "volumes/pvc-1").
-	rel string
-}
+// errNoSnapshots is what the snapshot and clone hooks of a backend that
+// cannot (yet) make them return. It is ErrUnsupported: the request asks for
+// something this pool cannot do.
+var errNoSnapshots = fmt.Errorf("%w: the pool's backend cannot snapshot or clone volumes", ErrUnsupported)
 
-// abs returns the absolute host path of a file in the volume directory.
-// Only used for APIs that need a path (mount, mkfs, loop); every lookup
-// through it was checked with the pool's os.Root first.
-func (d volumeDir) abs(name string) string { return d.pool.abs(d.rel + "/" + name) }
-
-// backend is what a pool needs from a way of carving volumes. Each method is
+// backend is the only door to disk-specific work: how a pool carves a
+// volume, enforces and reports its size, and shows it on this node. It is
+// made by a pure constructor (registered in backends.go) from the pool's
+// store; Open then prepares it, once per pool. Each volume method is
 // called with the volume's lock held.
+//
+// Adding a backend is one file: a type implementing this interface (the
+// directory-style ones embed dirStyle) and its line in backendKinds.
 type backend interface {
 	Kind() BackendKind
+	// Open checks that the pool can have this backend and prepares it
+	// (btrfs: enables quota and checks its consistency). The pool calls it
+	// once, before any other method; an error explains what the pool's
+	// filesystem or this node lacks, and the backend is not used.
+	Open() error
 	// Enforced reports whether a volume cannot grow past its size.
 	Enforced() bool
-	// MinSize is the smallest volume the backend can make for the access type.
-	MinSize(AccessType) int64
 	// Supports reports whether the backend can serve the access type.
 	Supports(AccessType) bool
+	// Resolve applies the backend's defaults to a request for a new volume
+	// of the access type and validates it: it returns the filesystem type
+	// to record ("" where the volume is the pool's own filesystem) and the
+	// smallest size the backend can make for it.
+	Resolve(a AccessType, fsType string) (resolvedFsType string, minSize int64, err error)
 	// Create carves the storage of v inside dir (which exists and is empty)
-	// and may fill backend fields of v (e.g. SubvolumeID).
+	// and may fill backend fields of v (e.g. SubvolumeID). v has passed
+	// Resolve.
 	Create(ctx context.Context, dir volumeDir, v *Volume) error
 	// Resize makes the volume's storage newSize bytes large. A staged
 	// volume grows online (loop: the attached device learns the new size
-	// and a mounted filesystem is grown); a loop volume that is not staged
-	// has its filesystem grown at its next Stage.
+	// and a mounted filesystem is grown, where the driver may); a loop
+	// volume that is not staged has its filesystem grown at its next Stage.
 	Resize(ctx context.Context, dir volumeDir, v *Volume, newSize int64) error
 	// Allocated is how many bytes of the pool's filesystem the volume
 	// occupies now (qgroup referenced bytes, image blocks, project quota
@@ -93,7 +101,9 @@ type backend interface {
 	// volumePath is where the volume is published, if known.
 	Usage(dir volumeDir, v *Volume, volumePath string) (Usage, error)
 	// Destroy releases what a plain recursive removal cannot (subvolumes,
-	// loop devices) before a trashed volume is removed.
+	// project quota limits; loop: refuses while a device is attached)
+	// before a trashed volume, or a failed creation, is removed. The
+	// volume's record in dir, if any, may be read (dir.record).
 	Destroy(ctx context.Context, dir volumeDir) error
 	// Stage prepares the volume on this node: loop binds its image to a
 	// loop device and mounts a Filesystem volume at stagingPath; the
@@ -104,15 +114,61 @@ type backend interface {
 	// Unstage undoes Stage after the caller unmounted the staging mount:
 	// it releases what Stage holds besides the mount (loop devices).
 	Unstage(ctx context.Context, dir volumeDir, v *Volume, stagingPath string) error
+	// MountsAtStaging reports whether Stage mounts the volume at the
+	// staging path (loop Filesystem volumes); for the others the staging
+	// path is the CO's empty directory and carries nothing.
+	MountsAtStaging(v *Volume) bool
 	// Placement finds the volume in the mount table: its loop devices and
 	// every mount point that shows its storage (see placement).
 	Placement(dir volumeDir, v *Volume, infos []mount.MountInfo) (placement, error)
+	// Shows reports, without the mount table, whether the host path p
+	// (outside every pool) certainly shows the volume's storage; false
+	// means "ask Placement".
+	Shows(dir volumeDir, v *Volume, p string) bool
 	// PublishSource is what NodePublish bind-mounts onto the target path;
 	// the caller has checked that stagingPath is the volume's.
 	PublishSource(dir volumeDir, v *Volume, stagingPath string) (string, error)
+
+	// The snapshot and clone hooks (issue 13). Every backend returns
+	// errNoSnapshots for now; what each will do:
+	//   - btrfs: Snapshot is a read-only snapshot of the data subvolume
+	//     into snap, CreateFrom a writable snapshot of the source's, each
+	//     in O(1) and given its own qgroup limit;
+	//   - xfs, ext4, dir: a copy of the data tree (reflinked where the
+	//     filesystem can, e.g. XFS with reflink=1), the copy given a
+	//     project id of its own (xfs, ext4);
+	//   - loop: a copy of the image (FICLONE where the pool's filesystem
+	//     can reflink, else a sparse copy), taken while the filesystem is
+	//     frozen or the volume unstaged.
+
+	// Snapshot copies the volume's data as it is now into snap, a new
+	// empty directory of the pool.
+	Snapshot(ctx context.Context, dir volumeDir, v *Volume, snap volumeDir) error
+	// CreateFrom is Create with the new volume v filled from src (a
+	// snapshot directory or another volume's directory, of srcVol).
+	CreateFrom(ctx context.Context, dir volumeDir, v *Volume, src volumeDir, srcVol *Volume) error
 }
 
-// fileOwner is used by backends to fix the mode of a new volume root.
+// maintainer is a backend with periodic work: the pool calls Maintain on
+// every trash-purge round (btrfs: checks that qgroup limits are enforced).
+type maintainer interface {
+	Maintain()
+}
+
+// noSnapshots gives a backend the snapshot and clone hooks of one that
+// cannot make them yet.
+type noSnapshots struct{}
+
+func (noSnapshots) Snapshot(context.Context, volumeDir, *Volume, volumeDir) error {
+	return errNoSnapshots
+}
+
+func (noSnapshots) CreateFrom(context.Context, volumeDir, *Volume, volumeDir, *Volume) error {
+	return errNoSnapshots
+}
+
+// chmodRoot fixes the mode of a new volume root (Mkdir's mode is masked by
+// the umask).
 func chmodRoot(root *os.Root, rel string, mode os.FileMode) error {
 	if err := root.Chmod(rel, mode); err != nil {
 		return fmt.Errorf("chmod %s: %w", rel, err)

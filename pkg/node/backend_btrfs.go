@@ -9,37 +9,40 @@ import (
 
 	"github.com/dhpp-io/dhpp/pkg/node/btrfs"
 	"k8s.io/klog/v2"
-	mount "k8s.io/mount-utils"
 )
 
 // btrfsBackend carves a volume as a btrfs subvolume whose qgroup has a
 // referenced-bytes limit: writes past the size fail with EDQUOT. Usage comes
 // from the qgroup (one ioctl), so stats cost the same for 1 or 10,000 volumes.
-type btrfsBackend struct{ pool *Pool }
-
-func (btrfsBackend) Kind() BackendKind          { return BackendBtrfs }
-func (btrfsBackend) Enforced() bool             { return true }
-func (btrfsBackend) MinSize(AccessType) int64   { return sizeGranularity }
-func (btrfsBackend) Supports(a AccessType) bool { return a == AccessMount }
-
-func newBtrfsBackend(p *Pool) (backend, error) {
-	ok, err := btrfs.IsBtrfs(p.Path)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		return nil, fmt.Errorf("%w: %s is not on a btrfs filesystem", ErrUnsupported, p.Path)
-	}
-	if err := btrfs.EnableQuota(p.rootFile); err != nil {
-		return nil, fmt.Errorf("enable btrfs quota on %s: %w", p.Path, err)
-	}
-	b := btrfsBackend{pool: p}
-	b.checkQuota()
-	return b, nil
+type btrfsBackend struct {
+	dirStyle
+	st *store
 }
 
-func (b btrfsBackend) Create(_ context.Context, dir volumeDir, v *Volume) error {
-	d, err := b.pool.root.Open(dir.rel)
+func newBtrfsBackend(st *store, _ PoolConfig) backend { return &btrfsBackend{st: st} }
+
+func (*btrfsBackend) Kind() BackendKind { return BackendBtrfs }
+func (*btrfsBackend) Enforced() bool    { return true }
+
+// Open checks that the pool is on btrfs, enables quota (qgroup limits
+// enforce nothing without it) and checks that its accounting is consistent.
+func (b *btrfsBackend) Open() error {
+	ok, err := btrfs.IsBtrfs(b.st.path)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s is not on a btrfs filesystem", ErrUnsupported, b.st.path)
+	}
+	if err := btrfs.EnableQuota(b.st.rootFile); err != nil {
+		return fmt.Errorf("enable btrfs quota on %s: %w", b.st.path, err)
+	}
+	b.Maintain()
+	return nil
+}
+
+func (b *btrfsBackend) Create(_ context.Context, dir volumeDir, v *Volume) error {
+	d, err := b.st.root.Open(dir.rel)
 	if err != nil {
 		return err
 	}
@@ -48,7 +51,7 @@ func (b btrfsBackend) Create(_ context.Context, dir volumeDir, v *Volume) error 
 		return err
 	}
 	rel := path.Join(dir.rel, dataName)
-	sv, err := b.pool.root.Open(rel)
+	sv, err := b.st.root.Open(rel)
 	if err != nil {
 		return err
 	}
@@ -59,11 +62,11 @@ func (b btrfsBackend) Create(_ context.Context, dir volumeDir, v *Volume) error 
 	if err := btrfs.SetLimit(sv, uint64(v.CapacityBytes)); err != nil {
 		return err
 	}
-	return chmodRoot(b.pool.root, rel, v.Mode)
+	return chmodRoot(b.st.root, rel, v.Mode)
 }
 
-func (b btrfsBackend) Resize(_ context.Context, dir volumeDir, _ *Volume, newSize int64) error {
-	sv, err := b.pool.root.Open(path.Join(dir.rel, dataName))
+func (b *btrfsBackend) Resize(_ context.Context, dir volumeDir, _ *Volume, newSize int64) error {
+	sv, err := b.st.root.Open(path.Join(dir.rel, dataName))
 	if err != nil {
 		return err
 	}
@@ -71,23 +74,23 @@ func (b btrfsBackend) Resize(_ context.Context, dir volumeDir, _ *Volume, newSiz
 	return btrfs.SetLimit(sv, uint64(newSize))
 }
 
-func (b btrfsBackend) Allocated(_ volumeDir, v *Volume) (int64, error) {
-	q, err := btrfs.QgroupUsage(b.pool.rootFile, v.SubvolumeID)
+func (b *btrfsBackend) Allocated(_ volumeDir, v *Volume) (int64, error) {
+	q, err := btrfs.QgroupUsage(b.st.rootFile, v.SubvolumeID)
 	return int64(q.Referenced), err
 }
 
 // Usage reports the qgroup's referenced bytes against the volume's limit.
 // Qgroup figures are updated when btrfs commits a transaction (at most every
 // 30 s by default, or on sync), so they lag writes by that much.
-func (b btrfsBackend) Usage(_ volumeDir, v *Volume, _ string) (Usage, error) {
-	q, err := btrfs.QgroupUsage(b.pool.rootFile, v.SubvolumeID)
+func (b *btrfsBackend) Usage(_ volumeDir, v *Volume, _ string) (Usage, error) {
+	q, err := btrfs.QgroupUsage(b.st.rootFile, v.SubvolumeID)
 	if err != nil {
 		return Usage{}, fmt.Errorf("volume %q: qgroup usage: %w", v.ID, err)
 	}
 	total := v.CapacityBytes
 	used := int64(q.Referenced)
 	avail := max(total-used, 0)
-	if free, err := b.pool.free(); err == nil {
+	if _, free, err := b.st.statfs(); err == nil {
 		avail = min(avail, free) // a full disk is full for every volume
 	}
 	return Usage{TotalBytes: total, UsedBytes: used, AvailableBytes: avail}, nil
@@ -101,10 +104,10 @@ func (b btrfsBackend) Usage(_ volumeDir, v *Volume, _ string) (Usage, error) {
 // level-0 qgroup of a dropped subvolume itself. Destroying the qgroup
 // while that drop is pending was seen to mark the whole filesystem's qgroup
 // accounting inconsistent — and an inconsistent btrfs enforces no limit at
-// all (test/e2e found it; see checkQuota for the safety net).
-func (b btrfsBackend) Destroy(_ context.Context, dir volumeDir) error {
+// all (test/e2e found it; see Maintain for the safety net).
+func (b *btrfsBackend) Destroy(_ context.Context, dir volumeDir) error {
 	rel := path.Join(dir.rel, dataName)
-	sv, err := b.pool.root.Open(rel)
+	sv, err := b.st.root.Open(rel)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	} else if err != nil {
@@ -115,7 +118,7 @@ func (b btrfsBackend) Destroy(_ context.Context, dir volumeDir) error {
 	if err != nil || !isSub {
 		return err
 	}
-	d, err := b.pool.root.Open(dir.rel)
+	d, err := b.st.root.Open(dir.rel)
 	if err != nil {
 		return err
 	}
@@ -123,33 +126,21 @@ func (b btrfsBackend) Destroy(_ context.Context, dir volumeDir) error {
 	return btrfs.DeleteSubvolume(d, dataName)
 }
 
-// checkQuota makes sure qgroup limits are being enforced. When the kernel
+// Maintain makes sure qgroup limits are being enforced. When the kernel
 // has marked qgroup accounting inconsistent (after some subvolume drops,
 // crashes or external qgroup changes) no limit holds until a rescan has
 // recounted everything, so dhpp says so loudly and starts the rescan.
-func (b btrfsBackend) checkQuota() {
-	st, err := btrfs.Status(b.pool.rootFile)
+func (b *btrfsBackend) Maintain() {
+	st, err := btrfs.Status(b.st.rootFile)
 	switch {
 	case err != nil:
-		klog.ErrorS(err, "Cannot read btrfs quota status", "pool", b.pool.Name)
+		klog.ErrorS(err, "Cannot read btrfs quota status", "pool", b.st.name)
 	case st.Inconsistent && st.Rescanning:
-		klog.InfoS("btrfs qgroup accounting is being rescanned; volume sizes are enforced again when it ends", "pool", b.pool.Name)
+		klog.InfoS("btrfs qgroup accounting is being rescanned; volume sizes are enforced again when it ends", "pool", b.st.name)
 	case st.Inconsistent:
-		klog.ErrorS(nil, "btrfs qgroup accounting is inconsistent: volume sizes are NOT enforced until a rescan completes; starting a quota rescan", "pool", b.pool.Name, "path", b.pool.Path)
-		if err := btrfs.StartRescan(b.pool.rootFile); err != nil {
-			klog.ErrorS(err, "Starting a btrfs quota rescan", "pool", b.pool.Name)
+		klog.ErrorS(nil, "btrfs qgroup accounting is inconsistent: volume sizes are NOT enforced until a rescan completes; starting a quota rescan", "pool", b.st.name, "path", b.st.path)
+		if err := btrfs.StartRescan(b.st.rootFile); err != nil {
+			klog.ErrorS(err, "Starting a btrfs quota rescan", "pool", b.st.name)
 		}
 	}
-}
-
-func (btrfsBackend) Stage(context.Context, volumeDir, *Volume, string, []string) error { return nil }
-func (btrfsBackend) Unstage(context.Context, volumeDir, *Volume, string) error         { return nil }
-
-// Placement: the volume is where its data directory is bind-mounted.
-func (b btrfsBackend) Placement(dir volumeDir, _ *Volume, infos []mount.MountInfo) (placement, error) {
-	return placement{mounts: bindsOf(infos, dir.abs(dataName))}, nil
-}
-
-func (b btrfsBackend) PublishSource(dir volumeDir, _ *Volume, _ string) (string, error) {
-	return checkedDir(b.pool, path.Join(dir.rel, dataName))
 }

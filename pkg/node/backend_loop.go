@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -29,7 +30,18 @@ import (
 // creation; NodeStage attaches the image to a loop device and mounts it at
 // the staging path. A Block volume is the loop device itself. The size is
 // enforced by the image's size on any host filesystem.
-type loopBackend struct{ pool *Pool }
+//
+// The image machinery (openImage, imageDevices, and the staging, growing
+// and detaching below) works on any volumeDir of any pool: a directory
+// backend that serves Block or a foreign fsType through an image file in
+// the volume's directory composes it rather than being a loop pool.
+type loopBackend struct {
+	noSnapshots
+	st *store
+	// fsType is the filesystem of Filesystem volumes whose request names
+	// none: the pool's configured one, else defaultLoopFsType.
+	fsType string
+}
 
 // Default and accepted filesystems inside loop images.
 const defaultLoopFsType = "ext4"
@@ -45,23 +57,41 @@ var loopFsTypes = map[string]struct {
 	"xfs": {300 << 20, []string{"mkfs.xfs", "-f", "-q", "-K"}},
 }
 
-func newLoopBackend(p *Pool) (backend, error) {
+func newLoopBackend(st *store, cfg PoolConfig) backend {
+	return &loopBackend{st: st, fsType: cmp.Or(cfg.FsType, defaultLoopFsType)}
+}
+
+func (*loopBackend) Kind() BackendKind        { return BackendLoop }
+func (*loopBackend) Enforced() bool           { return true }
+func (*loopBackend) Supports(AccessType) bool { return true }
+
+// Open checks that this node has loop devices.
+func (*loopBackend) Open() error {
 	if _, err := os.Stat("/dev/loop-control"); err != nil {
-		return nil, fmt.Errorf("%w: loop devices are not available (/dev/loop-control: %v)", ErrUnsupported, err)
+		return fmt.Errorf("%w: loop devices are not available (/dev/loop-control: %v)", ErrUnsupported, err)
 	}
-	return loopBackend{pool: p}, nil
+	return nil
 }
 
-func (loopBackend) Kind() BackendKind        { return BackendLoop }
-func (loopBackend) Enforced() bool           { return true }
-func (loopBackend) Supports(AccessType) bool { return true }
-
-func (loopBackend) MinSize(a AccessType) int64 {
+// Resolve: a Block volume is the bare image; a Filesystem volume gets the
+// requested filesystem, else the pool's default, and at least its minimum
+// size.
+func (b *loopBackend) Resolve(a AccessType, fsType string) (string, int64, error) {
 	if a == AccessBlock {
-		return sizeGranularity
+		return "", sizeGranularity, nil
 	}
-	return loopFsTypes[defaultLoopFsType].minSize
+	fsType = cmp.Or(fsType, b.fsType)
+	if err := ValidateLoopFsType(fsType); err != nil {
+		return "", 0, err
+	}
+	return fsType, loopFsTypes[fsType].minSize, nil
 }
+
+func (*loopBackend) MountsAtStaging(v *Volume) bool { return v.AccessType == AccessMount }
+
+// Shows: a loop volume is shown by mounts of its device, found only in the
+// mount table.
+func (*loopBackend) Shows(volumeDir, *Volume, string) bool { return false }
 
 // ValidateLoopFsType checks a filesystem type requested for a loop volume.
 func ValidateLoopFsType(fsType string) error {
@@ -71,9 +101,9 @@ func ValidateLoopFsType(fsType string) error {
 	return nil
 }
 
-func (b loopBackend) Create(ctx context.Context, dir volumeDir, v *Volume) error {
+func (b *loopBackend) Create(ctx context.Context, dir volumeDir, v *Volume) error {
 	rel := path.Join(dir.rel, imageName)
-	f, err := b.pool.root.OpenFile(rel, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := dir.st.root.OpenFile(rel, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
@@ -87,18 +117,12 @@ func (b loopBackend) Create(ctx context.Context, dir volumeDir, v *Volume) error
 	if v.AccessType == AccessBlock {
 		return nil
 	}
-	if v.FsType == "" {
-		v.FsType = defaultLoopFsType
-	}
-	spec, ok := loopFsTypes[v.FsType]
+	spec, ok := loopFsTypes[v.FsType] // Resolve applied the default and checked it
 	if !ok {
 		return ValidateLoopFsType(v.FsType)
 	}
-	if v.CapacityBytes < spec.minSize {
-		return fmt.Errorf("%w: a %s loop volume needs at least %d bytes", ErrOutOfRange, v.FsType, spec.minSize)
-	}
 	args := append(append([]string{}, spec.mkfs[1:]...), dir.abs(imageName))
-	if out, err := b.pool.env.exec.CommandContext(ctx, spec.mkfs[0], args...).CombinedOutput(); err != nil {
+	if out, err := b.st.exec.CommandContext(ctx, spec.mkfs[0], args...).CombinedOutput(); err != nil {
 		return fmt.Errorf("%s: %w: %s", spec.mkfs[0], err, strings.TrimSpace(string(out)))
 	}
 	return nil
@@ -107,8 +131,8 @@ func (b loopBackend) Create(ctx context.Context, dir volumeDir, v *Volume) error
 // Resize grows the image; if it is attached, the loop device learns the new
 // size and a mounted filesystem is grown online. A volume that is not staged
 // has its filesystem grown at the next Stage.
-func (b loopBackend) Resize(_ context.Context, dir volumeDir, v *Volume, newSize int64) error {
-	f, err := b.openImage(dir, os.O_RDWR)
+func (b *loopBackend) Resize(_ context.Context, dir volumeDir, v *Volume, newSize int64) error {
+	f, err := openImage(dir, os.O_RDWR)
 	if err != nil {
 		return err
 	}
@@ -145,7 +169,7 @@ func (b loopBackend) Resize(_ context.Context, dir volumeDir, v *Volume, newSize
 var errNoOnlineGrow = errors.New("online ext4 growth needs CAP_SYS_RESOURCE, which the driver lacks; the filesystem grows offline at the next NodeStage after a NodeUnstage")
 
 // growFs grows a mounted filesystem up to its device, if it is smaller.
-func (b loopBackend) growFs(dev, mountPoint, fsType string) error {
+func (b *loopBackend) growFs(dev, mountPoint, fsType string) error {
 	need, err := b.needsGrow(dev)
 	if err != nil || !need {
 		return err
@@ -153,7 +177,7 @@ func (b loopBackend) growFs(dev, mountPoint, fsType string) error {
 	if fsType == "ext4" && !growsOnline() {
 		return fmt.Errorf("grow filesystem on %s mounted at %s: %w", dev, mountPoint, errNoOnlineGrow)
 	}
-	if _, err := mount.NewResizeFs(b.pool.env.exec).Resize(dev, mountPoint); err != nil {
+	if _, err := mount.NewResizeFs(b.st.exec).Resize(dev, mountPoint); err != nil {
 		return fmt.Errorf("grow filesystem on %s mounted at %s (online ext4 growth needs CAP_SYS_RESOURCE; it also happens offline at the next stage): %w", dev, mountPoint, err)
 	}
 	return nil
@@ -165,7 +189,7 @@ func (b loopBackend) growFs(dev, mountPoint, fsType string) error {
 // the same, which is NodeStage's job: a repeated stage (a second pod, a
 // kubelet retry) succeeds and the grow waits for the offline one. Any
 // other error (reading the device, a failed resize) fails the stage.
-func (b loopBackend) catchUpStaged(dev, stagingPath string, v *Volume) error {
+func (b *loopBackend) catchUpStaged(dev, stagingPath string, v *Volume) error {
 	err := b.growFs(dev, stagingPath, v.FsType)
 	if errors.Is(err, errNoOnlineGrow) {
 		klog.InfoS("Volume staged already; its filesystem waits to grow to the expanded image", "device", dev, "stagingPath", stagingPath, "reason", err)
@@ -175,7 +199,7 @@ func (b loopBackend) catchUpStaged(dev, stagingPath string, v *Volume) error {
 }
 
 // needsGrow reports whether the device is larger than its filesystem.
-func (b loopBackend) needsGrow(dev string) (bool, error) {
+func (b *loopBackend) needsGrow(dev string) (bool, error) {
 	f, err := os.Open(dev)
 	if err != nil {
 		return false, err
@@ -196,7 +220,7 @@ func (b loopBackend) needsGrow(dev string) (bool, error) {
 	return fsBytes < devBytes, nil
 }
 
-func (loopBackend) fsTypeOf(r io.ReaderAt) string {
+func (*loopBackend) fsTypeOf(r io.ReaderAt) string {
 	for t := range loopFsTypes {
 		if _, err := filesystemBytes(r, t); err == nil {
 			return t
@@ -245,7 +269,7 @@ func hasCapSysResource() bool {
 // that finds it knows the damage can be an interrupted e2fsck or resize of
 // ours, repairs (repairInterruptedGrow) and runs resize2fs again (which
 // finishes the grow, or finds nothing to do).
-func (b loopBackend) growOffline(ctx context.Context, dir volumeDir, dev, fsType string) error {
+func (b *loopBackend) growOffline(ctx context.Context, dir volumeDir, dev, fsType string) error {
 	if fsType != "ext4" {
 		return nil // xfs can only grow mounted: growFs does it
 	}
@@ -337,8 +361,8 @@ func repairInterruptedGrow(ctx context.Context, dev string) error {
 	return fmt.Errorf("e2fsck -f -y %s to finish an interrupted grow, nor any backup superblock, can open it: %w: %s", dev, err, out)
 }
 
-func (b loopBackend) hasGrowIntent(dir volumeDir) (bool, error) {
-	_, err := b.pool.root.Lstat(path.Join(dir.rel, growIntentName))
+func (b *loopBackend) hasGrowIntent(dir volumeDir) (bool, error) {
+	_, err := dir.st.root.Lstat(path.Join(dir.rel, growIntentName))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -347,8 +371,8 @@ func (b loopBackend) hasGrowIntent(dir volumeDir) (bool, error) {
 
 // setGrowIntent creates the marker durably: the file and its directory
 // entry are fsynced before e2fsck or resize2fs may touch the filesystem.
-func (b loopBackend) setGrowIntent(dir volumeDir) error {
-	f, err := b.pool.root.OpenFile(path.Join(dir.rel, growIntentName), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+func (b *loopBackend) setGrowIntent(dir volumeDir) error {
+	f, err := dir.st.root.OpenFile(path.Join(dir.rel, growIntentName), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("record the offline grow: %w", err)
 	}
@@ -362,14 +386,14 @@ func (b loopBackend) setGrowIntent(dir volumeDir) error {
 	if err != nil {
 		return fmt.Errorf("record the offline grow: %w", err)
 	}
-	return syncDir(b.pool.root, dir.rel)
+	return syncDir(dir.st.root, dir.rel)
 }
 
-func (b loopBackend) clearGrowIntent(dir volumeDir) error {
-	if err := b.pool.root.Remove(path.Join(dir.rel, growIntentName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+func (b *loopBackend) clearGrowIntent(dir volumeDir) error {
+	if err := dir.st.root.Remove(path.Join(dir.rel, growIntentName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("clear the offline grow record: %w", err)
 	}
-	return syncDir(b.pool.root, dir.rel)
+	return syncDir(dir.st.root, dir.rel)
 }
 
 // fsToolStarted, if set (by tests), is called with each filesystem tool
@@ -413,8 +437,8 @@ func exitStatus(err error) int {
 }
 
 // mountPointOf finds where a loop device is mounted, if anywhere.
-func (b loopBackend) mountPointOf(dev string) string {
-	infos, err := readMountTable(b.pool.env.mountInfoPath)
+func (b *loopBackend) mountPointOf(dev string) string {
+	infos, err := readMountTable(b.st.mountInfoPath)
 	if err != nil {
 		return ""
 	}
@@ -463,14 +487,14 @@ func bindsOfDevice(infos []mount.MountInfo, dev string) []string {
 // openImage opens the volume's image with no symlink followed (see
 // openNoSymlink): the loop device is bound to this descriptor, never to
 // whatever the path names.
-func (b loopBackend) openImage(dir volumeDir, flag int) (*os.File, error) {
-	return openRegularNoSymlink(b.pool, path.Join(dir.rel, imageName), flag)
+func openImage(dir volumeDir, flag int) (*os.File, error) {
+	return openRegularNoSymlink(dir.st, path.Join(dir.rel, imageName), flag)
 }
 
 // Allocated is the image's allocated blocks: sparse images occupy only
 // what their filesystem has written.
-func (b loopBackend) Allocated(dir volumeDir, _ *Volume) (int64, error) {
-	st, err := b.pool.root.Lstat(path.Join(dir.rel, imageName))
+func (b *loopBackend) Allocated(dir volumeDir, _ *Volume) (int64, error) {
+	st, err := dir.st.root.Lstat(path.Join(dir.rel, imageName))
 	if err != nil {
 		return 0, err
 	}
@@ -480,7 +504,7 @@ func (b loopBackend) Allocated(dir volumeDir, _ *Volume) (int64, error) {
 	return 0, nil
 }
 
-func (b loopBackend) Usage(dir volumeDir, v *Volume, volumePath string) (Usage, error) {
+func (b *loopBackend) Usage(dir volumeDir, v *Volume, volumePath string) (Usage, error) {
 	if v.AccessType == AccessBlock || volumePath == "" {
 		return Usage{TotalBytes: v.CapacityBytes}, nil
 	}
@@ -490,8 +514,8 @@ func (b loopBackend) Usage(dir volumeDir, v *Volume, volumePath string) (Usage, 
 // Destroy checks that no loop device is bound to the image. Anything in
 // place of the image that is not a plain file (a planted symlink) has no
 // device of dhpp's and is removed as itself.
-func (b loopBackend) Destroy(_ context.Context, dir volumeDir) error {
-	devs, err := b.devices(dir)
+func (b *loopBackend) Destroy(_ context.Context, dir volumeDir) error {
+	devs, err := imageDevices(dir)
 	if err != nil {
 		return err
 	}
@@ -501,10 +525,10 @@ func (b loopBackend) Destroy(_ context.Context, dir volumeDir) error {
 	return nil
 }
 
-// devices lists the loop devices bound to the volume's image; none if there
-// is no image, or something other than a plain file in its place.
-func (b loopBackend) devices(dir volumeDir) ([]string, error) {
-	img, err := b.openImage(dir, os.O_RDONLY)
+// imageDevices lists the loop devices bound to the volume's image; none if
+// there is no image, or something other than a plain file in its place.
+func imageDevices(dir volumeDir) ([]string, error) {
+	img, err := openImage(dir, os.O_RDONLY)
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrWrongPath) {
 		return nil, nil
 	}
@@ -518,8 +542,8 @@ func (b loopBackend) devices(dir volumeDir) ([]string, error) {
 // Stage binds the image, opened with no symlink followed, to a loop device
 // by descriptor. A Filesystem volume is then mounted at stagingPath, which
 // the caller checked is free, or already this volume's staging mount.
-func (b loopBackend) Stage(ctx context.Context, dir volumeDir, v *Volume, stagingPath string, mountFlags []string) error {
-	img, err := b.openImage(dir, os.O_RDWR)
+func (b *loopBackend) Stage(ctx context.Context, dir volumeDir, v *Volume, stagingPath string, mountFlags []string) error {
+	img, err := openImage(dir, os.O_RDWR)
 	if err != nil {
 		return err
 	}
@@ -544,7 +568,7 @@ func (b loopBackend) Stage(ctx context.Context, dir volumeDir, v *Volume, stagin
 	dev := f.Name()
 	err = b.growOffline(ctx, dir, dev, v.FsType)
 	if err == nil {
-		err = b.pool.env.mounter.Mount(dev, stagingPath, v.FsType, mountFlags)
+		err = b.st.mounter.Mount(dev, stagingPath, v.FsType, mountFlags)
 	}
 	f.Close()
 	if err != nil {
@@ -568,7 +592,7 @@ var loopReleaseTimeout = 5 * time.Second
 // image that has it is one an Unstage detached while someone had it open:
 // it goes at that process's last close, and must not be taken for staged.
 // Stage waits for it to go, then binds a fresh one (also if it lingers).
-func (b loopBackend) stageBlock(img *os.File, v *Volume, devs []string) error {
+func (b *loopBackend) stageBlock(img *os.File, v *Volume, devs []string) error {
 	live, releasing := splitReleasing(devs)
 	if len(live) > 0 {
 		return nil
@@ -603,7 +627,7 @@ func splitReleasing(devs []string) (live, releasing []string) {
 // device to the same image. A new one is AutoClear: it detaches itself when
 // the filesystem is unmounted, so a crash between unmount and detach leaks
 // nothing; the open descriptor keeps it bound until the mount holds it.
-func (b loopBackend) openDevice(img *os.File, devs []string) (*os.File, error) {
+func (b *loopBackend) openDevice(img *os.File, devs []string) (*os.File, error) {
 	if len(devs) > 0 {
 		return os.OpenFile(devs[0], os.O_RDWR, 0)
 	}
@@ -613,7 +637,7 @@ func (b loopBackend) openDevice(img *os.File, devs []string) (*os.File, error) {
 // initRoot applies the volume's mode to the root of a filesystem that has
 // never been used (mkfs leaves it 0755 with only lost+found), and leaves
 // it alone afterwards: after first use the pod owns the permissions.
-func (b loopBackend) initRoot(mountPoint string, v *Volume) error {
+func (b *loopBackend) initRoot(mountPoint string, v *Volume) error {
 	entries, err := os.ReadDir(mountPoint)
 	if err != nil {
 		return err
@@ -626,8 +650,8 @@ func (b loopBackend) initRoot(mountPoint string, v *Volume) error {
 	return os.Chmod(mountPoint, v.Mode)
 }
 
-func (b loopBackend) sourceOf(mountPoint string) string {
-	infos, err := readMountTable(b.pool.env.mountInfoPath)
+func (b *loopBackend) sourceOf(mountPoint string) string {
+	infos, err := readMountTable(b.st.mountInfoPath)
 	if err != nil {
 		return ""
 	}
@@ -641,8 +665,8 @@ func (b loopBackend) sourceOf(mountPoint string) string {
 
 // Unstage detaches the image's loop devices that nothing mounts any more
 // (the caller unmounted the staging mount; Block volumes have none).
-func (b loopBackend) Unstage(_ context.Context, dir volumeDir, v *Volume, _ string) error {
-	img, err := b.openImage(dir, os.O_RDONLY)
+func (b *loopBackend) Unstage(_ context.Context, dir volumeDir, v *Volume, _ string) error {
+	img, err := openImage(dir, os.O_RDONLY)
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, ErrWrongPath) {
 		return nil // no image of the volume's, so no device of dhpp's
 	}
@@ -681,8 +705,8 @@ func (b loopBackend) Unstage(_ context.Context, dir volumeDir, v *Volume, _ stri
 // Placement of a loop volume: the devices bound to its image and, for a
 // Filesystem volume, every mount of their filesystem (the staging mount and
 // the binds of it); for a Block volume, the binds of their device nodes.
-func (b loopBackend) Placement(dir volumeDir, v *Volume, infos []mount.MountInfo) (placement, error) {
-	devs, err := b.devices(dir)
+func (b *loopBackend) Placement(dir volumeDir, v *Volume, infos []mount.MountInfo) (placement, error) {
+	devs, err := imageDevices(dir)
 	if err != nil {
 		return placement{}, err
 	}
@@ -699,11 +723,11 @@ func (b loopBackend) Placement(dir volumeDir, v *Volume, infos []mount.MountInfo
 
 // PublishSource: a Filesystem volume is bound from its staging mount (the
 // caller checked it is the volume's), a Block volume from its loop device.
-func (b loopBackend) PublishSource(dir volumeDir, v *Volume, stagingPath string) (string, error) {
+func (b *loopBackend) PublishSource(dir volumeDir, v *Volume, stagingPath string) (string, error) {
 	if v.AccessType == AccessMount {
 		return stagingPath, nil
 	}
-	all, err := b.devices(dir)
+	all, err := imageDevices(dir)
 	if err != nil {
 		return "", err
 	}

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,7 +12,6 @@ import (
 	"github.com/dhpp-io/dhpp/pkg/node/projquota"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
-	mount "k8s.io/mount-utils"
 )
 
 // Project ids dhpp gives its volumes: [projIDFirst, projIDLast]. The range
@@ -33,9 +31,10 @@ const (
 // volume, whatever the number of files. The pool must be mounted with
 // prjquota; ext4 also needs the project and quota features.
 type projQuotaBackend struct {
-	pool *Pool
+	dirStyle
+	st   *store
 	kind BackendKind
-	q    *projquota.FS
+	q    *projquota.FS // set by Open
 
 	mu sync.Mutex
 	// used holds every project id known to be taken: ids in volume records
@@ -46,25 +45,31 @@ type projQuotaBackend struct {
 	next    uint32
 }
 
-func (b *projQuotaBackend) Kind() BackendKind        { return b.kind }
-func (*projQuotaBackend) Enforced() bool             { return true }
-func (*projQuotaBackend) MinSize(AccessType) int64   { return sizeGranularity }
-func (*projQuotaBackend) Supports(a AccessType) bool { return a == AccessMount }
+func newXFSBackend(st *store, _ PoolConfig) backend  { return newProjQuotaBackend(st, BackendXFS) }
+func newExt4Backend(st *store, _ PoolConfig) backend { return newProjQuotaBackend(st, BackendExt4) }
 
-// newProjQuotaBackend checks that the pool is on the filesystem kind names
-// and that the kernel enforces project quota there; the error says what to
-// change otherwise.
-func newProjQuotaBackend(p *Pool, kind BackendKind) (backend, error) {
-	q, err := projquota.Open(p.rootFile, p.env.mountInfoPath)
+func newProjQuotaBackend(st *store, kind BackendKind) *projQuotaBackend {
+	return &projQuotaBackend{st: st, kind: kind, used: map[uint32]bool{}, next: projIDFirst}
+}
+
+func (b *projQuotaBackend) Kind() BackendKind { return b.kind }
+func (*projQuotaBackend) Enforced() bool      { return true }
+
+// Open checks that the pool is on the filesystem kind names and that the
+// kernel enforces project quota there; the error says what to change
+// otherwise.
+func (b *projQuotaBackend) Open() error {
+	kind := b.kind
+	q, err := projquota.Open(b.st.rootFile, b.st.mountInfoPath)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUnsupported, err)
+		return fmt.Errorf("%w: %w", ErrUnsupported, err)
 	}
 	if string(q.Type()) != string(kind) {
-		return nil, fmt.Errorf("%w: %s is on %s, not %s", ErrUnsupported, p.Path, q.Type(), kind)
+		return fmt.Errorf("%w: %s is on %s, not %s", ErrUnsupported, b.st.path, q.Type(), kind)
 	}
 	st, err := q.State()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUnsupported, err)
+		return fmt.Errorf("%w: %w", ErrUnsupported, err)
 	}
 	if !st.Enforced {
 		m := q.Mount()
@@ -72,21 +77,22 @@ func newProjQuotaBackend(p *Pool, kind BackendKind) (backend, error) {
 		if kind == BackendExt4 {
 			hint += " (the filesystem needs the project and quota features: mkfs.ext4 -O quota,project, or tune2fs -O quota,project while unmounted)"
 		}
-		return nil, fmt.Errorf("%w: %s at %s (%s) is mounted without project quota enforcement (options %s): %s for enforced per-volume sizes",
+		return fmt.Errorf("%w: %s at %s (%s) is mounted without project quota enforcement (options %s): %s for enforced per-volume sizes",
 			ErrUnsupported, kind, m.MountPoint, m.Source, strings.Join(m.Options, ","), hint)
 	}
-	return &projQuotaBackend{pool: p, kind: kind, q: q, used: map[uint32]bool{}, next: projIDFirst}, nil
+	b.q = q
+	return nil
 }
 
 func (b *projQuotaBackend) Create(_ context.Context, dir volumeDir, v *Volume) error {
 	rel := path.Join(dir.rel, dataName)
-	if err := b.pool.root.Mkdir(rel, v.Mode); err != nil {
+	if err := b.st.root.Mkdir(rel, v.Mode); err != nil {
 		return err
 	}
-	if err := chmodRoot(b.pool.root, rel, v.Mode); err != nil { // Mkdir's mode is masked by the umask
+	if err := chmodRoot(b.st.root, rel, v.Mode); err != nil { // Mkdir's mode is masked by the umask
 		return err
 	}
-	d, err := b.pool.root.Open(rel)
+	d, err := b.st.root.Open(rel)
 	if err != nil {
 		return err
 	}
@@ -133,31 +139,21 @@ func (b *projQuotaBackend) allocate() (uint32, error) {
 		q, err := b.q.Get(id)
 		if err != nil {
 			delete(b.used, id)
-			return 0, fmt.Errorf("pool %q: check project id %d: %w", b.pool.Name, id, err)
+			return 0, fmt.Errorf("pool %q: check project id %d: %w", b.st.name, id, err)
 		}
 		if q.Empty() {
 			return id, nil
 		}
-		klog.V(2).InfoS("Skipping a project id in use on the filesystem", "pool", b.pool.Name, "projectID", id, "bytes", q.BytesUsed, "inodes", q.InodesUsed, "limit", q.BytesLimit)
+		klog.V(2).InfoS("Skipping a project id in use on the filesystem", "pool", b.st.name, "projectID", id, "bytes", q.BytesUsed, "inodes", q.InodesUsed, "limit", q.BytesLimit)
 	}
-	return 0, fmt.Errorf("pool %q: no free project id found after 10000 tries", b.pool.Name)
+	return 0, fmt.Errorf("pool %q: no free project id found after 10000 tries", b.st.name)
 }
 
 // scanRecords marks the project ids of the pool's live volumes and of the
 // trashed ones (whose data, and so whose charge, stays until purged).
 func (b *projQuotaBackend) scanRecords() {
-	for _, v := range b.pool.list() {
+	for _, v := range b.st.records() {
 		if v.ProjectID != 0 {
-			b.used[v.ProjectID] = true
-		}
-	}
-	entries, err := b.pool.readDirNames(dirTrash)
-	if err != nil {
-		klog.ErrorS(err, "Cannot list the trash for project ids; relying on the quota check alone", "pool", b.pool.Name)
-		return
-	}
-	for _, e := range entries {
-		if v, err := readTrashedRecord(b.pool.root, path.Join(dirTrash, e)); err == nil && v.ProjectID != 0 {
 			b.used[v.ProjectID] = true
 		}
 	}
@@ -190,8 +186,8 @@ func (b *projQuotaBackend) Usage(_ volumeDir, v *Volume, _ string) (Usage, error
 		return Usage{}, fmt.Errorf("volume %q: project quota: %w", v.ID, err)
 	}
 	var st unix.Statfs_t
-	if err := unix.Fstatfs(int(b.pool.rootFile.Fd()), &st); err != nil {
-		return Usage{}, fmt.Errorf("pool %q: statfs: %w", b.pool.Name, err)
+	if err := unix.Fstatfs(int(b.st.rootFile.Fd()), &st); err != nil {
+		return Usage{}, fmt.Errorf("pool %q: statfs: %w", b.st.name, err)
 	}
 	total, used := v.CapacityBytes, int64(q.BytesUsed)
 	avail := min(max(total-used, 0), int64(st.Bavail)*st.Bsize) // a full disk is full for every volume
@@ -213,7 +209,7 @@ func (b *projQuotaBackend) Usage(_ volumeDir, v *Volume, _ string) (Usage, error
 // left alone, and a directory whose id disagrees with its record (someone
 // with CAP_SYS_ADMIN changed it) does not make dhpp touch another project.
 func (b *projQuotaBackend) Destroy(_ context.Context, dir volumeDir) error {
-	d, err := b.pool.root.Open(path.Join(dir.rel, dataName))
+	d, err := b.st.root.Open(path.Join(dir.rel, dataName))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	} else if err != nil {
@@ -225,9 +221,10 @@ func (b *projQuotaBackend) Destroy(_ context.Context, dir volumeDir) error {
 		return err
 	}
 	id := dirID
-	if recID, ok := recordProjectID(b.pool, dir.rel); ok {
+	if rec, ok := dir.record(); ok && rec.ProjectID != 0 {
+		recID := rec.ProjectID
 		if recID != dirID {
-			klog.InfoS("A volume directory's project id differs from its record; releasing the record's", "pool", b.pool.Name, "dir", dir.rel, "record", recID, "directory", dirID)
+			klog.InfoS("A volume directory's project id differs from its record; releasing the record's", "pool", b.st.name, "dir", dir.rel, "record", recID, "directory", dirID)
 		}
 		id = recID
 	}
@@ -235,32 +232,4 @@ func (b *projQuotaBackend) Destroy(_ context.Context, dir volumeDir) error {
 		return nil
 	}
 	return b.q.SetLimit(id, 0)
-}
-
-// recordProjectID reads the project id from the volume record in dir, if
-// there is a readable one that has it.
-func recordProjectID(p *Pool, dir string) (uint32, bool) {
-	data, err := p.root.ReadFile(path.Join(dir, recordFile))
-	if err != nil {
-		return 0, false
-	}
-	var v Volume
-	if json.Unmarshal(data, &v) != nil || v.ProjectID == 0 {
-		return 0, false
-	}
-	return v.ProjectID, true
-}
-
-func (*projQuotaBackend) Stage(context.Context, volumeDir, *Volume, string, []string) error {
-	return nil
-}
-func (*projQuotaBackend) Unstage(context.Context, volumeDir, *Volume, string) error { return nil }
-
-// Placement: the volume is where its data directory is bind-mounted.
-func (b *projQuotaBackend) Placement(dir volumeDir, _ *Volume, infos []mount.MountInfo) (placement, error) {
-	return placement{mounts: bindsOf(infos, dir.abs(dataName))}, nil
-}
-
-func (b *projQuotaBackend) PublishSource(dir volumeDir, _ *Volume, _ string) (string, error) {
-	return checkedDir(b.pool, path.Join(dir.rel, dataName))
 }

@@ -7,20 +7,28 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// newBackend makes a backend of the given kind for the pool, or explains why
-// the pool's filesystem or this node cannot have it.
-func newBackend(p *Pool, kind BackendKind) (backend, error) {
-	switch kind {
-	case BackendBtrfs:
-		return newBtrfsBackend(p)
-	case BackendXFS, BackendExt4:
-		return newProjQuotaBackend(p, kind)
-	case BackendLoop:
-		return newLoopBackend(p)
-	case BackendDir:
-		return dirBackend{pool: p}, nil
+// backendKinds are the backends dhpp has, by kind: pure constructors that
+// only record the pool's store (and configuration); Open prepares a backend.
+var backendKinds = map[BackendKind]func(*store, PoolConfig) backend{
+	BackendBtrfs: newBtrfsBackend,
+	BackendXFS:   newXFSBackend,
+	BackendExt4:  newExt4Backend,
+	BackendLoop:  newLoopBackend,
+	BackendDir:   newDirBackend,
+}
+
+// openBackend makes a backend of the given kind for the pool and opens it,
+// or explains why the pool's filesystem or this node cannot have it.
+func openBackend(p *Pool, kind BackendKind) (backend, error) {
+	newB, ok := backendKinds[kind]
+	if !ok {
+		return nil, fmt.Errorf("%w: backend %q", ErrUnsupported, kind)
 	}
-	return nil, fmt.Errorf("%w: backend %q", ErrUnsupported, kind)
+	b := newB(p.st, p.cfg)
+	if err := b.Open(); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // selectBackend resolves the configured kind. For auto it takes the
@@ -33,10 +41,10 @@ func newBackend(p *Pool, kind BackendKind) (backend, error) {
 //	dir      — nothing else works: sizes are recorded but NOT enforced.
 func selectBackend(p *Pool, kind BackendKind) (backend, string, error) {
 	if kind != BackendAuto && kind != "" {
-		b, err := newBackend(p, kind)
+		b, err := openBackend(p, kind)
 		return b, "configured", err
 	}
-	b, btrfsErr := newBackend(p, BackendBtrfs)
+	b, btrfsErr := openBackend(p, BackendBtrfs)
 	if btrfsErr == nil {
 		return b, "auto: the pool is on btrfs; subvolumes with qgroup limits enforce sizes", nil
 	}
@@ -52,22 +60,22 @@ func selectBackend(p *Pool, kind BackendKind) (backend, string, error) {
 			"pool", p.Name, "path", p.Path, "filesystem", pqKind, "reason", pqErr)
 		notPQ = fmt.Sprintf("%s project quota not usable, mounting with prjquota would give enforced quotas (%v)", pqKind, pqErr)
 	}
-	b, loopErr := newBackend(p, BackendLoop)
+	b, loopErr := openBackend(p, BackendLoop)
 	if loopErr == nil {
 		return b, fmt.Sprintf("auto: btrfs not usable (%v); %s; loop images enforce sizes on any filesystem", btrfsErr, notPQ), nil
 	}
-	b, _ = newBackend(p, BackendDir)
+	b, _ = openBackend(p, BackendDir)
 	return b, fmt.Sprintf("auto: btrfs not usable (%v), %s and %v; falling back to plain directories, SIZES ARE NOT ENFORCED", btrfsErr, notPQ, loopErr), nil
 }
 
 // projQuotaAuto tries the project-quota backend of the pool's filesystem.
 // kind is "" when the filesystem is neither XFS nor ext4.
 func projQuotaAuto(p *Pool) (backend, BackendKind, error) {
-	q, err := projquota.Open(p.rootFile, p.env.mountInfoPath)
+	q, err := projquota.Open(p.rootFile, p.st.mountInfoPath)
 	if err != nil {
 		return nil, "", err
 	}
 	k := BackendKind(q.Type())
-	b, err := newBackend(p, k)
+	b, err := openBackend(p, k)
 	return b, k, err
 }

@@ -51,7 +51,7 @@ func TestBlockVolume(t *testing.T) {
 		t.Fatalf("write to the block device: %v", err)
 	}
 	f.Close()
-	if _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 16*mib}); err != nil {
+	if _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 16 * mib}); err != nil {
 		t.Fatalf("ExpandVolume: %v", err)
 	}
 	if got := blockSize(t, target); got != 16*mib {

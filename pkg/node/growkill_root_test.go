@@ -94,8 +94,8 @@ func growKillRound(t *testing.T, m *Manager, rng *rand.Rand, name, first string)
 	if _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: newSize}); err != nil {
 		t.Fatal(err)
 	}
-	dir := volumeDir{pool: m.Pools()[0], rel: "volumes/" + v.Name}
-	b := loopBackend{pool: dir.pool}
+	dir := volumeDir{st: m.Pools()[0].st, rel: "volumes/" + v.Name}
+	b := &loopBackend{st: dir.st}
 
 	kills := map[string]int{}
 	interrupted := 0
@@ -354,7 +354,7 @@ func TestRestageWhileGrowWaits(t *testing.T) {
 	}
 	defer func() { _ = m.UnstageVolume(ctx, v.ID, staging) }() // before m.Close
 	sums := writeKnownFiles(t, staging, rand.New(rand.NewPCG(1, 2)))
-	dir := volumeDir{pool: m.Pools()[0], rel: "volumes/" + v.Name}
+	dir := volumeDir{st: m.Pools()[0].st, rel: "volumes/" + v.Name}
 	fsSize := func() int64 {
 		t.Helper()
 		f, err := os.Open(dir.abs(imageName))
@@ -369,7 +369,7 @@ func TestRestageWhileGrowWaits(t *testing.T) {
 		return n
 	}
 
-	_, err = m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 256*mib})
+	_, err = m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 256 * mib})
 	if !errors.Is(err, errNoOnlineGrow) || !strings.Contains(err.Error(), "CAP_SYS_RESOURCE") {
 		t.Fatalf("ExpandVolume while staged without online growth: %v; want it to say why and when it grows", err)
 	}

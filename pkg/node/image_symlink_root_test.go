@@ -59,7 +59,7 @@ func TestSymlinkedImage(t *testing.T) {
 			if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); !errors.Is(err, ErrWrongPath) {
 				t.Errorf("StageVolume through a symlinked image = %v, want ErrWrongPath", err)
 			}
-			if _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 32*mib}); !errors.Is(err, ErrWrongPath) {
+			if _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 32 * mib}); !errors.Is(err, ErrWrongPath) {
 				t.Errorf("ExpandVolume through a symlinked image = %v, want ErrWrongPath", err)
 			}
 			if err := m.UnstageVolume(ctx, v.ID, staging); err != nil {

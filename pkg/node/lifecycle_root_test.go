@@ -229,7 +229,7 @@ func testLifecycle(t *testing.T, fsType string, kind BackendKind, size int64, lo
 	if kind == BackendLoop && loopFs == "ext4" && !growsOnline() {
 		t.Logf("online ext4 growth not tested: this process lacks CAP_SYS_RESOURCE (offline growth is tested below)")
 	} else {
-		ev, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 2*size})
+		ev, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 2 * size})
 		if err != nil {
 			t.Fatalf("ExpandVolume: %v", err)
 		}
@@ -271,7 +271,7 @@ func testLifecycle(t *testing.T, fsType string, kind BackendKind, size int64, lo
 	// before a pod sees it (ext4: online right after the mount when the
 	// process has CAP_SYS_RESOURCE, else offline before it; the offline
 	// path and its crash safety are TestOfflineGrowKillLoop's).
-	if _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 3*size}); err != nil {
+	if _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 3 * size}); err != nil {
 		t.Fatalf("offline ExpandVolume: %v", err)
 	}
 	if err := m.StageVolume(ctx, StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: v.AccessType}); err != nil {

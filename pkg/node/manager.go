@@ -1,7 +1,6 @@
 package node
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -265,18 +264,11 @@ func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume,
 	if !b.Supports(req.AccessType) {
 		return nil, fmt.Errorf("%w: pool %q (backend %s) cannot serve %s volumes; use a pool with the loop backend", ErrUnsupported, p.Name, b.Kind(), req.AccessType)
 	}
-	minSize := b.MinSize(req.AccessType)
-	if b.Kind() == BackendLoop && req.AccessType == AccessMount {
-		if req.FsType == "" {
-			req.FsType = cmp.Or(p.fsType, defaultLoopFsType)
-		}
-		if err := ValidateLoopFsType(req.FsType); err != nil {
-			return nil, err
-		}
-		minSize = loopFsTypes[req.FsType].minSize
-	} else {
-		req.FsType = "" // the fs is the pool's own
+	fsType, minSize, err := b.Resolve(req.AccessType, req.FsType)
+	if err != nil {
+		return nil, err
 	}
+	req.FsType = fsType
 	size, err := ResolveSize(req.RequiredBytes, req.LimitBytes, m.defaultSize, minSize)
 	if err != nil {
 		return nil, err
@@ -481,7 +473,7 @@ func (m *Manager) volumeOp(id string) (*Volume, backend, volumeDir, error) {
 	if err != nil {
 		return nil, nil, volumeDir{}, err
 	}
-	return v, b, volumeDir{pool: p, rel: path.Join(dirVolumes, v.Name)}, nil
+	return v, b, volumeDir{st: p.st, rel: path.Join(dirVolumes, v.Name)}, nil
 }
 
 // withVolume runs fn holding the volume's lock, with the volume as it is
@@ -538,7 +530,7 @@ func (m *Manager) RunTrashPurger(ctx context.Context, retention time.Duration) {
 		}
 		for _, p := range m.pools {
 			if p.Missing() == nil {
-				p.CheckQuota()
+				p.Maintain()
 			}
 		}
 		select {

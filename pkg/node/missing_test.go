@@ -58,8 +58,13 @@ func TestMissingPoolAtStart(t *testing.T) {
 		{"DeleteVolume", func() error { return m.DeleteVolume(ctx, id) }, ErrPoolMissing},
 		{"DeleteVolume of an unknown name", func() error { return m.DeleteVolume(ctx, "node-a/default/never") }, ErrPoolMissing},
 		{"GetVolume", func() error { _, err := m.GetVolume(id); return err }, ErrPoolMissing},
-		{"ExpandVolume", func() error { _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: id, RequiredBytes: 2*mib}); return err }, ErrPoolMissing},
-		{"StageVolume", func() error { return m.StageVolume(ctx, StageRequest{VolumeID: id, StagingPath: filepath.Join(t.TempDir(), "s"), AccessType: AccessMount}) }, ErrPoolMissing},
+		{"ExpandVolume", func() error {
+			_, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: id, RequiredBytes: 2 * mib})
+			return err
+		}, ErrPoolMissing},
+		{"StageVolume", func() error {
+			return m.StageVolume(ctx, StageRequest{VolumeID: id, StagingPath: filepath.Join(t.TempDir(), "s"), AccessType: AccessMount})
+		}, ErrPoolMissing},
 		{"UnstageVolume", func() error { return m.UnstageVolume(ctx, id, filepath.Join(t.TempDir(), "s")) }, ErrPoolMissing},
 		{"PublishVolume", func() error {
 			return m.PublishVolume(ctx, PublishRequest{VolumeID: id, TargetPath: filepath.Join(t.TempDir(), "t"), AccessType: AccessMount})

@@ -19,8 +19,8 @@ func (p *Pool) usersOf(_ context.Context, v *Volume, rel string) ([]string, erro
 	if err != nil {
 		return nil, err
 	}
-	users := mountUsers(infos, p.Path, p.abs(rel))
-	devs, err := loopBackend{pool: p}.devices(volumeDir{pool: p, rel: rel})
+	users := mountUsers(infos, p.Path, p.st.abs(rel))
+	devs, err := imageDevices(volumeDir{st: p.st, rel: rel})
 	if err != nil {
 		return nil, fmt.Errorf("volume %q: find loop devices: %w", v.Name, err)
 	}

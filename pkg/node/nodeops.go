@@ -3,10 +3,9 @@ package node
 import (
 	"context"
 	"errors"
-	"io/fs"
 	"fmt"
+	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
 
@@ -119,7 +118,7 @@ func (m *Manager) StageVolume(ctx context.Context, req StageRequest) error {
 			return err
 		}
 		if !pl.has(staging) {
-			if stagesMount(v) && len(pl.mounts) > 0 {
+			if b.MountsAtStaging(v) && len(pl.mounts) > 0 {
 				return fmt.Errorf("%w: volume %q is already staged on this node (its filesystem is mounted at %s); staging it at %s too would mount it twice",
 					ErrWrongPath, v.ID, pl.describe(), staging)
 			}
@@ -149,7 +148,7 @@ func (m *Manager) UnstageVolume(ctx context.Context, id, stagingPath string) err
 		if err := checkUnpublished(v, pl, staging); err != nil {
 			return err
 		}
-		if stagesMount(v) && pl.has(staging) {
+		if b.MountsAtStaging(v) && pl.has(staging) {
 			if err := m.unmountOwn(b, dir, v, staging); err != nil {
 				return err
 			}
@@ -162,13 +161,14 @@ func (m *Manager) UnstageVolume(ctx context.Context, id, stagingPath string) err
 	return err
 }
 
-// checkUnpublished refuses to unstage a loop volume that is still mounted
-// anywhere but at stagingPath: its staging mount is elsewhere, or it is
-// published (the CO must unpublish first), and detaching its device would
-// pull it out from under a pod. Unstaging the other backends changes
-// nothing, so there is nothing to refuse.
+// checkUnpublished refuses to unstage a volume that holds loop devices
+// and is still mounted anywhere but at stagingPath: its staging mount is
+// elsewhere, or it is published (the CO must unpublish first), and
+// detaching its device would pull it out from under a pod. Unstaging a
+// volume without devices (the directory backends) changes nothing, so
+// there is nothing to refuse.
 func checkUnpublished(v *Volume, pl placement, staging string) error {
-	if v.Backend != BackendLoop {
+	if len(pl.devices) == 0 {
 		return nil
 	}
 	var elsewhere []string
@@ -243,7 +243,7 @@ func (m *Manager) PublishVolume(_ context.Context, req PublishRequest) error {
 			return err
 		}
 	}
-	if err := checkStaged(v, pl, staging); err != nil {
+	if err := checkStaged(b, v, pl, staging); err != nil {
 		return err
 	}
 	if pl.has(target) {
@@ -255,7 +255,7 @@ func (m *Manager) PublishVolume(_ context.Context, req PublishRequest) error {
 	if req.SingleWriter {
 		var others []string
 		for _, p := range pl.mounts {
-			if p != target && !(stagesMount(v) && p == staging) {
+			if p != target && !(b.MountsAtStaging(v) && p == staging) {
 				others = append(others, p)
 			}
 		}
@@ -287,15 +287,15 @@ func (m *Manager) PublishVolume(_ context.Context, req PublishRequest) error {
 // checkStaged checks the staging path of a publish: for a loop Filesystem
 // volume it must be the volume's own staging mount (its source is the
 // volume's loop device); a loop Block volume must have its device.
-func checkStaged(v *Volume, pl placement, staging string) error {
+func checkStaged(b backend, v *Volume, pl placement, staging string) error {
 	switch {
-	case stagesMount(v) && pl.has(staging):
+	case b.MountsAtStaging(v) && pl.has(staging):
 		return nil
-	case stagesMount(v) && len(pl.mounts) == 0:
+	case b.MountsAtStaging(v) && len(pl.mounts) == 0:
 		return fmt.Errorf("%w: volume %q is not staged on this node (nothing is mounted at %s)", ErrNotStaged, v.ID, staging)
-	case stagesMount(v):
+	case b.MountsAtStaging(v):
 		return fmt.Errorf("%w: volume %q is not staged at %s; it is staged and published at %s", ErrWrongPath, v.ID, staging, pl.describe())
-	case v.Backend == BackendLoop && len(pl.devices) == 0:
+	case v.AccessType == AccessBlock && len(pl.devices) == 0:
 		return fmt.Errorf("%w: block volume %q is not staged on this node (no loop device is bound to its image)", ErrNotStaged, v.ID)
 	}
 	return nil
@@ -366,7 +366,7 @@ func (m *Manager) checkVolumePath(v *Volume, b backend, dir volumeDir, volumePat
 		return err
 	}
 	p := resolveParent(volumePath)
-	if m.showsDataDir(dir, v, p) {
+	if m.showsVolume(b, dir, v, p) {
 		return nil
 	}
 	pl, infos, err := m.where(b, dir, v)
@@ -376,7 +376,7 @@ func (m *Manager) checkVolumePath(v *Volume, b backend, dir volumeDir, volumePat
 	if pl.has(p) {
 		return nil
 	}
-	if !stagesMount(v) && p == resolveParent(stagingPath) && mountAt(infos, p) == nil {
+	if !b.MountsAtStaging(v) && p == resolveParent(stagingPath) && mountAt(infos, p) == nil {
 		if empty, err := isEmptyDir(p); err == nil && empty {
 			return nil
 		}
@@ -384,25 +384,16 @@ func (m *Manager) checkVolumePath(v *Volume, b backend, dir volumeDir, volumePat
 	return fmt.Errorf("%w: volume %q is not published at %s; it is published at %s", ErrNotFound, v.ID, volumePath, pl.describe())
 }
 
-// showsDataDir is checkVolumePath's fast path for the directory backends,
-// which kubelet's periodic stats take: a path outside every pool whose
-// inode is the volume's data directory can only be a bind mount of it
-// (directories have no hard links). Two lstats instead of the mount table.
-func (m *Manager) showsDataDir(dir volumeDir, v *Volume, p string) bool {
-	if v.Backend == BackendLoop {
-		return false
-	}
+// showsVolume is checkVolumePath's fast path, which kubelet's periodic
+// stats take: the backend may know without the mount table that a path
+// outside every pool shows the volume (see backend.Shows).
+func (m *Manager) showsVolume(b backend, dir volumeDir, v *Volume, p string) bool {
 	for _, pool := range m.pools {
 		if mountinfo.Within(p, pool.Path) {
 			return false
 		}
 	}
-	data, err := lstatNoSymlink(dir.pool, path.Join(dir.rel, dataName))
-	if err != nil {
-		return false
-	}
-	st, err := os.Lstat(p)
-	return err == nil && st.IsDir() && os.SameFile(st, data)
+	return b.Shows(dir, v, p)
 }
 
 // VolumeAllocated is how many bytes of its pool's filesystem a volume

@@ -21,26 +21,26 @@ import (
 // component. Kernels before 5.6 have no openat2; there each component is
 // checked with Lstat through the os.Root and the descriptor compared with
 // the last one, which refuses a planted symlink as well.
-func openNoSymlink(p *Pool, rel string, flag int) (*os.File, error) {
+func openNoSymlink(s *store, rel string, flag int) (*os.File, error) {
 	how := &unix.OpenHow{
 		Flags:   uint64(flag | unix.O_CLOEXEC | unix.O_NOFOLLOW),
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	}
-	fd, err := unix.Openat2(int(p.rootFile.Fd()), rel, how)
+	fd, err := unix.Openat2(int(s.rootFile.Fd()), rel, how)
 	switch {
 	case err == nil:
-		return os.NewFile(uintptr(fd), p.abs(rel)), nil
+		return os.NewFile(uintptr(fd), s.abs(rel)), nil
 	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV):
-		return nil, fmt.Errorf("%w: %s in pool %q is or passes through a symlink; dhpp follows no symlink inside a pool", ErrWrongPath, rel, p.Name)
+		return nil, fmt.Errorf("%w: %s in pool %q is or passes through a symlink; dhpp follows no symlink inside a pool", ErrWrongPath, rel, s.name)
 	case errors.Is(err, unix.ENOSYS):
-		return openNoSymlinkWalk(p, rel, flag)
+		return openNoSymlinkWalk(s, rel, flag)
 	}
-	return nil, &fs.PathError{Op: "open", Path: p.abs(rel), Err: err}
+	return nil, &fs.PathError{Op: "open", Path: s.abs(rel), Err: err}
 }
 
 // lstatNoSymlink is the FileInfo of rel, refusing a symlink anywhere in it.
-func lstatNoSymlink(p *Pool, rel string) (fs.FileInfo, error) {
-	f, err := openNoSymlink(p, rel, unix.O_PATH)
+func lstatNoSymlink(s *store, rel string) (fs.FileInfo, error) {
+	f, err := openNoSymlink(s, rel, unix.O_PATH)
 	if err != nil {
 		return nil, err
 	}
@@ -49,15 +49,15 @@ func lstatNoSymlink(p *Pool, rel string) (fs.FileInfo, error) {
 }
 
 // openRegularNoSymlink is openNoSymlink for a regular file (an image).
-func openRegularNoSymlink(p *Pool, rel string, flag int) (*os.File, error) {
-	f, err := openNoSymlink(p, rel, flag)
+func openRegularNoSymlink(s *store, rel string, flag int) (*os.File, error) {
+	f, err := openNoSymlink(s, rel, flag)
 	if err != nil {
 		return nil, err
 	}
 	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
 		f.Close()
 		if err == nil {
-			err = fmt.Errorf("%w: %s in pool %q is not a regular file", ErrWrongPath, rel, p.Name)
+			err = fmt.Errorf("%w: %s in pool %q is not a regular file", ErrWrongPath, rel, s.name)
 		}
 		return nil, err
 	}
@@ -65,27 +65,27 @@ func openRegularNoSymlink(p *Pool, rel string, flag int) (*os.File, error) {
 }
 
 // openNoSymlinkWalk is openNoSymlink without openat2.
-func openNoSymlinkWalk(p *Pool, rel string, flag int) (*os.File, error) {
+func openNoSymlinkWalk(s *store, rel string, flag int) (*os.File, error) {
 	var want fs.FileInfo
 	parts := strings.Split(rel, "/")
 	for i := range parts {
 		prefix := strings.Join(parts[:i+1], "/")
-		st, err := p.root.Lstat(prefix)
+		st, err := s.root.Lstat(prefix)
 		if err != nil {
 			return nil, err
 		}
 		if st.Mode()&fs.ModeSymlink != 0 {
-			return nil, fmt.Errorf("%w: %s in pool %q is a symlink; dhpp follows no symlink inside a pool", ErrWrongPath, prefix, p.Name)
+			return nil, fmt.Errorf("%w: %s in pool %q is a symlink; dhpp follows no symlink inside a pool", ErrWrongPath, prefix, s.name)
 		}
 		want = st
 	}
-	f, err := p.root.OpenFile(rel, flag, 0)
+	f, err := s.root.OpenFile(rel, flag, 0)
 	if err != nil {
 		return nil, err
 	}
 	got, err := f.Stat()
 	if err == nil && !os.SameFile(got, want) {
-		err = fmt.Errorf("%w: %s in pool %q changed while it was opened", ErrWrongPath, rel, p.Name)
+		err = fmt.Errorf("%w: %s in pool %q changed while it was opened", ErrWrongPath, rel, s.name)
 	}
 	if err != nil {
 		f.Close()

@@ -169,7 +169,7 @@ func checkConcurrentExpands(t *testing.T, m *Manager, n int, access AccessType) 
 	fit := int(before.Available / extra)
 	errs := make([]error, n)
 	startTogether(n, func(i int) {
-		_, errs[i] = m.ExpandVolume(ctx, ExpandRequest{VolumeID: ids[i], RequiredBytes: small+extra})
+		_, errs[i] = m.ExpandVolume(ctx, ExpandRequest{VolumeID: ids[i], RequiredBytes: small + extra})
 	})
 	ok := countOutcomes(t, errs)
 	t.Logf("%d concurrent expands by %d MiB on %d MiB available: %d OK, %d ErrNoSpace (%d fit)", n, extra/mib, before.Available/mib, ok, n-ok, fit)
@@ -200,7 +200,8 @@ func minSizeOf(p *Pool, access AccessType) int64 {
 	if p.Backend() == BackendLoop && access == AccessMount {
 		return loopFsTypes[defaultLoopFsType].minSize
 	}
-	return p.backend.MinSize(access)
+	_, minSize, _ := p.backend.Resolve(access, "")
+	return minSize
 }
 
 // countOutcomes returns how many calls succeeded and fails on any error

@@ -40,13 +40,6 @@ func (pl placement) describe() string {
 	return strings.Join(pl.mounts, ", ")
 }
 
-// stagesMount reports whether NodeStage mounts the volume at the staging
-// path. Only loop Filesystem volumes do; for the others the staging path is
-// the CO's empty directory and carries nothing.
-func stagesMount(v *Volume) bool {
-	return v.Backend == BackendLoop && v.AccessType == AccessMount
-}
-
 // readMountTable parses the mount table with its paths unescaped, so they
 // compare equal to the paths a CO sends.
 func readMountTable(mountInfoPath string) ([]mount.MountInfo, error) {
@@ -66,23 +59,6 @@ func mountAt(infos []mount.MountInfo, p string) *mount.MountInfo {
 
 func describeMount(mi *mount.MountInfo) string {
 	return fmt.Sprintf("%s (%s, root %s)", mi.Source, mi.FsType, mi.Root)
-}
-
-// bindsOf lists the mount points that show exactly the directory at
-// hostPath: mounts of the same filesystem whose root is that directory.
-func bindsOf(infos []mount.MountInfo, hostPath string) []string {
-	base, fsPath, ok := mountinfo.Holder(infos, hostPath)
-	if !ok {
-		return nil
-	}
-	var out []string
-	for i := range infos {
-		mi := &infos[i]
-		if mi.ID != base.ID && mi.Major == base.Major && mi.Minor == base.Minor && mi.Root == fsPath {
-			out = append(out, mi.MountPoint)
-		}
-	}
-	return out
 }
 
 // resolveParent returns p with the symlinks of its parent directories

@@ -69,8 +69,10 @@ type Pool struct {
 
 	root     *os.Root // the pool directory, for traversal-safe path operations
 	rootFile *os.File // an open fd on it, for statfs and ioctls
+	st       *store   // what the pool's backends see of it
 	backend  backend  // carves new volumes
-	// backends serves existing volumes by the backend that made them.
+	// backends serves existing volumes by the backend that made them, each
+	// opened once.
 	bmu      sync.Mutex
 	backends map[BackendKind]backend
 
@@ -152,6 +154,8 @@ func (p *Pool) open() error {
 		return fmt.Errorf("pool %q: stat %s: %w", p.Name, p.Path, err)
 	}
 	p.dev, p.ino = st.Dev, st.Ino
+	p.st = &store{name: p.Name, path: p.Path, root: p.root, rootFile: p.rootFile,
+		exec: p.env.exec, mounter: p.env.mounter, mountInfoPath: p.env.mountInfoPath, records: p.records}
 	if err := p.init(p.cfg.Backend); err != nil {
 		p.Close()
 		return err
@@ -226,14 +230,16 @@ func (p *Pool) init(kind BackendKind) error {
 	return p.recover()
 }
 
-// backendFor returns the backend that serves an existing volume.
+// backendFor returns the backend that serves an existing volume (or a
+// trashed one), opening it the first time. A backend that cannot be opened
+// is not kept: the next call tries again.
 func (p *Pool) backendFor(kind BackendKind) (backend, error) {
 	p.bmu.Lock()
 	defer p.bmu.Unlock()
 	if b, ok := p.backends[kind]; ok {
 		return b, nil
 	}
-	b, err := newBackend(p, kind)
+	b, err := openBackend(p, kind)
 	if err != nil {
 		return nil, fmt.Errorf("pool %q has volumes of backend %q but cannot serve them: %w", p.Name, kind, err)
 	}
@@ -267,8 +273,6 @@ func (p *Pool) Close() {
 		p.root = nil
 	}
 }
-
-func (p *Pool) abs(rel string) string { return filepath.Join(p.Path, filepath.FromSlash(rel)) }
 
 // recover rebuilds the pool's state from its directory: volumes/ holds the
 // live volumes, anything left in tmp/ is an interrupted creation (it moves to
@@ -432,21 +436,12 @@ func (p *Pool) readDirNames(rel string) ([]string, error) {
 	return names, nil
 }
 
-// free is the pool filesystem's size and space available to writers.
+// statfs is the pool filesystem's size and space available to writers.
 func (p *Pool) statfs() (total, free int64, err error) {
 	if !p.opened.Load() {
 		return 0, 0, p.Missing()
 	}
-	var st unix.Statfs_t
-	if err := unix.Fstatfs(int(p.rootFile.Fd()), &st); err != nil {
-		return 0, 0, fmt.Errorf("pool %q: statfs: %w", p.Name, err)
-	}
-	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize, nil
-}
-
-func (p *Pool) free() (int64, error) {
-	_, free, err := p.statfs()
-	return free, err
+	return p.st.statfs()
 }
 
 // promisedTTL bounds how stale the promised-bytes figure may be. Summing it
@@ -501,7 +496,7 @@ func (p *Pool) unwritten(vols []*Volume) int64 {
 	for _, v := range vols {
 		used := int64(0)
 		if b, err := p.backendFor(v.Backend); err == nil {
-			if u, err := b.Allocated(volumeDir{pool: p, rel: path.Join(dirVolumes, v.Name)}, v); err == nil {
+			if u, err := b.Allocated(volumeDir{st: p.st, rel: path.Join(dirVolumes, v.Name)}, v); err == nil {
 				used = u
 			}
 		}
@@ -638,7 +633,7 @@ func (p *Pool) create(ctx context.Context, v *Volume) error {
 	if err := p.root.Mkdir(tmp, 0o711); err != nil {
 		return fmt.Errorf("pool %q: %w", p.Name, err)
 	}
-	dir := volumeDir{pool: p, rel: tmp}
+	dir := volumeDir{st: p.st, rel: tmp}
 	fail := func(err error) error {
 		if derr := b.Destroy(ctx, dir); derr == nil {
 			derr = p.root.RemoveAll(tmp)
@@ -726,7 +721,7 @@ func (p *Pool) expand(ctx context.Context, v *Volume, newSize int64) (*Volume, e
 	// From here the record holds the target: the reservation becomes part
 	// of the volume's ReservedBytes, and stays so if the resize fails.
 	p.put(next, r)
-	if err := b.Resize(ctx, volumeDir{pool: p, rel: rel}, next, newSize); err != nil {
+	if err := b.Resize(ctx, volumeDir{st: p.st, rel: rel}, next, newSize); err != nil {
 		return nil, fmt.Errorf("pool %q: resize volume %q to %d bytes: %w", p.Name, v.Name, newSize, err)
 	}
 	next.Phase, next.CapacityBytes, next.TargetBytes = PhaseReady, newSize, 0
@@ -737,15 +732,20 @@ func (p *Pool) expand(ctx context.Context, v *Volume, newSize int64) (*Volume, e
 	return next.clone(), nil
 }
 
-// CheckQuota verifies that the pool's size enforcement is in effect (btrfs:
-// qgroup accounting consistent, else a rescan is started). The trash
-// purger calls it on every round.
-func (p *Pool) CheckQuota() {
+// Maintain runs the periodic work of the pool's backends that have some
+// (btrfs: checks that qgroup accounting is consistent, else starts a
+// rescan). The trash purger calls it on every round.
+func (p *Pool) Maintain() {
 	p.bmu.Lock()
-	b, ok := p.backends[BackendBtrfs].(btrfsBackend)
+	var ms []maintainer
+	for _, b := range p.backends {
+		if m, ok := b.(maintainer); ok {
+			ms = append(ms, m)
+		}
+	}
 	p.bmu.Unlock()
-	if ok {
-		b.checkQuota()
+	for _, m := range ms {
+		m.Maintain()
 	}
 }
 
@@ -798,7 +798,7 @@ func (p *Pool) PurgeTrash(ctx context.Context, retention time.Duration) (int, er
 }
 
 func (p *Pool) purge(ctx context.Context, rel string) error {
-	dir := volumeDir{pool: p, rel: rel}
+	dir := volumeDir{st: p.st, rel: rel}
 	// The record says which backend made the volume; without one (a crash
 	// during creation), every backend that could have left state is asked.
 	kinds := []BackendKind{BackendBtrfs, BackendLoop, BackendXFS, BackendExt4}
@@ -814,7 +814,7 @@ func (p *Pool) purge(ctx context.Context, rel string) error {
 		return fmt.Errorf("pool %q: not purging %s: still in use at %s", p.Name, rel, strings.Join(users, ", "))
 	}
 	for _, k := range kinds {
-		b, err := newBackend(p, k)
+		b, err := p.backendFor(k)
 		if err != nil {
 			continue // e.g. no btrfs here: nothing of that kind to release
 		}
@@ -827,6 +827,23 @@ func (p *Pool) purge(ctx context.Context, rel string) error {
 	}
 	klog.V(2).InfoS("Purged a trashed volume", "pool", p.Name, "entry", rel)
 	return nil
+}
+
+// records lists the records of the pool's live volumes and of its trashed
+// ones (see store.records).
+func (p *Pool) records() []*Volume {
+	out := p.list()
+	entries, err := p.readDirNames(dirTrash)
+	if err != nil {
+		klog.ErrorS(err, "Cannot list the trash for its volume records", "pool", p.Name)
+		return out
+	}
+	for _, e := range entries {
+		if v, err := readTrashedRecord(p.root, path.Join(dirTrash, e)); err == nil {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 func readTrashedRecord(root *os.Root, rel string) (*Volume, error) {

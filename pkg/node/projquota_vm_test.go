@@ -145,7 +145,7 @@ func testProjQuotaLifecycle(t *testing.T, mnt string, kind BackendKind, quotaErr
 	}
 
 	// Expand while published: the limit rises, more fits, and stops at the new size.
-	ev, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 2*size})
+	ev, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: v.ID, RequiredBytes: 2 * size})
 	if err != nil || ev.CapacityBytes != 2*size || ev.Phase != PhaseReady {
 		t.Fatalf("ExpandVolume = %+v, %v", ev, err)
 	}
@@ -256,12 +256,12 @@ func TestProjQuotaAutoSelectVM(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				_, explicitErr := newBackend(p, c.kind)
+				_, explicitErr := openBackend(p, c.kind)
 				other := BackendExt4
 				if c.kind == BackendExt4 {
 					other = BackendXFS
 				}
-				_, otherErr := newBackend(p, other)
+				_, otherErr := openBackend(p, other)
 				p.Close()
 				t.Logf("-o %q: auto picked %s: %s", opts, b.Kind(), why)
 				if !errors.Is(otherErr, ErrUnsupported) || !strings.Contains(otherErr.Error(), "not "+string(other)) {
@@ -433,7 +433,7 @@ func TestProjQuotaUnavailableOnHost(t *testing.T) {
 			if b.Kind() == c.kind || !strings.Contains(why, "mounting with prjquota would give enforced quotas") {
 				t.Errorf("auto picked %s because %q; want another backend and the prjquota advice", b.Kind(), why)
 			}
-			if _, err := newBackend(p, c.kind); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "prjquota") {
+			if _, err := openBackend(p, c.kind); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "prjquota") {
 				t.Errorf("explicit %s backend: %v, want ErrUnsupported naming prjquota", c.kind, err)
 			}
 			t.Logf("auto picked %s: %s", b.Kind(), why)

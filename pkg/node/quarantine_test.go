@@ -190,8 +190,13 @@ func TestQuarantinedRecords(t *testing.T) {
 				{"DeleteVolume", func() error { return m.DeleteVolume(ctx, victim.ID) }},
 				{"GetVolume", func() error { _, err := m.GetVolume(victim.ID); return err }},
 				{"CheckExpansion", func() error { _, err := m.CheckExpansion(victim.ID, 2*mib, 0); return err }},
-				{"ExpandVolume", func() error { _, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: victim.ID, RequiredBytes: 2*mib}); return err }},
-				{"StageVolume", func() error { return m.StageVolume(ctx, StageRequest{VolumeID: victim.ID, StagingPath: filepath.Join(t.TempDir(), "s"), AccessType: AccessMount}) }},
+				{"ExpandVolume", func() error {
+					_, err := m.ExpandVolume(ctx, ExpandRequest{VolumeID: victim.ID, RequiredBytes: 2 * mib})
+					return err
+				}},
+				{"StageVolume", func() error {
+					return m.StageVolume(ctx, StageRequest{VolumeID: victim.ID, StagingPath: filepath.Join(t.TempDir(), "s"), AccessType: AccessMount})
+				}},
 				{"UnstageVolume", func() error { return m.UnstageVolume(ctx, victim.ID, filepath.Join(t.TempDir(), "s")) }},
 				{"PublishVolume", func() error {
 					return m.PublishVolume(ctx, PublishRequest{VolumeID: victim.ID, TargetPath: filepath.Join(t.TempDir(), "t"), AccessType: AccessMount})

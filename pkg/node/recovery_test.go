@@ -90,7 +90,7 @@ func TestRecoveryFromDisk(t *testing.T) {
 		t.Fatalf("provisioned = %d, want the resize target counted", c.Provisioned)
 	}
 	// The retried expand completes the interrupted one.
-	v, err := m.ExpandVolume(context.Background(), ExpandRequest{VolumeID: resizing.ID, RequiredBytes: 2*mib})
+	v, err := m.ExpandVolume(context.Background(), ExpandRequest{VolumeID: resizing.ID, RequiredBytes: 2 * mib})
 	if err != nil || v.Phase != PhaseReady || v.CapacityBytes != 4*mib {
 		t.Fatalf("ExpandVolume after crash = %+v, %v; want Ready with the interrupted target", v, err)
 	}
