@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"path"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,24 +12,18 @@ import (
 // and is reported as not enforced (the "Pool backend selected" log line, the
 // backends table in the README; the volume context names the backend). Use
 // it only where nothing stronger works.
-type dirBackend struct {
-	dirStyle
-	st *store
-}
+type dirBackend struct{ dirStyle }
 
-func newDirBackend(st *store, _ PoolConfig) backend { return &dirBackend{st: st} }
+func newDirBackend(*store, PoolConfig) backend { return &dirBackend{} }
 
 func (*dirBackend) Kind() BackendKind                        { return BackendDir }
 func (*dirBackend) Open() error                              { return nil }
 func (*dirBackend) Enforced() bool                           { return false }
 func (*dirBackend) Destroy(context.Context, volumeDir) error { return nil }
 
-func (b *dirBackend) Create(_ context.Context, dir volumeDir, v *Volume) error {
-	rel := path.Join(dir.rel, dataName)
-	if err := b.st.root.Mkdir(rel, v.Mode); err != nil {
-		return err
-	}
-	return chmodRoot(b.st.root, rel, v.Mode)
+func (*dirBackend) Create(_ context.Context, dir volumeDir, v *Volume) error {
+	_, err := makeDataDir(dir, v.Mode)
+	return err
 }
 
 // Allocated: a directory volume has no account of its own (its size is

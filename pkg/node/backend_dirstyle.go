@@ -52,6 +52,16 @@ func (dirStyle) PublishSource(dir volumeDir, _ *Volume, _ string) (string, error
 	return checkedDir(dir.st, path.Join(dir.rel, dataName))
 }
 
+// makeDataDir creates the volume's data directory with the volume's mode
+// and returns its path relative to the pool.
+func makeDataDir(dir volumeDir, mode os.FileMode) (string, error) {
+	rel := path.Join(dir.rel, dataName)
+	if err := dir.st.root.Mkdir(rel, mode); err != nil {
+		return "", err
+	}
+	return rel, chmodRoot(dir.st.root, rel, mode) // Mkdir's mode is masked by the umask
+}
+
 // checkedDir returns the host path of a directory inside the pool after
 // checking, through the pool's os.Root, that it is a real directory and no
 // component is a symlink (leading out of the pool or to another volume).

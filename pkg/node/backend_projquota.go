@@ -85,11 +85,8 @@ func (b *projQuotaBackend) Open() error {
 }
 
 func (b *projQuotaBackend) Create(_ context.Context, dir volumeDir, v *Volume) error {
-	rel := path.Join(dir.rel, dataName)
-	if err := b.st.root.Mkdir(rel, v.Mode); err != nil {
-		return err
-	}
-	if err := chmodRoot(b.st.root, rel, v.Mode); err != nil { // Mkdir's mode is masked by the umask
+	rel, err := makeDataDir(dir, v.Mode)
+	if err != nil {
 		return err
 	}
 	d, err := b.st.root.Open(rel)
