@@ -408,3 +408,79 @@ func TestDashboard(t *testing.T) {
 		}
 	}
 }
+
+// alertReport is what dhpp-promql test prints.
+type alertReport struct {
+	Cases    int      `json:"cases"`
+	Failures []string `json:"failures"`
+	Fired    []string `json:"fired"`
+	Quiet    []string `json:"quiet"`
+}
+
+// runAlertTests runs promtool-format alert unit tests against the alerts
+// of the monitoring overlay, evaluated by Prometheus's PromQL engine.
+func runAlertTests(t *testing.T, testFile string) alertReport {
+	t.Helper()
+	var rep alertReport
+	out := runStdin(t, kustomizeBuild(t, "kustomize/overlays/monitoring"), tool(t, "dhpp-promql"), "test", testFile)
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("read dhpp-promql's answer: %v", err)
+	}
+	return rep
+}
+
+// TestMonitoringAlertsFire runs monitoring/tests/alerts_test.yaml: every
+// alert must fire on the series that mean trouble, with the labels and
+// summaries written there, and stay quiet on a healthy or not-yet-long-enough
+// case.
+func TestMonitoringAlertsFire(t *testing.T) {
+	rep := runAlertTests(t, "monitoring/tests/alerts_test.yaml")
+	if rep.Cases == 0 {
+		t.Fatal("no alert test case ran")
+	}
+	for _, f := range rep.Failures {
+		t.Error(f)
+	}
+	for _, r := range decodeMonitoring(t, kustomizeBuild(t, "kustomize/overlays/monitoring")) {
+		if !slices.Contains(rep.Fired, r.Alert) {
+			t.Errorf("no test case makes %s fire", r.Alert)
+		}
+		if !slices.Contains(rep.Quiet, r.Alert) {
+			t.Errorf("no test case expects %s to stay quiet", r.Alert)
+		}
+	}
+	t.Logf("%d alert test cases passed", rep.Cases)
+}
+
+// TestMonitoringAlertTestsCanFail proves the evaluation can fail: an alert
+// expected before its `for` has passed, one expected with the wrong labels,
+// and one expected quiet while it fires.
+func TestMonitoringAlertTestsCanFail(t *testing.T) {
+	const wrong = `evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'dhpp_pool_fenced{job="dhpp-node", node="n1", pool="default"}'
+        values: '1x10'
+    alert_rule_test:
+      - eval_time: 0m
+        alertname: DhppPoolFenced
+        exp_alerts:
+          - exp_labels: {job: dhpp-node, node: n1, pool: default, severity: critical}
+      - eval_time: 5m
+        alertname: DhppPoolFenced
+        exp_alerts:
+          - exp_labels: {job: dhpp-node, node: n1, pool: other, severity: critical}
+      - eval_time: 5m
+        alertname: DhppPoolFenced
+        exp_alerts: []
+`
+	f := filepath.Join(t.TempDir(), "wrong_test.yaml")
+	if err := os.WriteFile(f, []byte(wrong), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rep := runAlertTests(t, f)
+	if rep.Cases != 3 || len(rep.Failures) != 3 {
+		t.Errorf("cases %d, failures %q; want 3 cases, all failing", rep.Cases, rep.Failures)
+	}
+}

@@ -24,7 +24,7 @@ version_of() {
 # promql_version is what dhpp-promql is built from: its source and go.mod,
 # so any change to them rebuilds it.
 promql_version() {
-	cat "$here/promql/go.mod" "$here/promql/go.sum" "$here/promql/main.go" | sha256sum | cut -c1-16
+	cat "$here/promql/go.mod" "$here/promql/go.sum" "$here"/promql/*.go | sha256sum | cut -c1-16
 }
 
 # build NAME PACKAGE MODULE: builds PACKAGE as $bin/NAME unless a stamp file

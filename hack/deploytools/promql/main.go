@@ -4,6 +4,7 @@
 //
 //	dhpp-promql exprs   < ["expr", ...]       (JSON)
 //	dhpp-promql objects < a YAML stream
+//	dhpp-promql test TESTS.yaml < a YAML stream
 //
 // exprs parses every expression with Prometheus's own parser and prints, for
 // each, its metric selectors (name and matcher label names), its grouping
@@ -11,7 +12,8 @@
 // objects strictly decodes every PodMonitor and PrometheusRule of the stream
 // with the Prometheus Operator's types (a misspelt field is an error) and
 // prints every rule: group, alert or record name, expression, for, labels
-// and annotations; other kinds are skipped.
+// and annotations; other kinds are skipped. test runs alert unit tests in
+// promtool's format against the stream's alerts (alerttest.go).
 package main
 
 import (
@@ -57,8 +59,8 @@ type Rule struct {
 }
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: dhpp-promql exprs|objects < input")
+	if len(os.Args) < 2 || (os.Args[1] == "test") != (len(os.Args) == 3) || len(os.Args) > 3 {
+		fmt.Fprintln(os.Stderr, "usage: dhpp-promql exprs|objects < input, dhpp-promql test TESTS.yaml < input")
 		os.Exit(2)
 	}
 	var out any
@@ -68,6 +70,11 @@ func main() {
 		out, err = exprs(os.Stdin)
 	case "objects":
 		out, err = objects(os.Stdin)
+	case "test":
+		var rules []Rule
+		if rules, err = objects(os.Stdin); err == nil {
+			out, err = runTests(os.Args[2], rules)
+		}
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
