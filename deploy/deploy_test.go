@@ -438,6 +438,7 @@ var required = []permission{
 	{"dhpp-driver", "", "", "nodes", []string{"get", "list", "watch", "patch"}},
 	{"dhpp-driver", "", "", "nodes/status", []string{"patch"}},
 	{"dhpp-driver", "", "", "events", []string{"create", "patch"}},
+	{"dhpp-driver", "", "", "persistentvolumes", []string{"list"}},
 }
 
 // controllerRequired is what dhpp-controller does (pkg/controller).
@@ -586,6 +587,11 @@ func TestLocalOverlay(t *testing.T) {
 	if !slices.Contains(d.Args, "--trash-retention=30s") || slices.Contains(d.Args, "--trash-retention=15m") {
 		t.Errorf("local dhpp-driver args %q: want --trash-retention=30s instead of 15m", d.Args)
 	}
+	for _, a := range []string{"--orphan-grace=30s", "--orphan-check-period=5s", "--orphan-trash=true"} {
+		if !slices.Contains(d.Args, a) {
+			t.Errorf("local dhpp-driver args %q lack %q (the node-returns scenario's short grace)", d.Args, a)
+		}
+	}
 
 	depKey := "apps/Deployment/" + namespace + "/dhpp-controller"
 	ctrl := get[*appsv1.Deployment](t, local, depKey).Spec.Template.Spec.Containers[0]
@@ -599,7 +605,7 @@ func TestLocalOverlay(t *testing.T) {
 	}
 
 	// Undo the intended changes; what remains must equal the base.
-	undo := map[string]string{"--trash-retention=30s": "--trash-retention=15m", "--grace-period=20s": "--grace-period=2m", "--fenced-pool-limit=30s": "--fenced-pool-limit=10m"}
+	undo := map[string]string{"--trash-retention=30s": "--trash-retention=15m", "--orphan-grace=30s": "--orphan-grace=1h", "--orphan-check-period=5s": "--orphan-check-period=10m", "--grace-period=20s": "--grace-period=2m", "--fenced-pool-limit=30s": "--fenced-pool-limit=10m"}
 	for _, key := range []string{dsKey, depKey} {
 		raw := normalize(local[key].raw)
 		containers := raw["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)

@@ -31,6 +31,9 @@ type Config struct {
 
 	// Health is the disk health probe and fencing policy of every pool.
 	Health health.Config
+	// Orphans is the check of this node's volumes against the cluster's
+	// PersistentVolumes (pkg/orphans).
+	Orphans OrphanConfig
 	// Kubeconfig, if set, is used instead of the in-cluster config (the
 	// driver runs without Kubernetes when neither is available).
 	Kubeconfig string
@@ -40,6 +43,17 @@ type Config struct {
 	PluginRegistrationDir   string
 
 	ShowVersion bool
+}
+
+// OrphanConfig sets the orphan and missing-volume check.
+type OrphanConfig struct {
+	// Grace: how long a volume lacks its PV (or a PV its volume) before
+	// it counts, and the minimum age of an orphan.
+	Grace time.Duration
+	// Period between two listings of the PVs; 0 turns the check off.
+	Period time.Duration
+	// Trash moves orphans to the pool's trash; false only reports them.
+	Trash bool
 }
 
 // poolFlag collects repeated --pool flags.
@@ -141,6 +155,9 @@ func Parse(args []string, out io.Writer, getenv func(string) string) (Config, er
 	fs.IntVar(&c.Health.SuccessThreshold, "health-success-threshold", c.Health.SuccessThreshold, "consecutive good probes that return a Failing (not yet fenced) pool to Healthy")
 	fs.IntVar(&c.Health.UnfenceThreshold, "health-unfence-threshold", c.Health.UnfenceThreshold, "consecutive good probes that unfence a pool, only with --health-auto-unfence")
 	fs.BoolVar(&c.Health.AutoUnfence, "health-auto-unfence", c.Health.AutoUnfence, "let a fenced pool unfence itself after --health-unfence-threshold good probes; off: only `kubectl annotate node NODE unfence.dhpp.io/POOL=now` unfences")
+	fs.DurationVar(&c.Orphans.Grace, "orphan-grace", time.Hour, "a volume whose PV has been gone this long (and that is this old) is an orphan: reported and moved to the trash; a Bound PV whose volume has been missing this long is reported on its claim")
+	fs.DurationVar(&c.Orphans.Period, "orphan-check-period", 10*time.Minute, "time between two listings of the PersistentVolumes for the orphan check (0 = no check)")
+	fs.BoolVar(&c.Orphans.Trash, "orphan-trash", true, "move orphaned volumes to the pool's trash (purged after --trash-retention); false: only report them")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig for Node Events/labels/conditions (default: in-cluster config; none outside a cluster)")
 	fs.BoolVar(&c.KubeletRegistration, "kubelet-registration", true, "register with the kubelet's plugin watcher (turn off when running node-driver-registrar)")
 	fs.StringVar(&c.KubeletRegistrationPath, "kubelet-registration-path", "/var/lib/kubelet/plugins/"+dhpp.DriverName+"/csi.sock", "the CSI socket path as the kubelet sees it on the host")
@@ -178,6 +195,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxVolumesPerNode < 0 {
 		return fmt.Errorf("--max-volumes-per-node must not be negative (got %d)", c.MaxVolumesPerNode)
+	}
+	if c.Orphans.Period < 0 || (c.Orphans.Period > 0 && c.Orphans.Grace <= 0) {
+		return fmt.Errorf("--orphan-check-period must not be negative and --orphan-grace must be positive (got %s, %s): an orphan always gets a grace period", c.Orphans.Period, c.Orphans.Grace)
 	}
 	if p := c.Health.Problems(healthFlag); len(p) > 0 {
 		return fmt.Errorf("health flags: %s", strings.Join(p, "; "))

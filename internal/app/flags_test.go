@@ -87,6 +87,31 @@ func TestParse(t *testing.T) {
 		{name: "zero unfence threshold", args: []string{"--node-id=n", "--pool=d=/x", "--health-unfence-threshold=0"}, wantErr: "--health-unfence-threshold must be >= 1"},
 		{name: "several health errors on one line", args: []string{"--node-id=n", "--pool=d=/x", "--health-period=0s", "--health-failure-threshold=-1"}, wantErr: "--health-period must be > 0, got 0s; --health-failure-threshold must be >= 1"},
 		{name: "bad health period", args: []string{"--node-id=n", "--pool=d=/x", "--health-period=soon"}, wantErr: "health-period"},
+		{
+			name: "orphan check defaults and flags",
+			args: []string{"--node-id=n", "--pool=d=/x"},
+			check: func(t *testing.T, c Config) {
+				if c.Orphans != (OrphanConfig{Grace: time.Hour, Period: 10 * time.Minute, Trash: true}) {
+					t.Fatalf("orphans %+v", c.Orphans)
+				}
+			},
+		},
+		{
+			name: "orphan check report only, short grace",
+			args: []string{"--node-id=n", "--pool=d=/x", "--orphan-grace=30s", "--orphan-check-period=5s", "--orphan-trash=false"},
+			check: func(t *testing.T, c Config) {
+				if c.Orphans != (OrphanConfig{Grace: 30 * time.Second, Period: 5 * time.Second}) {
+					t.Fatalf("orphans %+v", c.Orphans)
+				}
+			},
+		},
+		{name: "orphan check off", args: []string{"--node-id=n", "--pool=d=/x", "--orphan-check-period=0"}, check: func(t *testing.T, c Config) {
+			if c.Orphans.Period != 0 {
+				t.Fatalf("orphans %+v", c.Orphans)
+			}
+		}},
+		{name: "zero orphan grace", args: []string{"--node-id=n", "--pool=d=/x", "--orphan-grace=0s"}, wantErr: "--orphan-grace must be positive"},
+		{name: "negative orphan period", args: []string{"--node-id=n", "--pool=d=/x", "--orphan-check-period=-1s"}, wantErr: "--orphan-check-period must not be negative"},
 		{name: "klog flags accepted", args: []string{"--node-id=n", "--pool=d=/x", "--v=4"}, check: func(*testing.T, Config) {}},
 	}
 	for _, tt := range tests {

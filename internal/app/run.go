@@ -106,6 +106,10 @@ func run(ctx context.Context, c Config, hk hooks) error {
 	if fencer != nil {
 		restoreFencing(ctx, fencer, events, mgr)
 		parts = append(parts, runnable{"node fencing", fencer.Run}, runnable{"node events", events.Run})
+		if chk := newOrphanChecker(c, side.client, events, mgr); chk != nil {
+			cmm.WithAdditionalRegistry(chk.registry)
+			parts = append(parts, runnable{"orphan check", chk.Run})
+		}
 	}
 	if side.dynamic != nil {
 		pub, err := newPublisher(c, side, hk.poolStatusPeriod, mgr, mon, arrays)

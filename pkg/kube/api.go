@@ -13,7 +13,9 @@ import (
 	"k8s.io/client-go/rest"
 )
 
-// API is every Kubernetes call the driver makes: its own Node and Events.
+// API is every Kubernetes call the driver makes: its own Node, Events, and
+// the listing of PersistentVolumes that finds orphaned and missing volumes
+// (pkg/orphans).
 //
 // It is implemented on a bare REST client whose scheme knows only core/v1.
 // client-go's typed clientset registers every API group of Kubernetes at
@@ -27,6 +29,8 @@ type API interface {
 	// PatchNode patches the Node, or its subresource ("status") if given.
 	PatchNode(ctx context.Context, name string, pt types.PatchType, data []byte, subresource string) (*corev1.Node, error)
 	CreateEvent(ctx context.Context, ev *corev1.Event) (*corev1.Event, error)
+	// ListPersistentVolumes lists PVs (one page when opts.Limit is set).
+	ListPersistentVolumes(ctx context.Context, opts metav1.ListOptions) (*corev1.PersistentVolumeList, error)
 }
 
 // coreScheme holds core/v1 and the meta/v1 options types, nothing else.
@@ -86,4 +90,9 @@ func (a restAPI) PatchNode(ctx context.Context, name string, pt types.PatchType,
 func (a restAPI) CreateEvent(ctx context.Context, ev *corev1.Event) (*corev1.Event, error) {
 	out := &corev1.Event{}
 	return out, a.c.Post().Namespace(ev.Namespace).Resource("events").Body(ev).Do(ctx).Into(out)
+}
+
+func (a restAPI) ListPersistentVolumes(ctx context.Context, opts metav1.ListOptions) (*corev1.PersistentVolumeList, error) {
+	l := &corev1.PersistentVolumeList{}
+	return l, a.c.Get().Resource("persistentvolumes").VersionedParams(&opts, parameterCodec).Do(ctx).Into(l)
 }

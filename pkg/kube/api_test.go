@@ -38,6 +38,8 @@ func TestRESTAPI(t *testing.T) {
 			_, _ = io.WriteString(w, `{"type":"ADDED","object":`+node+"}\n")
 		case r.URL.Path == "/api/v1/nodes":
 			_, _ = io.WriteString(w, `{"kind":"NodeList","apiVersion":"v1","metadata":{"resourceVersion":"7"},"items":[`+node+`]}`)
+		case r.URL.Path == "/api/v1/persistentvolumes":
+			_, _ = io.WriteString(w, `{"kind":"PersistentVolumeList","apiVersion":"v1","metadata":{"continue":"c2"},"items":[{"metadata":{"name":"n1"},"spec":{"csi":{"driver":"hostpath.dhpp.io","volumeHandle":"n1/default/pvc-1"}}}]}`)
 		case strings.HasPrefix(r.URL.Path, "/api/v1/nodes/"):
 			_, _ = io.WriteString(w, node)
 		case r.URL.Path == "/api/v1/namespaces/default/events":
@@ -95,6 +97,20 @@ func TestRESTAPI(t *testing.T) {
 			want: request{method: "GET", path: "/api/v1/nodes"},
 			match: func(r request) bool {
 				return strings.Contains(r.query, "watch=true") && strings.Contains(r.query, "fieldSelector=")
+			},
+		},
+		{
+			name: "list PVs from the watch cache, one page",
+			call: func() (string, error) {
+				l, err := api.ListPersistentVolumes(ctx, metav1.ListOptions{ResourceVersion: "0", Limit: 500, Continue: "c1"})
+				if err != nil || len(l.Items) != 1 || l.Continue != "c2" || l.Items[0].Spec.CSI == nil || l.Items[0].Spec.CSI.VolumeHandle != "n1/default/pvc-1" {
+					return "", err
+				}
+				return l.Items[0].Name, nil
+			},
+			want: request{method: "GET", path: "/api/v1/persistentvolumes"},
+			match: func(r request) bool {
+				return strings.Contains(r.query, "resourceVersion=0") && strings.Contains(r.query, "limit=500") && strings.Contains(r.query, "continue=c1")
 			},
 		},
 		{

@@ -50,17 +50,29 @@ func NewNodeEvents(client API, nodeName string, poolPaths map[string]string) *No
 // Post queues an Event of type typ (corev1.EventTypeNormal or Warning) on
 // the Node. It never blocks.
 func (e *NodeEvents) Post(typ, reason, msg string) {
+	// The kubelet uses the node name as the UID of Node references;
+	// kubectl describe node matches Events by kind and name.
+	e.PostOn(corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: e.nodeName, UID: types.UID(e.nodeName)}, typ, reason, msg)
+}
+
+// PostOn queues an Event about another object than the Node, e.g. the
+// claim of a volume that is missing on this node; the Event goes to the
+// object's namespace (the default one for cluster-scoped objects). It never
+// blocks.
+func (e *NodeEvents) PostOn(obj corev1.ObjectReference, typ, reason, msg string) {
+	ns := obj.Namespace
+	if ns == "" {
+		ns = metav1.NamespaceDefault
+	}
 	e.mu.Lock()
 	now := metav1.NewTime(e.now())
 	e.seq++
 	e.events = append(e.events, &corev1.Event{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      fmt.Sprintf("%s.%x.%d", e.nodeName, now.UnixNano(), e.seq),
-			Namespace: metav1.NamespaceDefault,
+			Namespace: ns,
 		},
-		// The kubelet uses the node name as the UID of Node references;
-		// kubectl describe node matches Events by kind and name.
-		InvolvedObject: corev1.ObjectReference{Kind: "Node", APIVersion: "v1", Name: e.nodeName, UID: types.UID(e.nodeName)},
+		InvolvedObject: obj,
 		Reason:         reason,
 		Message:        msg,
 		Type:           typ,

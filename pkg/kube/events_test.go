@@ -1,6 +1,7 @@
 package kube_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/dhpp-io/dhpp/pkg/kube"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // TestPoolDegradationEvents: a degraded RAID under a pool is a Warning
@@ -73,5 +75,34 @@ func TestVolumesQuarantinedEvent(t *testing.T) {
 	}
 	if strings.Contains(ev.Message, "pvc-5:") {
 		t.Errorf("message lists more than 5 volumes: %q", ev.Message)
+	}
+}
+
+// TestPostOnClaim: an Event about a claim goes to the claim's namespace,
+// names the claim (kind, namespace, name, UID) and keeps the node as its
+// source; Events stay in the order they were posted.
+func TestPostOnClaim(t *testing.T) {
+	h := start(t, newNode(nil, nil), newFakeMonitor("default"), false)
+	claim := corev1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1", Namespace: "db", Name: "data-db-0", UID: "u1"}
+	h.ev.PostOn(claim, corev1.EventTypeWarning, "VolumeMissing", "first")
+	h.ev.Post(corev1.EventTypeWarning, "OrphanVolume", "second")
+	var got []corev1.Event
+	h.eventually("the claim's event", func() bool {
+		l, err := h.client.CoreV1().Events("db").List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = l.Items
+		return len(got) == 1 && len(h.events()) == 1
+	})
+	ev := got[0]
+	if ev.InvolvedObject != claim || ev.Reason != "VolumeMissing" || ev.Type != corev1.EventTypeWarning || ev.Message != "first" {
+		t.Errorf("claim event %+v", ev)
+	}
+	if ev.Source.Host != nodeName || ev.Source.Component != "dhpp-driver" {
+		t.Errorf("claim event source %+v, want dhpp-driver on %s", ev.Source, nodeName)
+	}
+	if n := h.events()[0]; n.InvolvedObject.Kind != "Node" || n.Reason != "OrphanVolume" {
+		t.Errorf("node event %+v", n)
 	}
 }

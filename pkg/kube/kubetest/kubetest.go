@@ -45,3 +45,7 @@ func (f FakeAPI) PatchNode(ctx context.Context, name string, pt types.PatchType,
 func (f FakeAPI) CreateEvent(ctx context.Context, ev *corev1.Event) (*corev1.Event, error) {
 	return f.C.CoreV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{})
 }
+
+func (f FakeAPI) ListPersistentVolumes(ctx context.Context, opts metav1.ListOptions) (*corev1.PersistentVolumeList, error) {
+	return f.C.CoreV1().PersistentVolumes().List(ctx, opts)
+}
