@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/dhpp-io/dhpp/pkg/controller"
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
 	"github.com/dhpp-io/dhpp/pkg/kube"
+	"github.com/dhpp-io/dhpp/pkg/orphans"
 	"github.com/dhpp-io/dhpp/test/e2e/cluster"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -27,6 +29,10 @@ const (
 	lossGrace          = 20 * time.Second // --grace-period
 	fenceLimit         = 30 * time.Second // --fenced-pool-limit
 	leaseDuration      = 15 * time.Second // --leader-election-lease-duration (default)
+	// What the local overlay gives dhpp-driver.
+	orphanGrace  = 30 * time.Second // --orphan-grace
+	orphanPeriod = 5 * time.Second  // --orphan-check-period
+	trashKeep    = 30 * time.Second // --trash-retention
 	// recreateClass is hostpath-dynamic with nodeLossPolicy: recreate,
 	// made by the tests (the driver must accept the parameter).
 	recreateClass = "dhpp-e2e-recreate"
@@ -299,11 +305,47 @@ func (e *env) diskToken(ctx context.Context, node, volume string) (token, where 
 	return token, where, nil
 }
 
+// diskListing lists node's data disk for "nothing else changed": every
+// file with its type, size, mode, mtime and ctime, and every directory by
+// name (a directory's times change when an entry moves out of it). Left
+// out: the pool's trash and tmp, the probe's file (rewritten every
+// --health-period) and the volume skip, which is expected to move.
+func (e *env) diskListing(ctx context.Context, node, skip string) ([]string, error) {
+	out, err := cluster.NodeExec(ctx, e.cfg, node, "sh", "-c", fmt.Sprintf(
+		`cd %s && find . \( -path ./dhpp/.dhpp/trash -o -path ./dhpp/.dhpp/tmp -o -path ./dhpp/volumes/%s \) -prune -o -path ./dhpp/.dhpp/health -o -type d -printf 'd %%p %%m\n' -o -printf '%%y %%p %%s %%m %%T@ %%C@\n'`,
+		cluster.DataMount, skip))
+	if err != nil {
+		return nil, fmt.Errorf("list the disk of %s: %w", node, err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	slices.Sort(lines)
+	return lines, nil
+}
+
+// neighbour is a claim of the default policy (keep) with a pod on node,
+// which wrote a file: a volume with a PV that must survive everything the
+// node-loss machinery does to the volumes around it.
+func (e *env) neighbour(t *testing.T, ctx context.Context, ns, node string) (claim, volume string) {
+	t.Helper()
+	claim = "keep-" + node
+	e.applyYAML(t, ctx, pvcYAML(ns, claim, "16Mi", false))
+	e.applyYAML(t, ctx, podWithClaimYAML(ns, claim, claim, podOpts{node: node,
+		command: "echo neighbour > /data/file; sync; trap 'exit 0' TERM; while true; do sleep 1; done"}))
+	e.waitPodReady(t, ctx, ns, claim, "", 3*time.Minute)
+	_, pv := e.waitPVCBound(t, ctx, ns, claim, time.Minute)
+	if out := e.sh(t, ctx, ns, claim, "cat /data/file"); strings.TrimSpace(out) != "neighbour" {
+		t.Fatalf("neighbour wrote %q", out)
+	}
+	return claim, volumeName(pv)
+}
+
 // TestNodeLossRecreate: under policy recreate, a replica whose node is lost
 // (kubelet, containerd and pods killed, then the Node deleted) runs again
 // on another node with a new, empty volume within the grace period + 60 s;
-// the other replicas are untouched; no PV remains for the lost node; the
-// old data is still on the lost node's disk when it comes back.
+// the other replicas are untouched; no PV remains for the lost node. When
+// the node returns with its disk, the released volume is an orphan: it is
+// reported (Event, metric) and moved to the pool's trash with its data,
+// and nothing else on the disk changes (a keep-policy neighbour included).
 func TestNodeLossRecreate(t *testing.T) {
 	e := dhppCluster(t)
 	ctx := testCtx(t, 20*time.Minute)
@@ -313,7 +355,8 @@ func TestNodeLossRecreate(t *testing.T) {
 	reps := e.replicas(t, ctx, ns, "db", 3)
 	k := e.victim(t, ctx, reps)
 	lost, r := reps[k].node, reps[k]
-	t.Logf("losing %s, which holds %s (volume %s)", lost, r.pod, r.volume)
+	nbClaim, nbVolume := e.neighbour(t, ctx, ns, lost)
+	t.Logf("losing %s, which holds %s (volume %s) and the keep-policy claim %s (volume %s)", lost, r.pod, r.volume, nbClaim, nbVolume)
 
 	e.loseNode(t, ctx, lost)
 	if err := e.cs.CoreV1().Nodes().Delete(ctx, lost, metav1.DeleteOptions{}); err != nil {
@@ -365,14 +408,113 @@ func TestNodeLossRecreate(t *testing.T) {
 		}
 	})
 
-	t.Run("the node returns with the old data on its disk", func(t *testing.T) {
-		e.restoreNode(t, lost)
-		tok, where, err := e.diskToken(ctx, lost, r.volume)
-		if err != nil || tok != r.token {
-			t.Errorf("old volume on %s: %q at %s (%v), want %q", lost, tok, where, err, r.token)
-		}
-		t.Logf("old data kept on %s: %s", lost, where)
+	t.Run("the node returns: the orphan is reported and trashed, nothing else changes", func(t *testing.T) {
+		e.nodeReturns(t, ctx, ns, lost, r, nbClaim)
 	})
+}
+
+// nodeReturns restores node lost, whose replica r was released, and checks
+// what its driver does with the orphaned volume: an OrphanVolume Event and
+// the trashed counter, the volume in the pool's trash with its data, and
+// the rest of the disk (the claim nb's volume among it) unchanged.
+func (e *env) nodeReturns(t *testing.T, ctx context.Context, ns, lost string, r replica, nb string) {
+	t.Helper()
+	before, err := e.diskListing(ctx, lost, r.volume)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok, where, err := e.diskToken(ctx, lost, r.volume); err != nil || tok != r.token || strings.Contains(where, "/.dhpp/trash/") {
+		t.Fatalf("before the return: %q at %s (%v), want %q in volumes/", tok, where, err, r.token)
+	}
+	restoring := time.Now()
+	e.restoreNode(t, lost)
+	back := time.Now()
+	t.Logf("%s restored, its driver Ready, in %s", lost, back.Sub(restoring).Round(100*time.Millisecond))
+
+	// Reported: the Event names the volume; then it is in the trash, with
+	// its data, before --trash-retention purges it.
+	id := lost + "/" + defaultPool + "/" + r.volume
+	var event time.Time
+	if err := poll(ctx, orphanGrace+3*time.Minute, time.Second, "OrphanVolume Event for "+id, func() (bool, string, error) {
+		evs, err := e.cs.CoreV1().Events(metav1.NamespaceAll).List(ctx, metav1.ListOptions{FieldSelector: fields.Set{
+			"involvedObject.kind": "Node", "involvedObject.name": lost, "reason": orphans.ReasonOrphanVolume}.String()})
+		if err != nil {
+			return false, "", err
+		}
+		for _, ev := range evs.Items {
+			if strings.Contains(ev.Message, "volume "+id+" ") && ev.Type == corev1.EventTypeWarning {
+				event = time.Now()
+				t.Logf("event: %s", ev.Message)
+				return true, "", nil
+			}
+		}
+		return false, fmt.Sprintf("%d OrphanVolume Events, none for %s", len(evs.Items), id), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var trashed time.Time
+	var where string
+	if err := poll(ctx, 3*time.Minute, 500*time.Millisecond, r.volume+" in the trash", func() (bool, string, error) {
+		tok, w, err := e.diskToken(ctx, lost, r.volume)
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		if tok != r.token {
+			return false, "", fmt.Errorf("%s holds %q, want %q", w, tok, r.token)
+		}
+		where, trashed = w, time.Now()
+		return strings.Contains(w, "/.dhpp/trash/"), w, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("node back -> OrphanVolume Event %s, -> in the trash %s (grace %s, period %s); at %s with its data",
+		event.Sub(back).Round(100*time.Millisecond), trashed.Sub(back).Round(100*time.Millisecond), orphanGrace, orphanPeriod, where)
+	if took := trashed.Sub(back); took > orphanGrace+2*orphanPeriod+time.Minute {
+		t.Errorf("trashed %s after the driver was back, want within grace %s + 2 periods + 60s", took, orphanGrace)
+	}
+
+	text, err := e.scrape(ctx, lost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []struct {
+		name string
+		want float64
+	}{{"dhpp_orphan_volumes_trashed_total", 1}, {"dhpp_orphan_volumes", 0}, {"dhpp_missing_volumes", 0}, {"dhpp_pv_list_failures_total", 0}} {
+		if v, found, err := sampleSum(text, m.name, ""); err != nil || !found || v != m.want {
+			t.Errorf("%s on %s = %v (found %v, %v), want %v", m.name, lost, v, found, err, m.want)
+		}
+	}
+
+	after, err := e.diskListing(ctx, lost, r.volume)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(before, after) {
+		t.Errorf("the disk of %s changed besides the orphan:\n%s", lost, lineDiff(before, after))
+	}
+	t.Logf("the rest of the disk: %d entries, unchanged", len(after))
+	if c, err := e.cs.CoreV1().PersistentVolumeClaims(ns).Get(ctx, nb, metav1.GetOptions{}); err != nil || c.Status.Phase != corev1.ClaimBound {
+		t.Errorf("neighbour claim %s: %v", nb, err)
+	} else if _, err := e.cs.CoreV1().PersistentVolumes().Get(ctx, c.Spec.VolumeName, metav1.GetOptions{}); err != nil {
+		t.Errorf("neighbour PV: %v", err)
+	}
+}
+
+// lineDiff lists the lines only in a ("-") or only in b ("+").
+func lineDiff(a, b []string) string {
+	var out []string
+	for _, l := range a {
+		if !slices.Contains(b, l) {
+			out = append(out, "- "+l)
+		}
+	}
+	for _, l := range b {
+		if !slices.Contains(a, l) {
+			out = append(out, "+ "+l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // TestNodeLossKeep: under the default policy keep, a lost node (tainted
