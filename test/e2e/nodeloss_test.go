@@ -325,7 +325,7 @@ func (e *env) diskListing(ctx context.Context, node, skip string) ([]string, err
 // neighbour is a claim of the default policy (keep) with a pod on node,
 // which wrote a file: a volume with a PV that must survive everything the
 // node-loss machinery does to the volumes around it.
-func (e *env) neighbour(t *testing.T, ctx context.Context, ns, node string) (claim, volume string) {
+func (e *env) neighbour(t *testing.T, ctx context.Context, ns, node string) (claim, pvName, volume string) {
 	t.Helper()
 	claim = "keep-" + node
 	e.applyYAML(t, ctx, pvcYAML(ns, claim, "16Mi", false))
@@ -336,7 +336,7 @@ func (e *env) neighbour(t *testing.T, ctx context.Context, ns, node string) (cla
 	if out := e.sh(t, ctx, ns, claim, "cat /data/file"); strings.TrimSpace(out) != "neighbour" {
 		t.Fatalf("neighbour wrote %q", out)
 	}
-	return claim, volumeName(pv)
+	return claim, pv.Name, volumeName(pv)
 }
 
 // TestNodeLossRecreate: under policy recreate, a replica whose node is lost
@@ -355,7 +355,7 @@ func TestNodeLossRecreate(t *testing.T) {
 	reps := e.replicas(t, ctx, ns, "db", 3)
 	k := e.victim(t, ctx, reps)
 	lost, r := reps[k].node, reps[k]
-	nbClaim, nbVolume := e.neighbour(t, ctx, ns, lost)
+	nbClaim, nbPV, nbVolume := e.neighbour(t, ctx, ns, lost)
 	t.Logf("losing %s, which holds %s (volume %s) and the keep-policy claim %s (volume %s)", lost, r.pod, r.volume, nbClaim, nbVolume)
 
 	e.loseNode(t, ctx, lost)
@@ -375,17 +375,22 @@ func TestNodeLossRecreate(t *testing.T) {
 	}
 	e.checkUntouched(t, ctx, ns, reps, k)
 
-	t.Run("no PV left for the lost node", func(t *testing.T) {
+	t.Run("no PV left for the lost node but the keep-policy neighbour's", func(t *testing.T) {
 		err := poll(ctx, time.Minute, time.Second, "old PV gone", func() (bool, string, error) {
 			pvs, err := e.cs.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 			if err != nil {
 				return false, "", err
 			}
 			var left []string
+			kept := false
 			for _, p := range pvs.Items {
-				if n, _ := pvNode(&p); n == lost {
+				if n, _ := pvNode(&p); n == lost && p.Name != nbPV {
 					left = append(left, p.Name)
 				}
+				kept = kept || p.Name == nbPV
+			}
+			if !kept {
+				return false, "", fmt.Errorf("the keep-policy neighbour's PV %s is gone", nbPV)
 			}
 			return len(left) == 0, "PVs on " + lost + ": " + strings.Join(left, " "), nil
 		})
@@ -493,7 +498,7 @@ func (e *env) nodeReturns(t *testing.T, ctx context.Context, ns, lost string, r 
 	if !slices.Equal(before, after) {
 		t.Errorf("the disk of %s changed besides the orphan:\n%s", lost, lineDiff(before, after))
 	}
-	t.Logf("the rest of the disk: %d entries, unchanged", len(after))
+	t.Logf("the rest of the disk, unchanged (type path size mode mtime ctime):\n%s", strings.Join(after, "\n"))
 	if c, err := e.cs.CoreV1().PersistentVolumeClaims(ns).Get(ctx, nb, metav1.GetOptions{}); err != nil || c.Status.Phase != corev1.ClaimBound {
 		t.Errorf("neighbour claim %s: %v", nb, err)
 	} else if _, err := e.cs.CoreV1().PersistentVolumes().Get(ctx, c.Spec.VolumeName, metav1.GetOptions{}); err != nil {
