@@ -39,6 +39,7 @@ var wantAlerts = map[string]string{
 	"probe failing":        "DhppPoolProbeFailing",
 	"pool nearly full":     "DhppPoolNearlyFull",
 	"volume nearly full":   "DhppVolumeNearlyFull",
+	"orphans":              "DhppOrphanVolumes",
 	"driver down":          "DhppDriverDown",
 	"controller down":      "DhppControllerDown",
 	"CSI error rate":       "DhppCSIErrorRate",
