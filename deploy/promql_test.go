@@ -20,6 +20,7 @@ import (
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
 	"github.com/dhpp-io/dhpp/pkg/health"
 	dhppmetrics "github.com/dhpp-io/dhpp/pkg/metrics"
+	"github.com/dhpp-io/dhpp/pkg/orphans"
 	"github.com/dhpp-io/dhpp/pkg/raid"
 )
 
@@ -71,7 +72,7 @@ func codeMetrics(t *testing.T) map[string]metricInfo {
 	t.Helper()
 	out := map[string]metricInfo{}
 	rec := &recorder{}
-	rec.MustRegister(dhppmetrics.NewCollector(nil), raid.NewCollector(nil))
+	rec.MustRegister(dhppmetrics.NewCollector(nil), raid.NewCollector(nil), orphans.New(orphans.Config{}))
 	controller.NewMetrics(rec)
 	for _, d := range rec.descs {
 		s := d.String()
