@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	mount "k8s.io/mount-utils"
 )
@@ -34,11 +35,16 @@ const (
 
 // ParseBackendKind validates a backend name from a flag.
 func ParseBackendKind(s string) (BackendKind, error) {
-	switch k := BackendKind(s); k {
-	case BackendAuto, BackendBtrfs, BackendXFS, BackendExt4, BackendLoop, BackendDir:
+	k := BackendKind(s)
+	if _, ok := constructor(k); ok || k == BackendAuto {
 		return k, nil
 	}
-	return "", fmt.Errorf("%w: unknown backend %q (want auto, btrfs, xfs, ext4, loop or dir)", ErrInvalid, s)
+	names := []string{string(BackendAuto)}
+	for _, b := range backendKinds {
+		names = append(names, string(b.kind))
+	}
+	last := len(names) - 1
+	return "", fmt.Errorf("%w: unknown backend %q (want %s or %s)", ErrInvalid, s, strings.Join(names[:last], ", "), names[last])
 }
 
 // Usage is a volume's space as its backend accounts for it. Inode figures

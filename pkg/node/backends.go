@@ -7,20 +7,35 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// backendKinds are the backends dhpp has, by kind: pure constructors that
-// only record the pool's store (and configuration); Open prepares a backend.
-var backendKinds = map[BackendKind]func(*store, PoolConfig) backend{
-	BackendBtrfs: newBtrfsBackend,
-	BackendXFS:   newXFSBackend,
-	BackendExt4:  newExt4Backend,
-	BackendLoop:  newLoopBackend,
-	BackendDir:   newDirBackend,
+// backendKinds are the backends dhpp has, in the order messages list them,
+// each with its pure constructor, which only records the pool's store (and
+// configuration); Open prepares a backend. Adding a backend is its file
+// and a line here.
+var backendKinds = []struct {
+	kind BackendKind
+	new  func(*store, PoolConfig) backend
+}{
+	{BackendBtrfs, newBtrfsBackend},
+	{BackendXFS, newXFSBackend},
+	{BackendExt4, newExt4Backend},
+	{BackendLoop, newLoopBackend},
+	{BackendDir, newDirBackend},
+}
+
+// constructor returns the constructor of a backend kind.
+func constructor(kind BackendKind) (func(*store, PoolConfig) backend, bool) {
+	for _, k := range backendKinds {
+		if k.kind == kind {
+			return k.new, true
+		}
+	}
+	return nil, false
 }
 
 // openBackend makes a backend of the given kind for the pool and opens it,
 // or explains why the pool's filesystem or this node cannot have it.
 func openBackend(p *Pool, kind BackendKind) (backend, error) {
-	newB, ok := backendKinds[kind]
+	newB, ok := constructor(kind)
 	if !ok {
 		return nil, fmt.Errorf("%w: backend %q", ErrUnsupported, kind)
 	}

@@ -800,13 +800,17 @@ func (p *Pool) PurgeTrash(ctx context.Context, retention time.Duration) (int, er
 func (p *Pool) purge(ctx context.Context, rel string) error {
 	dir := volumeDir{st: p.st, rel: rel}
 	// The record says which backend made the volume; without one (a crash
-	// during creation), every backend that could have left state is asked.
-	kinds := []BackendKind{BackendBtrfs, BackendLoop, BackendXFS, BackendExt4}
+	// during creation), every backend is asked to release what it may
+	// have left.
+	var kinds []BackendKind
 	v, err := readTrashedRecord(p.root, rel)
 	if err == nil {
 		kinds = []BackendKind{v.Backend}
 	} else {
 		v = &Volume{Name: path.Base(rel)}
+		for _, k := range backendKinds {
+			kinds = append(kinds, k.kind)
+		}
 	}
 	if users, err := p.usersOf(ctx, v, rel); err != nil {
 		return err
