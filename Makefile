@@ -10,9 +10,9 @@ export DHPP_CACHE
 
 # Debian packages the tests and the demo use (the VM and cluster harnesses
 # install their own on first use).
-APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod busybox-static gcc libc6-dev
+APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod busybox-static gcc libc6-dev fio
 
-.PHONY: all build kubectl-dhpp image demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e unit deps tools bench bench-cluster vet
+.PHONY: all build kubectl-dhpp image demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e unit deps tools bench bench-io bench-cluster vet
 
 all: build
 
@@ -98,6 +98,12 @@ tools:
 ## bench: the Go benchmarks behind docs/benchmarks.md (root).
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./pkg/node/ ./pkg/driver/
+
+## bench-io: the data path, fio in a plain directory vs in dhpp volumes of
+## every host backend, on loop-backed disks (root; ~13 min; writes
+## docs/benchmarks-io.md and .png, see docs/benchmarks.md).
+bench-io: deps
+	CGO_ENABLED=0 $(GO) test -count=1 -run '^$$' -bench '^BenchmarkIO$$' -benchtime 1x -timeout 30m ./test/benchio/ -args -benchio.out $(CURDIR)/docs
 
 ## bench-cluster: provisioning at scale on the local cluster, dhpp side by side
 ## with local-path-provisioner v0.0.30 (root; ~30 min; docs/benchmarks-cluster.md).

@@ -1,0 +1,175 @@
+package benchio
+
+import (
+	"bytes"
+	"image/color"
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{3}, 3},
+		{[]float64{5, 1, 3}, 3},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	} {
+		if got := Median(tc.in); got != tc.want {
+			t.Errorf("Median(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+var testSpecs = []Spec{
+	{Name: "plain"},
+	{Name: "quota", Baseline: "plain", Tolerance: TolQuota},
+	{Name: "loop", Baseline: "plain", Tolerance: TolLoop},
+}
+
+func fig(iops float64, p50, p99 time.Duration) Figures {
+	return Figures{IOPS: iops, BytesPerSec: iops * 4096, P50: p50, P99: p99}
+}
+
+// TestRatios: ratios are paired by round, then the median is taken, so a
+// round where the whole machine was slow does not count against a target.
+func TestRatios(t *testing.T) {
+	w := []Workload{mustWorkload(t, "rand-read-qd1")}
+	us := time.Microsecond
+	samples := []Sample{
+		// Round 1 normal, round 2 twice as slow for everyone, round 3
+		// the candidate hit by a spike.
+		{"plain", "rand-read-qd1", 1, fig(1000, 100*us, 400*us)},
+		{"quota", "rand-read-qd1", 1, fig(990, 101*us, 420*us)},
+		{"loop", "rand-read-qd1", 1, fig(900, 110*us, 500*us)},
+		{"plain", "rand-read-qd1", 2, fig(500, 200*us, 800*us)},
+		{"quota", "rand-read-qd1", 2, fig(490, 204*us, 800*us)},
+		{"loop", "rand-read-qd1", 2, fig(460, 220*us, 1000*us)},
+		{"plain", "rand-read-qd1", 3, fig(1000, 100*us, 400*us)},
+		{"quota", "rand-read-qd1", 3, fig(400, 300*us, 2000*us)},
+		{"loop", "rand-read-qd1", 3, fig(910, 110*us, 440*us)},
+	}
+	rows, err := Ratios(testSpecs, w, samples)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 2 || rows[0].Target != "quota" || rows[1].Target != "loop" {
+		t.Fatalf("rows %+v, want quota then loop", rows)
+	}
+	q, l := rows[0], rows[1]
+	near := func(name string, got, want float64) {
+		t.Helper()
+		if math.Abs(got-want) > 1e-9 {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	near("quota IOPS", q.IOPS, 0.98) // median of 0.99, 0.98, 0.40
+	near("quota p50", q.P50, 1.02)   // median of 1.01, 1.02, 3.0
+	near("quota p99", q.P99, 1.05)   // median of 1.05, 1.00, 5.0
+	near("loop IOPS", l.IOPS, 0.91)  // median of 0.90, 0.92, 0.91
+	near("loop p50", l.P50, 1.1)     // 1.1 every round
+	if q.Rounds != 3 || q.Base.IOPS != 1000 || q.Cand.IOPS != 490 {
+		t.Errorf("quota medians: rounds %d, base %v, cand %v; want 3, 1000, 490", q.Rounds, q.Base.IOPS, q.Cand.IOPS)
+	}
+	if !q.Met() {
+		t.Error("quota within 3 % reported missed")
+	}
+	if !l.Met() {
+		t.Error("loop within 10 % reported missed")
+	}
+	l.IOPS = 0.89
+	if l.Met() {
+		t.Error("loop 11 % slower reported met")
+	}
+	q.P50 = 1.031
+	if q.Met() {
+		t.Error("quota with p50 3.1 % slower reported met")
+	}
+}
+
+func TestRatiosRejectsLostRuns(t *testing.T) {
+	w := []Workload{mustWorkload(t, "translog")}
+	f := fig(100, time.Millisecond, time.Millisecond)
+	for name, samples := range map[string][]Sample{
+		"no baseline for a round": {{"plain", "translog", 1, f}, {"quota", "translog", 1, f}, {"quota", "translog", 2, f}, {"loop", "translog", 1, f}},
+		"candidate never ran":     {{"plain", "translog", 1, f}, {"quota", "translog", 1, f}},
+		"a sample twice":          {{"plain", "translog", 1, f}, {"plain", "translog", 1, f}},
+	} {
+		if _, err := Ratios(testSpecs, w, samples); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}
+
+func TestSplitFirstWrite(t *testing.T) {
+	ws := []Workload{mustWorkload(t, "seq-write"), mustWorkload(t, "seq-read")}
+	f := fig(100, time.Millisecond, time.Millisecond)
+	var samples []Sample
+	for round := 1; round <= 2; round++ {
+		for _, s := range []string{"plain", "quota"} {
+			samples = append(samples, Sample{s, "seq-write", round, f}, Sample{s, "seq-read", round, f})
+		}
+	}
+	gotW, gotS := SplitFirstWrite(ws, samples)
+	if len(gotW) != 3 || gotW[0].Name != FirstWrite || !gotW[0].Layout {
+		t.Fatalf("workloads %+v, want first-write first", gotW)
+	}
+	count := map[string]int{}
+	for _, s := range gotS {
+		count[s.Workload+"/"+string(rune('0'+s.Round))]++
+	}
+	if count["first-write/1"] != 2 || count["seq-write/1"] != 0 || count["seq-write/2"] != 2 || count["seq-read/1"] != 2 {
+		t.Errorf("samples by workload/round: %v", count)
+	}
+	if samples[0].Workload != "seq-write" {
+		t.Error("SplitFirstWrite changed its input")
+	}
+	if w, _ := SplitFirstWrite(ws[1:], samples[1:2]); len(w) != 1 {
+		t.Errorf("no layout workload: got %d workloads, want the 1 given", len(w))
+	}
+}
+
+func TestMarkdownAndChart(t *testing.T) {
+	rows := []Row{
+		{Target: "quota", Baseline: "plain", Workload: "translog", Tolerance: TolQuota, Rounds: 3,
+			Base: fig(200, 2*time.Millisecond, 9*time.Millisecond), Cand: fig(196, 2*time.Millisecond, 9*time.Millisecond), IOPS: 0.98, P50: 1.01, P99: 1.2},
+		{Target: "loop", Baseline: "plain", Workload: "translog", Tolerance: TolLoop, Rounds: 3,
+			Base: fig(200, 2*time.Millisecond, 9*time.Millisecond), Cand: fig(100, 4*time.Millisecond, 9*time.Millisecond), IOPS: 0.5, P50: 2, P99: 1},
+	}
+	var buf bytes.Buffer
+	Markdown(&buf, Meta{Date: "d", Rounds: 3, Notes: []string{"disk note"}}, testSpecs, rows)
+	md := buf.String()
+	for _, want := range []string{
+		"| workload | quota | loop |",
+		"| translog | 0.98 / 1.01 | **0.50 / 2.00** |",
+		"| quota | translog | 200 | 0.8 | 2 ms | 9 ms | 0.980 | 1.010 | 1.200 | 0 µs / 0 µs | ±3 %: met |",
+		"±10 %: **missed**",
+		"- disk note",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	img, err := Chart(rows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The missed row's bar is red, the met one's blue.
+	count := map[color.RGBA]int{}
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			count[img.RGBAAt(x, y)]++
+		}
+	}
+	if count[badColor] == 0 || count[metColor] == 0 {
+		t.Errorf("chart has %d red and %d blue pixels, want both", count[badColor], count[metColor])
+	}
+	if _, err := Chart(nil); err == nil {
+		t.Error("Chart(nil) succeeded")
+	}
+}
