@@ -18,7 +18,7 @@ import (
 // Flags of BenchmarkIO (make bench-io sets -benchio.out).
 var (
 	flagOut     = flag.String("benchio.out", "", "directory for benchmarks-io.md and benchmarks-io.png (empty: log only)")
-	flagRounds  = flag.Int("benchio.rounds", 4, "rounds; every round runs every workload on every target")
+	flagRounds  = flag.Int("benchio.rounds", 3, "rounds; every round runs every workload on every target")
 	flagRuntime = flag.Duration("benchio.runtime", 1500*time.Millisecond, "measured time of each time-based fio job")
 	flagRamp    = flag.Duration("benchio.ramp", 300*time.Millisecond, "unmeasured ramp before each time-based fio job")
 	flagSize    = flag.Int64("benchio.size", 256<<20, "data file size in bytes")
@@ -92,33 +92,59 @@ type report struct {
 	markdown []byte
 }
 
-// run runs the workloads on every target for rounds rounds. Within a round
-// each workload runs on every target back to back (the baselines among
-// them), in reverse order every other round, so that load on the machine
-// hits baseline and candidates alike.
+// run runs the workloads on every target. The layout workload first runs
+// once on every target (FirstWriteOf). Then, in each round, every workload
+// runs on each candidate right next to a run on the candidate's baseline
+// (baseline first in odd rounds, second in even ones, and the candidates
+// in reverse order every other round), so that the machine's other load
+// hits both sides of each ratio alike.
 func run(tb testing.TB, bn *bench, workloads []Workload, p Params, rounds int) report {
 	tb.Helper()
 	ctx := context.Background()
 	load0 := loadAvg()
 	var samples []Sample
+	one := func(round int, w Workload, target, pair, as string) {
+		f, err := Run(ctx, w, bn.targets[target], p)
+		if err != nil {
+			tb.Fatalf("round %d: %s on %s: %v", round, w.Name, target, err)
+		}
+		samples = append(samples, Sample{Target: target, Workload: as, Round: round, Pair: pair, Figures: f})
+	}
+	reported := workloads
+	for _, w := range workloads {
+		if w.Layout {
+			fw := FirstWriteOf(w)
+			for _, s := range bn.specs {
+				one(1, w, s.Name, "", fw.Name)
+			}
+			reported = append([]Workload{fw}, workloads...)
+		}
+	}
+	var cands []Spec
+	for _, s := range bn.specs {
+		if s.Baseline != "" {
+			cands = append(cands, s)
+		}
+	}
 	for round := 1; round <= rounds; round++ {
-		order := slices.Clone(bn.specs)
+		order := slices.Clone(cands)
 		if round%2 == 0 {
 			slices.Reverse(order)
 		}
 		for _, w := range workloads {
-			for _, s := range order {
-				f, err := Run(ctx, w, bn.targets[s.Name], p)
-				if err != nil {
-					tb.Fatalf("round %d: %s on %s: %v", round, w.Name, s.Name, err)
+			for _, c := range order {
+				if round%2 == 1 {
+					one(round, w, c.Baseline, c.Name, w.Name)
+					one(round, w, c.Name, "", w.Name)
+				} else {
+					one(round, w, c.Name, "", w.Name)
+					one(round, w, c.Baseline, c.Name, w.Name)
 				}
-				samples = append(samples, Sample{Target: s.Name, Workload: w.Name, Round: round, Figures: f})
 			}
 		}
 		tb.Logf("round %d of %d done", round, rounds)
 	}
-	workloads, samples = SplitFirstWrite(workloads, samples)
-	rows, err := Ratios(bn.specs, workloads, samples)
+	rows, err := Ratios(bn.specs, reported, samples)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -126,7 +126,7 @@ func disk(tb testing.TB, b *bench, fs string, size int64) *testdisk.Disk {
 	if out, err := exec.Command("losetup", "--direct-io=on", d.Device).CombinedOutput(); err != nil {
 		tb.Fatalf("losetup --direct-io=on %s: %v: %s", d.Device, err, out)
 	}
-	b.notes = append(b.notes, fmt.Sprintf("%s test disk: %s", fs, describeDevice(d.Dir, false)))
+	b.notes = append(b.notes, fmt.Sprintf("%s test disk: %s", fs, describeDevice(d.Device, true)))
 	return d
 }
 
@@ -199,17 +199,10 @@ func (b *bench) volume(tb testing.TB, m *node.Manager, name string, req node.Cre
 		}
 	})
 	block := req.AccessType == node.AccessBlock
-	b.notes = append(b.notes, fmt.Sprintf("volume %s (%s backend): %s", name, m.Pools()[poolIndex(m, req.Pool)].Backend(), describeDevice(target, block)))
-	return Target{Path: target, Block: block}
-}
-
-func poolIndex(m *node.Manager, name string) int {
-	for i, p := range m.Pools() {
-		if p.Name == name {
-			return i
-		}
+	if v.Backend == node.BackendLoop {
+		b.notes = append(b.notes, fmt.Sprintf("volume %s: %s", name, describeDevice(target, block)))
 	}
-	return 0
+	return Target{Path: target, Block: block}
 }
 
 // Device facts of the block device under path (the device node itself

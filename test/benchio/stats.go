@@ -29,13 +29,17 @@ type Spec struct {
 type Sample struct {
 	Target, Workload string
 	Round            int
+	// Pair is, for a baseline's sample, the candidate it ran next to;
+	// empty for a candidate, and for a baseline run shared by all of
+	// its candidates.
+	Pair string
 	Figures
 }
 
 // Row is one candidate on one workload: medians over the rounds, and the
-// medians of the per-round ratios to the baseline. Ratios are paired by
-// round (baseline and candidate ran back to back), so load that changes
-// from round to round cancels out.
+// medians of the per-round ratios to the baseline. Each ratio divides by
+// the baseline run made right next to the candidate's (its Pair), so load
+// that changes over the run hits both sides of a ratio alike.
 type Row struct {
 	Target, Baseline, Workload string
 	Tolerance                  float64
@@ -64,12 +68,13 @@ func Ratios(specs []Spec, workloads []Workload, samples []Sample) ([]Row, error)
 	type key struct {
 		target, workload string
 		round            int
+		pair             string
 	}
 	by := map[key]Figures{}
 	for _, s := range samples {
-		k := key{s.Target, s.Workload, s.Round}
+		k := key{s.Target, s.Workload, s.Round, s.Pair}
 		if _, dup := by[k]; dup {
-			return nil, fmt.Errorf("two samples of %s / %s in round %d", s.Target, s.Workload, s.Round)
+			return nil, fmt.Errorf("two samples of %s / %s in round %d (pair %q)", s.Target, s.Workload, s.Round, s.Pair)
 		}
 		by[k] = s.Figures
 	}
@@ -83,10 +88,13 @@ func Ratios(specs []Spec, workloads []Workload, samples []Sample) ([]Row, error)
 			var base, cand []Figures
 			var iops, p50, p99 []float64
 			for k, c := range by {
-				if k.target != sp.Name || k.workload != w.Name {
+				if k.target != sp.Name || k.workload != w.Name || k.pair != "" {
 					continue
 				}
-				b, ok := by[key{sp.Baseline, w.Name, k.round}]
+				b, ok := by[key{sp.Baseline, w.Name, k.round, sp.Name}]
+				if !ok {
+					b, ok = by[key{sp.Baseline, w.Name, k.round, ""}]
+				}
 				if !ok {
 					return nil, fmt.Errorf("%s / %s round %d has no baseline (%s) run", sp.Name, w.Name, k.round, sp.Baseline)
 				}
@@ -139,39 +147,10 @@ func medianFigures(fs []Figures) Figures {
 	}
 }
 
-// FirstWrite is the name given to the first round of the layout workload:
-// it writes into a volume (and a plain directory) that has never been
-// written, where a sparse loop image still has to be allocated; later
-// rounds overwrite.
-const FirstWrite = "first-write"
-
-// SplitFirstWrite renames the first round's samples of the layout
-// workload to FirstWrite and returns the workloads to report, with
-// FirstWrite first when there were such samples.
-func SplitFirstWrite(workloads []Workload, samples []Sample) ([]Workload, []Sample) {
-	out := slices.Clone(samples)
-	var first *Workload
-	for _, w := range workloads {
-		if w.Layout {
-			fw := w
-			fw.Name, fw.Title = FirstWrite, w.Title+", first round: into a never-written file"
-			first = &fw
-		}
-	}
-	if first == nil {
-		return workloads, out
-	}
-	found := false
-	for i := range out {
-		if out[i].Round == 1 && out[i].Workload != FirstWrite {
-			if w, ok := WorkloadByName(out[i].Workload); ok && w.Layout {
-				out[i].Workload = first.Name
-				found = true
-			}
-		}
-	}
-	if !found {
-		return workloads, out
-	}
-	return append([]Workload{*first}, workloads...), out
+// FirstWriteOf is the layout workload w run once on every target before
+// the rounds: into a file (or device) never written, where a sparse loop
+// image still has to be allocated. In the rounds, w overwrites.
+func FirstWriteOf(w Workload) Workload {
+	w.Name, w.Title = "first-write", w.Title+", into a never-written file"
+	return w
 }

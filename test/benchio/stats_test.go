@@ -43,15 +43,15 @@ func TestRatios(t *testing.T) {
 	samples := []Sample{
 		// Round 1 normal, round 2 twice as slow for everyone, round 3
 		// the candidate hit by a spike.
-		{"plain", "rand-read-qd1", 1, fig(1000, 100*us, 400*us)},
-		{"quota", "rand-read-qd1", 1, fig(990, 101*us, 420*us)},
-		{"loop", "rand-read-qd1", 1, fig(900, 110*us, 500*us)},
-		{"plain", "rand-read-qd1", 2, fig(500, 200*us, 800*us)},
-		{"quota", "rand-read-qd1", 2, fig(490, 204*us, 800*us)},
-		{"loop", "rand-read-qd1", 2, fig(460, 220*us, 1000*us)},
-		{"plain", "rand-read-qd1", 3, fig(1000, 100*us, 400*us)},
-		{"quota", "rand-read-qd1", 3, fig(400, 300*us, 2000*us)},
-		{"loop", "rand-read-qd1", 3, fig(910, 110*us, 440*us)},
+		{"plain", "rand-read-qd1", 1, "", fig(1000, 100*us, 400*us)},
+		{"quota", "rand-read-qd1", 1, "", fig(990, 101*us, 420*us)},
+		{"loop", "rand-read-qd1", 1, "", fig(900, 110*us, 500*us)},
+		{"plain", "rand-read-qd1", 2, "", fig(500, 200*us, 800*us)},
+		{"quota", "rand-read-qd1", 2, "", fig(490, 204*us, 800*us)},
+		{"loop", "rand-read-qd1", 2, "", fig(460, 220*us, 1000*us)},
+		{"plain", "rand-read-qd1", 3, "", fig(1000, 100*us, 400*us)},
+		{"quota", "rand-read-qd1", 3, "", fig(400, 300*us, 2000*us)},
+		{"loop", "rand-read-qd1", 3, "", fig(910, 110*us, 440*us)},
 	}
 	rows, err := Ratios(testSpecs, w, samples)
 	if err != nil {
@@ -95,9 +95,9 @@ func TestRatiosRejectsLostRuns(t *testing.T) {
 	w := []Workload{mustWorkload(t, "translog")}
 	f := fig(100, time.Millisecond, time.Millisecond)
 	for name, samples := range map[string][]Sample{
-		"no baseline for a round": {{"plain", "translog", 1, f}, {"quota", "translog", 1, f}, {"quota", "translog", 2, f}, {"loop", "translog", 1, f}},
-		"candidate never ran":     {{"plain", "translog", 1, f}, {"quota", "translog", 1, f}},
-		"a sample twice":          {{"plain", "translog", 1, f}, {"plain", "translog", 1, f}},
+		"no baseline for a round": {{"plain", "translog", 1, "", f}, {"quota", "translog", 1, "", f}, {"quota", "translog", 2, "", f}, {"loop", "translog", 1, "", f}},
+		"candidate never ran":     {{"plain", "translog", 1, "", f}, {"quota", "translog", 1, "", f}},
+		"a sample twice":          {{"plain", "translog", 1, "", f}, {"plain", "translog", 1, "", f}},
 	} {
 		if _, err := Ratios(testSpecs, w, samples); err == nil {
 			t.Errorf("%s: no error", name)
@@ -105,31 +105,25 @@ func TestRatiosRejectsLostRuns(t *testing.T) {
 	}
 }
 
-func TestSplitFirstWrite(t *testing.T) {
-	ws := []Workload{mustWorkload(t, "seq-write"), mustWorkload(t, "seq-read")}
-	f := fig(100, time.Millisecond, time.Millisecond)
-	var samples []Sample
-	for round := 1; round <= 2; round++ {
-		for _, s := range []string{"plain", "quota"} {
-			samples = append(samples, Sample{s, "seq-write", round, f}, Sample{s, "seq-read", round, f})
-		}
+// TestRatiosPairs: a baseline run next to a candidate (Pair) is the one
+// its ratio divides by; a shared baseline run (no Pair) serves the rest.
+func TestRatiosPairs(t *testing.T) {
+	w := []Workload{mustWorkload(t, "translog")}
+	samples := []Sample{
+		{Target: "plain", Workload: "translog", Round: 1, Pair: "quota", Figures: fig(100, time.Millisecond, time.Millisecond)},
+		{Target: "plain", Workload: "translog", Round: 1, Figures: fig(200, time.Millisecond, time.Millisecond)},
+		{Target: "quota", Workload: "translog", Round: 1, Figures: fig(100, time.Millisecond, time.Millisecond)},
+		{Target: "loop", Workload: "translog", Round: 1, Figures: fig(100, time.Millisecond, time.Millisecond)},
 	}
-	gotW, gotS := SplitFirstWrite(ws, samples)
-	if len(gotW) != 3 || gotW[0].Name != FirstWrite || !gotW[0].Layout {
-		t.Fatalf("workloads %+v, want first-write first", gotW)
+	rows, err := Ratios(testSpecs, w, samples)
+	if err != nil {
+		t.Fatal(err)
 	}
-	count := map[string]int{}
-	for _, s := range gotS {
-		count[s.Workload+"/"+string(rune('0'+s.Round))]++
+	if rows[0].IOPS != 1 || rows[1].IOPS != 0.5 {
+		t.Errorf("IOPS ratios quota %v, loop %v; want 1 (its own pair) and 0.5 (the shared run)", rows[0].IOPS, rows[1].IOPS)
 	}
-	if count["first-write/1"] != 2 || count["seq-write/1"] != 0 || count["seq-write/2"] != 2 || count["seq-read/1"] != 2 {
-		t.Errorf("samples by workload/round: %v", count)
-	}
-	if samples[0].Workload != "seq-write" {
-		t.Error("SplitFirstWrite changed its input")
-	}
-	if w, _ := SplitFirstWrite(ws[1:], samples[1:2]); len(w) != 1 {
-		t.Errorf("no layout workload: got %d workloads, want the 1 given", len(w))
+	if fw := FirstWriteOf(mustWorkload(t, "seq-write")); fw.Name != "first-write" || !fw.Layout || fw.RW != "write" {
+		t.Errorf("FirstWriteOf = %+v", fw)
 	}
 }
 
