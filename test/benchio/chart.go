@@ -16,8 +16,11 @@ var (
 	paper    = color.RGBA{R: 255, G: 255, B: 255, A: 255}
 	metColor = color.RGBA{R: 31, G: 119, B: 180, A: 255}
 	badColor = color.RGBA{R: 214, G: 39, B: 40, A: 255}
-	tolBand  = color.RGBA{R: 235, G: 245, B: 235, A: 255}
+	tolBand  = color.RGBA{R: 210, G: 235, B: 210, A: 255}
 )
+
+// ticks are the axis labels shown when in range.
+var ticks = []float64{0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 1, 1.25, 1.5, 2, 3, 5, 10}
 
 // Chart layout in pixels.
 const (
@@ -43,10 +46,13 @@ func Chart(rows []Row) (*image.RGBA, error) {
 	for _, r := range rows {
 		lo, hi = math.Min(lo, r.IOPS), math.Max(hi, r.IOPS)
 	}
-	// Whole tenths around the data, at least 0.8–1.1.
-	lo = math.Min(0.8, math.Floor(lo*10)/10)
-	hi = math.Max(1.1, math.Ceil(hi*10)/10)
-	x := func(v float64) int { return labelW + int(math.Round((v-lo)/(hi-lo)*plotW)) }
+	// A log axis: half and double the baseline are as far from 1.
+	lo = math.Max(math.Min(lo*0.9, 0.8), 0.1)
+	hi = math.Min(math.Max(hi*1.1, 1.25), 10)
+	x := func(v float64) int {
+		v = math.Max(lo, math.Min(hi, v))
+		return labelW + int(math.Round((math.Log(v)-math.Log(lo))/(math.Log(hi)-math.Log(lo))*plotW))
+	}
 
 	wls := workloadsIn(rows)
 	perBlock := map[string][]Row{}
@@ -61,11 +67,14 @@ func Chart(rows []Row) (*image.RGBA, error) {
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
 	plot.FillRect(img, 0, 0, w, h, paper)
 	plot.Text(img, 10, 10, "IOPS of a dhpp volume / IOPS of the plain directory", ink, 2)
-	plot.Text(img, 10, 34, "median of paired rounds; shaded: target band; red: target missed", grey, 1)
+	plot.Text(img, 10, 34, "median of paired runs, log scale. shaded: target band. red: target missed", grey, 1)
 
-	// Axis ticks every 0.1 with a grid line, the 1.0 line in ink.
+	// Axis ticks with grid lines, the 1.0 line in ink.
 	plotTop, plotBottom := chartTop+axisSpace-6, h-blockGap
-	for v := lo; v <= hi+1e-9; v += 0.1 {
+	for _, v := range ticks {
+		if v < lo || v > hi {
+			continue
+		}
 		xx := x(v)
 		lbl := fmt.Sprintf("%.1f", v)
 		plot.Text(img, xx-plot.TextWidth(lbl, 1)/2, chartTop+8, lbl, ink, 1)
@@ -88,7 +97,7 @@ func Chart(rows []Row) (*image.RGBA, error) {
 			}
 			plot.FillRect(img, x0, y, max(x1, x0+1), y+barH, c)
 			lbl := fmt.Sprintf("%.2f", r.IOPS)
-			plot.Text(img, x(math.Max(r.IOPS, 1))+6, y+2, lbl, ink, 1)
+			plot.Text(img, max(x(r.IOPS), x(1))+6, y+2, lbl, ink, 1)
 			y += barH + barGap
 		}
 		y += blockGap

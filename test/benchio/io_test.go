@@ -3,6 +3,7 @@ package benchio
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -43,6 +44,13 @@ func BenchmarkIO(b *testing.B) {
 		b.Fatal(err)
 	}
 	if err := WriteChart(filepath.Join(*flagOut, "benchmarks-io.png"), rep.rows); err != nil {
+		b.Fatal(err)
+	}
+	js, err := json.MarshalIndent(rep.samples, "", " ")
+	if err == nil {
+		err = os.WriteFile(filepath.Join(*flagOut, "benchmarks-io.json"), js, 0o644)
+	}
+	if err != nil {
 		b.Fatal(err)
 	}
 }
@@ -88,6 +96,7 @@ func TestSmoke(t *testing.T) {
 }
 
 type report struct {
+	samples  []Sample
 	rows     []Row
 	markdown []byte
 }
@@ -156,7 +165,7 @@ func run(tb testing.TB, bn *bench, workloads []Workload, p Params, rounds int) r
 	}
 	var buf bytes.Buffer
 	Markdown(&buf, meta, bn.specs, rows)
-	return report{rows: rows, markdown: buf.Bytes()}
+	return report{samples: samples, rows: rows, markdown: buf.Bytes()}
 }
 
 func loadAvg() string {
