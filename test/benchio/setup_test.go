@@ -59,12 +59,7 @@ func setup(tb testing.TB, l layout) *bench {
 	tb.Helper()
 	testdisk.RequireRoot(tb)
 	requireFio(tb)
-	work, err := os.MkdirTemp("", "benchio-")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	b := &bench{targets: map[string]Target{}, work: work, made: []string{work}}
-	tb.Cleanup(func() { b.removeMade(tb) })
+	b := newBench(tb)
 	diskSize := 4*l.volSize + int64(l.subvols)<<20 + 2<<30
 
 	// btrfs: quotas are per filesystem, so the baseline is a btrfs
@@ -102,6 +97,20 @@ func setup(tb testing.TB, l layout) *bench {
 	}
 	b.add(Spec{Name: "loop block", Baseline: xfsPlain, Tolerance: TolLoop},
 		b.volume(tb, m, "loop-block", node.CreateRequest{Pool: "loop", RequiredBytes: l.volSize, AccessType: node.AccessBlock}))
+	return b
+}
+
+// newBench makes the directory for staging and target paths on the
+// host's disk and registers its removal (after the volumes' cleanups,
+// which are registered later and so run first).
+func newBench(tb testing.TB) *bench {
+	tb.Helper()
+	work, err := os.MkdirTemp("", "benchio-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b := &bench{targets: map[string]Target{}, work: work, made: []string{work}}
+	tb.Cleanup(func() { b.removeMade(tb) })
 	return b
 }
 
