@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -28,6 +30,15 @@ func TestBtrfsSimpleQuotaLimit(t *testing.T) {
 	}
 	b := newBench(t)
 	m := manager(t, d, node.BackendBtrfs)
+	// The pool is open: the mode must still be simple quotas.
+	out, err := osexec.Command("blkid", "-s", "UUID", "-o", "value", d.Device).Output()
+	if err != nil {
+		t.Fatalf("blkid %s: %v", d.Device, err)
+	}
+	mode, err := os.ReadFile(filepath.Join("/sys/fs/btrfs", strings.TrimSpace(string(out)), "qgroups/mode"))
+	if err != nil || strings.TrimSpace(string(mode)) != "squota" {
+		t.Fatalf("quota mode after dhpp opened the pool: %q (%v), want squota", mode, err)
+	}
 	const size = 16 << 20
 	tg := b.volume(t, m, "squota", node.CreateRequest{RequiredBytes: size})
 
