@@ -190,7 +190,7 @@ func (b *bench) volume(tb testing.TB, m *node.Manager, name string, req node.Cre
 	mkdir(tb, b.work, name)
 	mkdir(tb, b.work, name+"/staging")
 	b.made = append(b.made, filepath.Join(b.work, name), staging, target)
-	if err := m.StageVolume(ctx, v.ID, staging, nil); err != nil {
+	if err := m.StageVolume(ctx, node.StageRequest{VolumeID: v.ID, StagingPath: staging, AccessType: req.AccessType}); err != nil {
 		tb.Fatalf("StageVolume %s: %v", name, err)
 	}
 	tb.Cleanup(func() {
