@@ -24,6 +24,11 @@ func toStatus(err error) error {
 		code = codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled
+	case errors.Is(err, node.ErrElsewhere):
+		// First: such an error may also wrap the reason this node cannot
+		// serve it (ErrOutOfRange for this pool's size), but another node
+		// may, so csi-provisioner must reschedule rather than give up.
+		code = codes.ResourceExhausted
 	case errors.Is(err, node.ErrInvalid), errors.Is(err, node.ErrUnsupported):
 		code = codes.InvalidArgument
 	case errors.Is(err, node.ErrNotFound):

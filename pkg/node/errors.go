@@ -17,6 +17,12 @@ var (
 	ErrOutOfRange = errors.New("out of range")
 	// ErrNoSpace: the size does not fit into what the pool has free right now.
 	ErrNoSpace = errors.New("insufficient capacity")
+	// ErrElsewhere: this node cannot serve the request but another node
+	// may (the pool is not configured here, or is missing, or can never
+	// hold the size, or cannot make the filesystem asked for). The driver
+	// answers ResourceExhausted so csi-provisioner hands the claim back to
+	// the scheduler instead of failing it for good.
+	ErrElsewhere = errors.New("cannot be served on this node")
 	// ErrBusy: another operation on the same volume is in progress.
 	ErrBusy = errors.New("operation in progress")
 	// ErrInUse: the volume is still mounted somewhere and cannot be deleted.
@@ -35,6 +41,7 @@ var (
 	// ErrPoolMissing: the volume's pool directory is missing (an unmounted
 	// data disk?); its volumes may come back, so nothing is answered for them.
 	ErrPoolMissing = errors.New("pool missing")
-	// ErrUnsupported: the pool's backend cannot do what was asked (e.g. Block on btrfs).
+	// ErrUnsupported: dhpp cannot do what was asked on any node (e.g.
+	// snapshots, before issue 13).
 	ErrUnsupported = errors.New("unsupported")
 )

@@ -221,7 +221,8 @@ type CreateRequest struct {
 func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume, error) {
 	p, err := m.Pool(req.Pool)
 	if err != nil {
-		return nil, fmt.Errorf("%w: parameter %q: %v", ErrInvalid, "pool", err)
+		// Another node may have the pool.
+		return nil, fmt.Errorf("%w: parameter %q: %v", ErrElsewhere, "pool", err)
 	}
 	if req.Admit != nil {
 		if err := req.Admit(p.Name); err != nil {

@@ -625,6 +625,10 @@ func (r *reservation) release() {
 func (p *Pool) create(ctx context.Context, v *Volume) error {
 	b := p.backend
 	r, err := p.admit(v.CapacityBytes, v.CapacityBytes)
+	if errors.Is(err, ErrOutOfRange) {
+		// Larger than this pool: a larger one on another node may take it.
+		return fmt.Errorf("%w: %w", ErrElsewhere, err)
+	}
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,85 @@
+package driver
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/dhpp-io/dhpp/pkg/node"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// TestCreateElsewhereCodes: a CreateVolume this node cannot serve but
+// another node may is ResourceExhausted (csi-provisioner hands the claim
+// back to the scheduler); one no node could ever serve is InvalidArgument
+// or OutOfRange (final). One row per reason, on real directories.
+func TestCreateElsewhereCodes(t *testing.T) {
+	dflt, fenced := t.TempDir(), t.TempDir()
+	m, err := node.New(node.Config{NodeID: "node-a", DefaultSize: 1 << 20, Pools: []node.PoolConfig{
+		{Name: "default", Path: dflt, Backend: node.BackendDir},
+		{Name: "fenced", Path: fenced, Backend: node.BackendDir},
+		{Name: "gone", Path: filepath.Join(t.TempDir(), "unmounted"), Backend: node.BackendDir},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	d, err := New(Config{Manager: m, Health: fakeHealth{"fenced": "read probe failed: EIO"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	c, err := m.Pools()[0].Capacity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fill a little more than half of what the default pool has, so the
+	// same size again does not fit now (but would on an emptier node).
+	half := (c.Available/2/(1<<20) + 1) << 20
+	if _, err := d.CreateVolume(ctx, createReq("first-half", func(r *csi.CreateVolumeRequest) { r.CapacityRange.RequiredBytes = half })); err != nil {
+		t.Fatal(err)
+	}
+	inPool := func(pool string) func(*csi.CreateVolumeRequest) {
+		return func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"pool": pool} }
+	}
+	tests := []struct {
+		name     string
+		mut      func(*csi.CreateVolumeRequest)
+		code     codes.Code
+		contains string
+	}{
+		// Another node may serve these.
+		{"pool not configured on this node", inPool("fast"), codes.ResourceExhausted, `pool "fast" is not configured on node "node-a"`},
+		{"pool fenced", inPool("fenced"), codes.ResourceExhausted, "fenced"},
+		{"pool directory missing", inPool("gone"), codes.ResourceExhausted, "was missing"},
+		{"not enough room now", func(r *csi.CreateVolumeRequest) { r.CapacityRange.RequiredBytes = half }, codes.ResourceExhausted, "available"},
+		{"larger than the whole pool", func(r *csi.CreateVolumeRequest) { r.CapacityRange.RequiredBytes = 1 << 62 }, codes.ResourceExhausted, "in total"},
+		{"topology of another node", func(r *csi.CreateVolumeRequest) {
+			r.AccessibilityRequirements = &csi.TopologyRequirement{Requisite: []*csi.Topology{{Segments: map[string]string{"topology.dhpp.io/node": "node-b"}}}}
+		}, codes.ResourceExhausted, `does not include node "node-a"`},
+		// No node could ever serve these.
+		{"malformed pool name", inPool("Fast_Pool"), codes.InvalidArgument, "DNS label"},
+		{"malformed mode", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"mode": "rwx"} }, codes.InvalidArgument, `parameter "mode"`},
+		{"unknown parameter", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"replicas": "3"} }, codes.InvalidArgument, "unknown parameter"},
+		{"limit below required", func(r *csi.CreateVolumeRequest) {
+			r.CapacityRange = &csi.CapacityRange{RequiredBytes: 10 << 20, LimitBytes: 5 << 20}
+		}, codes.InvalidArgument, "limit_bytes"},
+		{"limit below the granularity", func(r *csi.CreateVolumeRequest) {
+			r.CapacityRange = &csi.CapacityRange{RequiredBytes: 1, LimitBytes: 1000}
+		}, codes.OutOfRange, "above limit_bytes"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := d.CreateVolume(ctx, createReq("v-"+strings.ReplaceAll(tc.name, " ", "-"), tc.mut))
+			if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.contains) {
+				t.Fatalf("CreateVolume = %v, want %v containing %q", err, tc.code, tc.contains)
+			}
+		})
+	}
+	if vols := m.ListVolumes(); len(vols) != 1 {
+		t.Errorf("refused requests left volumes behind: %d volumes, want 1", len(vols))
+	}
+}
