@@ -62,6 +62,10 @@ type Params struct {
 	FileSize int64
 	// Runtime and Ramp are per time-based job; the ramp is not counted.
 	Runtime, Ramp time.Duration
+	// Nice, if not 0, runs fio under `nice -n Nice`: on a machine shared
+	// with other work, a negative value keeps fio's own scheduling delays
+	// out of the latencies of both sides of a ratio.
+	Nice int
 }
 
 // Target is where a job runs: a directory (a file in it is used) or a
@@ -206,7 +210,11 @@ func Run(ctx context.Context, w Workload, t Target, p Params) (Figures, error) {
 			return Figures{}, err
 		}
 	}
-	cmd := exec.CommandContext(ctx, "fio", Args(w, t, p)...)
+	name, args := "fio", Args(w, t, p)
+	if p.Nice != 0 {
+		name, args = "nice", append([]string{"-n", strconv.Itoa(p.Nice), "fio"}, args...)
+	}
+	cmd := exec.CommandContext(ctx, name, args...)
 	out, err := cmd.Output()
 	if err != nil {
 		var stderr string

@@ -23,6 +23,7 @@ var (
 	flagRuntime = flag.Duration("benchio.runtime", 1500*time.Millisecond, "measured time of each time-based fio job")
 	flagRamp    = flag.Duration("benchio.ramp", 300*time.Millisecond, "unmeasured ramp before each time-based fio job")
 	flagSize    = flag.Int64("benchio.size", 256<<20, "data file size in bytes")
+	flagNice    = flag.Int("benchio.nice", -15, "run fio under nice -n this (0: as is)")
 	flagSubvols = flag.Int("benchio.subvols", 1000, "volumes in the btrfs pools that measure accounting with many subvolumes")
 )
 
@@ -31,7 +32,7 @@ var (
 // once whatever b.N is (use -benchtime 1x); its figures are ratios, not
 // ns/op.
 func BenchmarkIO(b *testing.B) {
-	p := Params{FileSize: *flagSize, Runtime: *flagRuntime, Ramp: *flagRamp}
+	p := Params{FileSize: *flagSize, Runtime: *flagRuntime, Ramp: *flagRamp, Nice: *flagNice}
 	start := time.Now()
 	bn := setup(b, layout{volSize: 4 * p.FileSize, subvols: *flagSubvols})
 	b.Logf("set-up took %s", time.Since(start).Round(time.Second))
