@@ -48,7 +48,12 @@ func newPublisher(c Config, side nodeSide, period time.Duration, mgr *node.Manag
 		Health:   mon,
 		Degraded: arrays.PoolDegraded,
 		Trash: func(pi poolstatus.PoolInfo) (v1.Trash, error) {
-			return poolstatus.ReadTrash(pi.Path, c.TrashRetention)
+			p, err := mgr.Pool(pi.Name)
+			if err != nil {
+				return v1.Trash{}, err
+			}
+			entries, err := p.Trash()
+			return poolstatus.TrashOf(entries, c.TrashRetention), err
 		},
 		Version: dhpp.Version,
 		Period:  period,

@@ -59,7 +59,7 @@ type Config struct {
 	Health Health
 	// Degraded tells a pool's RAID degradation (*raid.Watcher.PoolDegraded).
 	Degraded func(pool string) (bool, string)
-	// Trash lists a pool's trash (ReadTrash on its path with the retention).
+	// Trash lists a pool's trash (TrashOf node.Pool.Trash with the retention).
 	Trash   func(pi PoolInfo) (v1.Trash, error)
 	Version string
 

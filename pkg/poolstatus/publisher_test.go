@@ -3,8 +3,6 @@ package poolstatus
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -396,56 +394,52 @@ func TestFormatting(t *testing.T) {
 	}
 }
 
-func TestReadTrash(t *testing.T) {
-	pool := t.TempDir()
-	outside := t.TempDir()
-	trash := filepath.Join(pool, ".dhpp", "trash")
+func TestTrashOf(t *testing.T) {
 	old, recent := time.Date(2026, 11, 29, 8, 0, 0, 0, time.UTC), time.Date(2026, 11, 29, 9, 0, 0, 0, time.UTC)
-	mk := func(entry, record string) {
-		d := filepath.Join(trash, entry)
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if record != "" {
-			if err := os.WriteFile(filepath.Join(d, "volume.json"), []byte(record), 0o600); err != nil {
-				t.Fatal(err)
+	labelled := &node.Volume{ID: "n/default/pvc-1", CapacityBytes: gib,
+		Labels: map[string]string{"pv": "pvc-1", "namespace": "db", "pvc": "data-db-0"}}
+	many := make([]node.TrashedVolume, v1.MaxTrashItems+5)
+	for i := range many {
+		many[i] = node.TrashedVolume{Entry: "pvc-" + itoa(int64(i)), DeletedAt: recent, Volume: &node.Volume{CapacityBytes: mib}}
+	}
+	tests := []struct {
+		name    string
+		entries []node.TrashedVolume
+		check   func(t *testing.T, got v1.Trash)
+	}{
+		{"empty", nil, func(t *testing.T, got v1.Trash) {
+			if got.Entries != 0 || got.Bytes != 0 || got.Size != "" || len(got.Items) != 0 {
+				t.Errorf("empty trash = %+v", got)
 			}
-		}
+		}},
+		{"record and no record", []node.TrashedVolume{
+			{Entry: "pvc-2@2", DeletedAt: recent},
+			{Entry: "pvc-1@1", DeletedAt: old, Volume: labelled},
+			{Entry: "pvc-3@0", DeletedAt: old, Volume: &node.Volume{ID: "n/default/x", CSIName: "pvc-3", CapacityBytes: mib}},
+		}, func(t *testing.T, got v1.Trash) {
+			if got.Entries != 3 || got.Bytes != gib+mib || len(got.Items) != 3 {
+				t.Fatalf("trash = %+v, want 3 entries of 1Gi+1Mi", got)
+			}
+			e := got.Items[1]
+			if e.Entry != "pvc-1@1" || e.Namespace != "db" || e.Claim != "data-db-0" || e.PV != "pvc-1" ||
+				e.VolumeID != labelled.ID || e.SizeBytes != gib || !e.PurgeAt.Time.Equal(old.Add(15*time.Minute)) {
+				t.Errorf("labelled entry %+v", e)
+			}
+			if got.Items[0].VolumeID != "" || got.Items[0].SizeBytes != 0 {
+				t.Errorf("entry without a record %+v", got.Items[0])
+			}
+			if got.Items[2].PV != "pvc-3" {
+				t.Errorf("PV of an unlabelled record = %q, want its CSI name", got.Items[2].PV)
+			}
+		}},
+		{"more than listed", many, func(t *testing.T, got v1.Trash) {
+			if got.Entries != len(many) || got.Bytes != int64(len(many))*mib || len(got.Items) != v1.MaxTrashItems {
+				t.Errorf("%d entries %d bytes %d items, want %d, %d, %d", got.Entries, got.Bytes, len(got.Items), len(many), int64(len(many))*mib, v1.MaxTrashItems)
+			}
+		}},
 	}
-	mk("pvc-1@"+itoa(old.UnixNano()), `{"id":"n/default/pvc-1","capacityBytes":1073741824,"labels":{"pv":"pvc-1","namespace":"db","pvc":"data-db-0"}}`)
-	mk("pvc-2@"+itoa(recent.UnixNano()), `not json`)
-	mk("junk-without-time", "")
-	// A record that is a symlink out of the pool is not followed.
-	if err := os.WriteFile(filepath.Join(outside, "volume.json"), []byte(`{"id":"stolen","capacityBytes":5}`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	mk("pvc-3@"+itoa(recent.UnixNano()+1), "")
-	if err := os.Symlink(filepath.Join(outside, "volume.json"), filepath.Join(trash, "pvc-3@"+itoa(recent.UnixNano()+1), "volume.json")); err != nil {
-		t.Fatal(err)
-	}
-	got, err := ReadTrash(pool, 15*time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got.Entries != 3 || got.Bytes != gib || got.Size != "1Gi" {
-		t.Errorf("entries %d bytes %d size %q, want 3, 1Gi", got.Entries, got.Bytes, got.Size)
-	}
-	if len(got.Items) != 3 || got.Items[2].Entry != "pvc-1@"+itoa(old.UnixNano()) {
-		t.Fatalf("items %+v, want newest first", got.Items)
-	}
-	e := got.Items[2]
-	if e.Namespace != "db" || e.Claim != "data-db-0" || e.PV != "pvc-1" || e.VolumeID != "n/default/pvc-1" ||
-		!e.PurgeAt.Time.Equal(old.Add(15*time.Minute)) {
-		t.Errorf("entry %+v", e)
-	}
-	for _, it := range got.Items {
-		if it.VolumeID == "stolen" {
-			t.Error("a record symlinked out of the pool was read")
-		}
-	}
-	empty, err := ReadTrash(t.TempDir(), time.Minute)
-	if err != nil || empty.Entries != 0 {
-		t.Errorf("pool without trash: %+v, %v", empty, err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { tt.check(t, TrashOf(tt.entries, 15*time.Minute)) })
 	}
 }
 
