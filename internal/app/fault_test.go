@@ -60,14 +60,24 @@ func startDriverKube(t *testing.T, withKube bool, nodeID string, hc health.Confi
 // startDriverConfig is startDriverKube with the whole configuration given.
 func startDriverConfig(t *testing.T, withKube bool, cfg Config) *driverUnderTest {
 	t.Helper()
-	nodeID := cfg.NodeID
+	var hk hooks
+	var kc *fake.Clientset
+	if withKube {
+		kc = fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: cfg.NodeID}})
+		hk.kubeClient = kubetest.FakeAPI{C: kc}
+	}
+	d := startDriverHooks(t, cfg, hk)
+	d.kube = kc
+	return d
+}
+
+// startDriverHooks runs the driver with the given hooks until the test
+// ends, and connects to its CSI socket and metrics.
+func startDriverHooks(t *testing.T, cfg Config, hk hooks) *driverUnderTest {
+	t.Helper()
 	listening := make(chan string, 1)
 	d := &driverUnderTest{t: t, cfg: cfg}
-	hk := hooks{httpListening: func(a string) { listening <- a }}
-	if withKube {
-		d.kube = fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeID}})
-		hk.kubeClient = kubetest.FakeAPI{C: d.kube}
-	}
+	hk.httpListening = func(a string) { listening <- a }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, cfg, hk) }()

@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,9 +14,7 @@ import (
 	"github.com/dhpp-io/dhpp/pkg/kube"
 	"github.com/dhpp-io/dhpp/pkg/kube/kubetest"
 	"github.com/dhpp-io/dhpp/pkg/node"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -101,38 +98,4 @@ func TestPoolStatusPublished(t *testing.T) {
 		n, err := kc.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
 		return err == nil && n.Labels[kube.PoolLabelPrefix+"default"] == kube.PoolLabelFenced
 	})
-}
-
-// startDriverHooks runs the driver with the given hooks until the test ends.
-func startDriverHooks(t *testing.T, cfg Config, hk hooks) *driverUnderTest {
-	t.Helper()
-	listening := make(chan string, 1)
-	hk.httpListening = func(a string) { listening <- a }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, hk) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil && !errors.Is(err, context.Canceled) {
-				t.Errorf("driver: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("driver did not stop within 20 s")
-		}
-	})
-	select {
-	case <-listening:
-	case err := <-done:
-		t.Fatalf("driver stopped at start: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("driver did not start within 20 s")
-	}
-	conn, err := grpc.NewClient(cfg.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &driverUnderTest{t: t, cfg: cfg, ctl: csi.NewControllerClient(conn), node: csi.NewNodeClient(conn)}
 }
