@@ -179,8 +179,8 @@ func (f Finder) Arrays(path string) ([]Array, error) {
 	if r, err := filepath.EvalSymlinks(real); err == nil {
 		real = r
 	}
-	m := mountOf(infos, real)
-	if m == nil {
+	m, _, ok := mountinfo.Holder(infos, real)
+	if !ok {
 		return nil, fmt.Errorf("find arrays under %s: no mount holds it", path)
 	}
 	major, minor, ok := blockDevOf(m)
@@ -202,19 +202,6 @@ func (f Finder) Arrays(path string) ([]Array, error) {
 		return nil, fmt.Errorf("find arrays under %s (device %d:%d): %w", path, major, minor, err)
 	}
 	return out, nil
-}
-
-// mountOf is the mount whose mount point is the longest prefix of path; for
-// stacked mounts on one point the last one listed (the visible one) wins.
-func mountOf(infos []mount.MountInfo, path string) *mount.MountInfo {
-	var best *mount.MountInfo
-	for i := range infos {
-		mi := &infos[i]
-		if within(path, mi.MountPoint) && (best == nil || len(mi.MountPoint) >= len(best.MountPoint)) {
-			best = mi
-		}
-	}
-	return best
 }
 
 // blockDevOf is the block device a mount sits on. The mount table's device
@@ -348,13 +335,6 @@ func readIntAttr(dir, name string, required bool) (int, error) {
 }
 
 // within reports whether p is dir or below it (clean absolute paths).
-func within(p, dir string) bool {
-	if dir == "/" {
-		return strings.HasPrefix(p, "/")
-	}
-	return p == dir || strings.HasPrefix(p, dir+"/")
-}
-
 func isDir(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && st.IsDir()
