@@ -192,8 +192,8 @@ func (d *Driver) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*c
 		return &csi.GetCapacityResponse{}, nil // its disk is not there: send PVCs elsewhere
 	}
 	for _, c := range req.GetVolumeCapabilities() {
-		access, _, err := checkCapability(c)
-		if err != nil || !pool.Supports(access) {
+		access, fsType, err := checkCapability(c)
+		if err != nil || !pool.Serves(access, fsType) {
 			return &csi.GetCapacityResponse{}, nil
 		}
 	}

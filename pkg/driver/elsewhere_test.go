@@ -45,6 +45,9 @@ func TestCreateElsewhereCodes(t *testing.T) {
 	inPool := func(pool string) func(*csi.CreateVolumeRequest) {
 		return func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"pool": pool} }
 	}
+	fsType := func(fs string) func(*csi.CreateVolumeRequest) {
+		return func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = []*csi.VolumeCapability{withFsType(rwo, fs)} }
+	}
 	tests := []struct {
 		name     string
 		mut      func(*csi.CreateVolumeRequest)
@@ -60,7 +63,9 @@ func TestCreateElsewhereCodes(t *testing.T) {
 		{"topology of another node", func(r *csi.CreateVolumeRequest) {
 			r.AccessibilityRequirements = &csi.TopologyRequirement{Requisite: []*csi.Topology{{Segments: map[string]string{"topology.dhpp.io/node": "node-b"}}}}
 		}, codes.ResourceExhausted, `does not include node "node-a"`},
+		{"fsType btrfs on a pool not on btrfs", fsType("btrfs"), codes.ResourceExhausted, "btrfs volumes are made on pools on btrfs"},
 		// No node could ever serve these.
+		{"fsType dhpp cannot make", fsType("ntfs"), codes.InvalidArgument, `fsType "ntfs" is not one dhpp makes: ext4 and xfs on every pool, btrfs on pools on btrfs`},
 		{"malformed pool name", inPool("Fast_Pool"), codes.InvalidArgument, "DNS label"},
 		{"malformed mode", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"mode": "rwx"} }, codes.InvalidArgument, `parameter "mode"`},
 		{"unknown parameter", func(r *csi.CreateVolumeRequest) { r.Parameters = map[string]string{"replicas": "3"} }, codes.InvalidArgument, "unknown parameter"},
@@ -81,5 +86,13 @@ func TestCreateElsewhereCodes(t *testing.T) {
 	}
 	if vols := m.ListVolumes(); len(vols) != 1 {
 		t.Errorf("refused requests left volumes behind: %d volumes, want 1", len(vols))
+	}
+}
+
+// withFsType is a copy of the capability c asking for the filesystem fs.
+func withFsType(c *csi.VolumeCapability, fs string) *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
+		AccessMode: c.GetAccessMode(),
 	}
 }

@@ -122,10 +122,12 @@ func TestBadInput(t *testing.T) {
 			}))
 			return err
 		}, codes.ResourceExhausted, `does not include node "node-a"`},
-		{"create: block on a dir pool", func() error {
-			_, err := d.CreateVolume(ctx, createReq("v", func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = []*csi.VolumeCapability{block} }))
+		{"create: fsType dhpp cannot make", func() error {
+			_, err := d.CreateVolume(ctx, createReq("v", func(r *csi.CreateVolumeRequest) {
+				r.VolumeCapabilities = []*csi.VolumeCapability{withFsType(rwo, "vfat")}
+			}))
 			return err
-		}, codes.InvalidArgument, "cannot serve block volumes"},
+		}, codes.InvalidArgument, "ext4 and xfs on every pool"},
 		{"create: content source", func() error {
 			_, err := d.CreateVolume(ctx, createReq("v", func(r *csi.CreateVolumeRequest) {
 				r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "x"}}}

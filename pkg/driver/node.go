@@ -91,13 +91,13 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if req.GetVolumeCapability() == nil {
 		return nil, required("volume_capability")
 	}
-	access, _, err := checkCapability(req.GetVolumeCapability())
+	access, fsType, err := checkCapability(req.GetVolumeCapability())
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "volume_capability: %v", err)
 	}
 	err = d.nodes.StageVolume(ctx, node.StageRequest{
 		VolumeID: req.GetVolumeId(), StagingPath: req.GetStagingTargetPath(),
-		AccessType: access, MountFlags: mountFlags(req.GetVolumeCapability()),
+		AccessType: access, FsType: fsType, MountFlags: mountFlags(req.GetVolumeCapability()),
 	})
 	if err != nil {
 		return nil, toStatus(err)

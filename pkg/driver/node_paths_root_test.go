@@ -44,6 +44,23 @@ type pathsEnv struct {
 // pathKinds are the volume kinds the table runs on, with their pool.
 var pathKinds = []struct{ kind, pool string }{
 	{"btrfs", "btrfs"}, {"loop", "loop"}, {"loopblock", "loop"}, {"dir", "dir"},
+	{"btrfsblock", "btrfs"}, {"dirblock", "dir"}, {"btrfsext4", "btrfs"},
+}
+
+// imageKinds are volumes a directory pool serves as an image on a loop
+// device (issue 15), by the loop kind whose expectations they share: a
+// row's code for "loop" or "loopblock" holds for them too.
+var imageKinds = map[string]string{"btrfsblock": "loopblock", "dirblock": "loopblock", "btrfsext4": "loop"}
+
+// kindCap is the capability a kind's volumes are created and used with.
+func kindCap(kind string) *csi.VolumeCapability {
+	switch {
+	case kind == "loopblock" || imageKinds[kind] == "loopblock":
+		return block
+	case kind == "btrfsext4":
+		return withFsType(rwo, "ext4")
+	}
+	return rwo
 }
 
 func newPathsEnv(t *testing.T) *pathsEnv {
@@ -82,10 +99,7 @@ func newPathsEnv(t *testing.T) *pathsEnv {
 	for _, k := range pathKinds {
 		var ab [2]pathVol
 		for i, name := range []string{"a", "b"} {
-			c := rwo
-			if k.kind == "loopblock" {
-				c = block
-			}
+			c := kindCap(k.kind)
 			r := createReq(k.kind+"-"+name, func(r *csi.CreateVolumeRequest) {
 				r.VolumeCapabilities = []*csi.VolumeCapability{c}
 				r.Parameters = map[string]string{"pool": k.pool}
@@ -109,7 +123,7 @@ func newPathsEnv(t *testing.T) *pathsEnv {
 		}
 		e.vols[k.kind] = ab
 		// B holds data that must survive every row.
-		if k.kind != "loopblock" {
+		if kindCap(k.kind) != block {
 			mustWrite(t, filepath.Join(ab[1].target, "b-data"), "B's data")
 		}
 	}
@@ -310,6 +324,13 @@ func all(c codes.Code, except ...any) map[string]codes.Code {
 			delete(m, except[i].(string))
 		}
 	}
+	for kind, like := range imageKinds {
+		if c, ok := m[like]; ok {
+			m[kind] = c
+		} else {
+			delete(m, kind)
+		}
+	}
 	return m
 }
 
@@ -319,7 +340,8 @@ const skip = "skip" // an except value: the row does not run for that kind
 // volume's (foreign mounts, another volume's staging path and target,
 // paths nested in another volume, symlinks, non-empty directories, regular
 // files, the pool's own directory and disk) and with unknown and other
-// nodes' volume IDs, on btrfs, loop Filesystem, loop Block and dir volumes.
+// nodes' volume IDs, on btrfs, loop Filesystem, loop Block and dir volumes,
+// and on the image volumes of btrfs and dir pools (Block, and ext4 on btrfs).
 // Each row checks the gRPC code and that nothing changed: the test's
 // mounts, loop devices and files (the planted ones and the volumes' data).
 func TestNodeRPCPathChecks(t *testing.T) {

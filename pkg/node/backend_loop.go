@@ -23,7 +23,8 @@ import (
 // gets its own filesystem (ext4 by default, xfs on request) made at
 // creation; NodeStage attaches the image to a loop device and mounts it at
 // the staging path. A Block volume is the loop device itself. The size is
-// enforced by the image's size on any host filesystem.
+// enforced by the image's size on any host filesystem; on btrfs the image
+// is NOCOW (setNoCOW).
 //
 // The image machinery (openImage, imageDevices, and the staging, growing
 // and detaching below) works on any volumeDir of any pool: a directory
@@ -101,12 +102,15 @@ func (b *loopBackend) Create(ctx context.Context, dir volumeDir, v *Volume) erro
 	if err != nil {
 		return err
 	}
-	err = f.Truncate(v.CapacityBytes)
+	err = setNoCOW(f) // on btrfs; while the image is still empty
+	if err == nil {
+		err = f.Truncate(v.CapacityBytes)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("size image: %w", err)
+		return fmt.Errorf("make image: %w", err)
 	}
 	if v.AccessType == AccessBlock {
 		return nil

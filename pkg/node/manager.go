@@ -207,9 +207,12 @@ type CreateRequest struct {
 	Pool                      string // "" = default pool
 	RequiredBytes, LimitBytes int64
 	AccessType                AccessType
-	FsType                    string // loop Filesystem volumes: ext4 (default) or xfs
-	Mode                      fs.FileMode
-	Labels                    map[string]string
+	// FsType is the filesystem a Filesystem volume must have: "" for the
+	// pool's native form, the pool's own filesystem (native too), or ext4
+	// or xfs (an image volume where the pool's is another; see forms.go).
+	FsType string
+	Mode   fs.FileMode
+	Labels map[string]string
 	// Admit, if set, may refuse the pool the request resolved to before
 	// anything else is checked (the driver refuses fenced pools); its
 	// error is returned as it is.
@@ -258,12 +261,12 @@ func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume,
 			return nil, err
 		}
 		if v != nil && v.csiName() == req.Name {
-			return v, compatible(v, p.Name, req)
+			return v, compatible(v, other.volumeFsType(v), p.Name, req)
 		}
 	}
-	b := p.backend
-	if !b.Supports(req.AccessType) {
-		return nil, fmt.Errorf("%w: pool %q (backend %s) cannot serve %s volumes; use a pool with the loop backend", ErrUnsupported, p.Name, b.Kind(), req.AccessType)
+	b, err := p.carver(req.AccessType, req.FsType)
+	if err != nil {
+		return nil, err
 	}
 	fsType, minSize, err := b.Resolve(req.AccessType, req.FsType)
 	if err != nil {
@@ -290,7 +293,9 @@ func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume,
 	return v.clone(), nil
 }
 
-func compatible(v *Volume, pool string, req CreateRequest) error {
+// compatible checks an existing volume v, whose filesystem is fsType (its
+// pool's native one if the record names none), against a request for it.
+func compatible(v *Volume, fsType, pool string, req CreateRequest) error {
 	switch {
 	case v.Pool != pool:
 		return fmt.Errorf("%w: volume %q exists in pool %q, not %q", ErrAlreadyExists, req.Name, v.Pool, pool)
@@ -298,8 +303,8 @@ func compatible(v *Volume, pool string, req CreateRequest) error {
 		return fmt.Errorf("%w: volume %q exists as a %s volume, %s was requested", ErrAlreadyExists, req.Name, v.AccessType, req.AccessType)
 	case !FitsRange(v.CapacityBytes, req.RequiredBytes, req.LimitBytes):
 		return fmt.Errorf("%w: volume %q exists with %d bytes, outside the requested range [%d, %d]", ErrAlreadyExists, req.Name, v.CapacityBytes, req.RequiredBytes, req.LimitBytes)
-	case req.FsType != "" && v.FsType != "" && req.FsType != v.FsType:
-		return fmt.Errorf("%w: volume %q exists with filesystem %s, %s was requested", ErrAlreadyExists, req.Name, v.FsType, req.FsType)
+	case req.AccessType == AccessMount && req.FsType != "" && fsType != "" && req.FsType != fsType:
+		return fmt.Errorf("%w: volume %q exists with filesystem %s, %s was requested", ErrAlreadyExists, req.Name, fsType, req.FsType)
 	case req.Mode.Perm() != v.Mode:
 		return fmt.Errorf("%w: volume %q exists with mode %#o, %#o was requested", ErrAlreadyExists, req.Name, v.Mode, req.Mode.Perm())
 	}

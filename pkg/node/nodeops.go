@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/dhpp-io/dhpp/pkg/node/mountinfo"
+	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 )
 
@@ -96,6 +97,9 @@ type StageRequest struct {
 	// AccessType is how the CO will use the volume: it must be the
 	// volume's own.
 	AccessType AccessType
+	// FsType is the capability's fs_type, if any: the filesystem the CO
+	// expects at the staging mount (see checkStageFsType).
+	FsType     string
 	MountFlags []string
 }
 
@@ -108,6 +112,9 @@ func (m *Manager) StageVolume(ctx context.Context, req StageRequest) error {
 	return m.withVolume(req.VolumeID, func(v *Volume, b backend, dir volumeDir) error {
 		if req.AccessType != v.AccessType {
 			return fmt.Errorf("%w: volume %q is a %s volume and cannot be staged as %s", ErrInvalid, v.ID, v.AccessType, req.AccessType)
+		}
+		if err := m.checkStageFsType(v, req.FsType); err != nil {
+			return err
 		}
 		staging := resolveParent(req.StagingPath)
 		pl, infos, err := m.where(b, dir, v)
@@ -431,4 +438,28 @@ func (m *Manager) VolumeStats(id, volumePath, stagingPath string) (*Volume, Usag
 	}
 	u, err := b.Usage(dir, v, volumePath)
 	return v, u, err
+}
+
+// checkStageFsType checks the fs_type a NodeStage asks for against the
+// volume's filesystem. CreateVolume made the volume with the fs_type its
+// request named (an image of it where the pool's filesystem is another),
+// so they differ only for a volume whose request named none or another
+// (a static PV, or a native volume made before dhpp honoured fsType). An
+// image volume has exactly its recorded filesystem: another is refused. A
+// native volume is served as it is, as it always was, with a warning: its
+// data is there and refusing would strand it.
+func (m *Manager) checkStageFsType(v *Volume, want string) error {
+	if want == "" || v.AccessType == AccessBlock {
+		return nil
+	}
+	have := m.byName[v.Pool].volumeFsType(v)
+	switch {
+	case have == "" || want == have:
+		return nil
+	case v.FsType != "":
+		return fmt.Errorf("%w: volume %q is an %s volume and cannot be staged as %s", ErrInvalid, v.ID, have, want)
+	}
+	klog.InfoS("Staging a volume whose filesystem differs from the requested fs_type; it was made in its pool's native form",
+		"volume", v.ID, "fsType", have, "requested", want)
+	return nil
 }

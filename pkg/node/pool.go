@@ -154,7 +154,12 @@ func (p *Pool) open() error {
 		return fmt.Errorf("pool %q: stat %s: %w", p.Name, p.Path, err)
 	}
 	p.dev, p.ino = st.Dev, st.Ino
-	p.st = &store{name: p.Name, path: p.Path, root: p.root, rootFile: p.rootFile,
+	fsType, err := fsTypeOf(p.rootFile)
+	if err != nil {
+		p.Close()
+		return fmt.Errorf("pool %q: statfs %s: %w", p.Name, p.Path, err)
+	}
+	p.st = &store{name: p.Name, path: p.Path, fsType: fsType, root: p.root, rootFile: p.rootFile,
 		exec: p.env.exec, mounter: p.env.mounter, mountInfoPath: p.env.mountInfoPath, records: p.records}
 	if err := p.init(p.cfg.Backend); err != nil {
 		p.Close()
@@ -254,12 +259,6 @@ func (p *Pool) Backend() BackendKind {
 		return p.cfg.Backend
 	}
 	return p.backend.Kind()
-}
-
-// Supports reports whether the pool can carve new volumes of the access
-// type (false while the pool is not opened).
-func (p *Pool) Supports(a AccessType) bool {
-	return p.opened.Load() && p.backend.Supports(a)
 }
 
 // Close releases the pool's file descriptors.
@@ -623,7 +622,10 @@ func (r *reservation) release() {
 // into volumes/ only when complete, so a crash at any point leaves either no
 // volume (recovery trashes the remains) or a complete one.
 func (p *Pool) create(ctx context.Context, v *Volume) error {
-	b := p.backend
+	b, err := p.backendFor(v.Backend) // the native one, or loop for an image volume
+	if err != nil {
+		return err
+	}
 	r, err := p.admit(v.CapacityBytes, v.CapacityBytes)
 	if errors.Is(err, ErrOutOfRange) {
 		// Larger than this pool: a larger one on another node may take it.

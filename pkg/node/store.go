@@ -20,7 +20,10 @@ import (
 type store struct {
 	name string // the pool's name, for messages
 	path string // the pool directory's absolute, clean path
-	root *os.Root
+	// fsType names the pool's filesystem (see fsTypeOf); "" if dhpp does
+	// not know it.
+	fsType string
+	root   *os.Root
 	// rootFile is an open descriptor on the pool directory.
 	rootFile      *os.File
 	exec          utilexec.Interface
