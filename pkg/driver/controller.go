@@ -141,12 +141,15 @@ func (d *Driver) ValidateVolumeCapabilities(_ context.Context, req *csi.Validate
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 	}
 	for i, c := range req.GetVolumeCapabilities() {
-		access, _, err := checkCapability(c)
+		access, fsType, err := checkCapability(c)
 		if err != nil {
 			return &csi.ValidateVolumeCapabilitiesResponse{Message: fmt.Sprintf("volume_capabilities[%d]: %v", i, err)}, nil
 		}
 		if access != v.AccessType {
 			return &csi.ValidateVolumeCapabilitiesResponse{Message: fmt.Sprintf("volume_capabilities[%d]: volume %q is a %s volume, not %s", i, v.ID, v.AccessType, access)}, nil
+		}
+		if have := d.nodes.FsTypeOf(v); access == node.AccessMount && fsType != "" && have != "" && fsType != have {
+			return &csi.ValidateVolumeCapabilitiesResponse{Message: fmt.Sprintf("volume_capabilities[%d]: volume %q has filesystem %s, not %s", i, v.ID, have, fsType)}, nil
 		}
 	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{

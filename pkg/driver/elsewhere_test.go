@@ -2,12 +2,14 @@ package driver
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/dhpp-io/dhpp/pkg/node"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -94,5 +96,44 @@ func withFsType(c *csi.VolumeCapability, fs string) *csi.VolumeCapability {
 	return &csi.VolumeCapability{
 		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fs}},
 		AccessMode: c.GetAccessMode(),
+	}
+}
+
+// TestValidateFsType: ValidateVolumeCapabilities confirms a volume's own
+// filesystem (the pool's, for a native volume) and no other.
+func TestValidateFsType(t *testing.T) {
+	d, pool := inputDriver(t, nil)
+	ctx := context.Background()
+	v, err := d.CreateVolume(ctx, createReq("native", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	own, other := "ext4", "xfs"
+	switch st.Type {
+	case unix.XFS_SUPER_MAGIC:
+		own, other = "xfs", "ext4"
+	case unix.EXT4_SUPER_MAGIC:
+	default:
+		t.Fatalf("the test's temp dir is on filesystem %#x; it needs ext4 or xfs", st.Type)
+	}
+	for _, tc := range []struct {
+		fs      string
+		confirm bool
+	}{{"", true}, {own, true}, {other, false}} {
+		r, err := d.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{
+			VolumeId: v.Volume.VolumeId, VolumeCapabilities: []*csi.VolumeCapability{withFsType(rwo, tc.fs)},
+		})
+		if err != nil || (r.GetConfirmed() != nil) != tc.confirm {
+			t.Errorf("fs_type %q: %v, %v; want confirmed %v", tc.fs, r, err, tc.confirm)
+		}
 	}
 }

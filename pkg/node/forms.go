@@ -91,6 +91,16 @@ func (p *Pool) volumeFsType(v *Volume) string {
 	return p.nativeFsType()
 }
 
+// FsTypeOf is the filesystem a Filesystem volume of this node shows (its
+// recorded one, else its pool's native one); "" for Block or if unknown.
+func (m *Manager) FsTypeOf(v *Volume) string {
+	p, ok := m.byName[v.Pool]
+	if !ok || !p.opened.Load() {
+		return v.FsType
+	}
+	return p.volumeFsType(v)
+}
+
 // fsTypeOf names the filesystem an open file is on, as mount(8) would,
 // for the filesystems a pool is likely on; "" for any other.
 func fsTypeOf(f *os.File) (string, error) {
