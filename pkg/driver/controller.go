@@ -175,8 +175,9 @@ func (d *Driver) ListVolumes(_ context.Context, req *csi.ListVolumesRequest) (*c
 }
 
 // GetCapacity reports what a new volume may get from the pool the
-// parameters name. It is 0 for another node's topology, for capabilities
-// the pool cannot serve, and for a fenced pool, so the scheduler (through
+// parameters name. It is 0 for a pool not configured here, for another
+// node's topology, for capabilities the pool cannot serve (an fs_type it
+// cannot make), and for a fenced pool, so the scheduler (through
 // CSIStorageCapacity) sends PVCs elsewhere; also for a pool whose
 // directory is missing.
 func (d *Driver) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
@@ -186,7 +187,9 @@ func (d *Driver) GetCapacity(_ context.Context, req *csi.GetCapacityRequest) (*c
 	}
 	pool, err := d.nodes.Pool(params.Pool)
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "parameter %q: %v", dhpp.ParamPool, err)
+		// Not configured on this node (other nodes may have it): nothing
+		// here, so the scheduler sends claims for it elsewhere.
+		return &csi.GetCapacityResponse{}, nil
 	}
 	if t := req.GetAccessibleTopology(); t != nil && !d.topologyMatches(t) {
 		return &csi.GetCapacityResponse{}, nil

@@ -137,3 +137,33 @@ func TestValidateFsType(t *testing.T) {
 		}
 	}
 }
+
+// TestCapacityPerCapability: GetCapacity publishes a pool's room for every
+// volume mode and the filesystems it can make, and 0 where the scheduler
+// must look elsewhere (a pool this node lacks, a filesystem it cannot make).
+func TestCapacityPerCapability(t *testing.T) {
+	d, _ := inputDriver(t, nil)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		pool string
+		c    *csi.VolumeCapability
+		some bool
+	}{
+		{"filesystem", "", rwo, true},
+		{"block", "", block, true},
+		{"xfs image", "", withFsType(rwo, "xfs"), true},
+		{"pool not on this node", "fast", rwo, false},
+		{"btrfs on a pool not on btrfs", "", withFsType(rwo, "btrfs"), false},
+		{"a filesystem dhpp cannot make", "", withFsType(rwo, "vfat"), false},
+	} {
+		req := &csi.GetCapacityRequest{VolumeCapabilities: []*csi.VolumeCapability{tc.c}}
+		if tc.pool != "" {
+			req.Parameters = map[string]string{"pool": tc.pool}
+		}
+		r, err := d.GetCapacity(ctx, req)
+		if err != nil || (r.GetAvailableCapacity() > 0) != tc.some {
+			t.Errorf("%s: GetCapacity = %v, %v; want capacity %v", tc.name, r, err, tc.some)
+		}
+	}
+}
