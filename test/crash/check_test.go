@@ -518,13 +518,20 @@ func (h *harness) checkGrown(v *vol) {
 	}
 }
 
+// isLoop reports whether the volume is an image on a loop device: every
+// volume of the loop pool, and a Block volume of any pool.
 func (h *harness) isLoop(v *vol) bool {
+	return v.block || h.poolBackend(v) == "loop"
+}
+
+// poolBackend is the backend of the volume's pool.
+func (h *harness) poolBackend(v *vol) string {
 	for _, p := range h.pools {
 		if p.name == v.pool {
-			return p.backend == "loop"
+			return p.backend
 		}
 	}
-	return false
+	return ""
 }
 
 func isMounted(path string) bool {

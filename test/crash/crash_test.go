@@ -22,9 +22,10 @@ var (
 	flagWorkers  = flag.Int("crash.workers", 4, "concurrent CSI clients")
 	flagSeed     = flag.Uint64("crash.seed", 0, "random seed (0: from the clock; the seed is logged)")
 	flagMaxDelay = flag.Duration("crash.max-delay", 1500*time.Millisecond, "longest time the driver runs before a kill")
-	// Raw block volumes on the loop pool; -crash.block=false leaves them
-	// out to tell a block problem from another.
-	flagBlock = flag.Bool("crash.block", true, "also make raw block volumes on the loop pool")
+	// Raw block volumes on every pool (images on a loop device on the
+	// btrfs pool); -crash.block=false leaves them out to tell a block
+	// problem from another.
+	flagBlock = flag.Bool("crash.block", true, "also make raw block volumes, on every pool")
 )
 
 // slowRestart is a restart-to-ready time worth a look in the log.
@@ -212,13 +213,16 @@ func (h *harness) volumeCounts() string {
 	n := map[string]int{}
 	for _, v := range h.allVols() {
 		switch {
-		case v.block:
+		case v.block && h.poolBackend(v) == "loop":
 			n["loop block"]++
+		case v.block:
+			n["btrfs-pool block image"]++
 		case h.isLoop(v):
 			n["loop ext4"]++
 		default:
 			n["btrfs"]++
 		}
 	}
-	return fmt.Sprintf("volumes asked for: %d btrfs, %d loop ext4, %d loop block", n["btrfs"], n["loop ext4"], n["loop block"])
+	return fmt.Sprintf("volumes asked for: %d btrfs, %d loop ext4, %d loop block, %d block images on the btrfs pool",
+		n["btrfs"], n["loop ext4"], n["loop block"], n["btrfs-pool block image"])
 }

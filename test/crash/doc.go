@@ -17,5 +17,5 @@
 //
 // It needs root. Flags: -crash.kills (default 100, env DHPP_CRASH_KILLS),
 // -crash.workers, -crash.seed (to replay a schedule), -crash.max-delay,
-// -crash.block (raw block volumes too; on by default).
+// -crash.block (raw block volumes too, on every pool; on by default).
 package crash

@@ -36,7 +36,7 @@ var (
 )
 
 // capability is how the volume is asked for and used: a filesystem, or
-// (loop pool only) the raw block device.
+// the raw block device.
 func (v *vol) capability() *csi.VolumeCapability {
 	if v.block {
 		return blockCap

@@ -101,9 +101,10 @@ func (w *worker) create() {
 	w.seq++
 	p := h.pools[w.rng.IntN(len(h.pools))]
 	size := int64(minVolMiB+w.rng.IntN(maxVolMiB-minVolMiB+1)) << 20
-	// A quarter of the loop pool's volumes are raw block devices: their
-	// loop device is attached at stage without AutoClear.
-	block := *flagBlock && p.backend == "loop" && w.rng.IntN(4) == 0
+	// A quarter of the volumes are raw block devices (on the btrfs pool an
+	// image in the pool): their loop device is attached at stage without
+	// AutoClear.
+	block := *flagBlock && w.rng.IntN(4) == 0
 	v := h.newVol(fmt.Sprintf("w%d-%03d", w.id, w.seq), p.name, block, size)
 	w.vols = append(w.vols, v)
 	o, got, err := h.create(v)
