@@ -38,9 +38,10 @@ func TestCreateElsewhereCodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Fill a little more than half of what the default pool has, so the
-	// same size again does not fit now (but would on an emptier node).
-	half := (c.Available/2/(1<<20) + 1) << 20
+	// Fill three quarters of what the default pool has, so the same size
+	// again does not fit now (but would on an emptier node). A quarter of
+	// the pool is the margin for other writers on the shared disk.
+	half := (c.Available / 4 * 3 / (1 << 20)) << 20
 	if _, err := d.CreateVolume(ctx, createReq("first-half", func(r *csi.CreateVolumeRequest) { r.CapacityRange.RequiredBytes = half })); err != nil {
 		t.Fatal(err)
 	}
