@@ -12,7 +12,12 @@ export DHPP_CACHE
 # install their own on first use).
 APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod busybox-static gcc libc6-dev fio
 
-.PHONY: all build kubectl-dhpp image demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e unit deps tools bench bench-io bench-cluster vet
+.PHONY: all build kubectl-dhpp image demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e conformance unit deps tools bench bench-io bench-cluster vet
+
+# The supported Kubernetes versions, oldest first: the one list lives in
+# test/e2e/cluster (KubernetesVersions). The newest is the cluster's default.
+K8S_VERSIONS = $(shell $(GO) run ./test/e2e/cmd/dhpp-cluster versions)
+K8S_NEWEST = $(lastword $(K8S_VERSIONS))
 
 all: build
 
@@ -68,14 +73,27 @@ cluster-down:
 	$(GO) run ./test/e2e/cmd/dhpp-cluster down
 
 ## test: the README's second command (root): every test, as CI runs it. The
-## end-to-end tests run last and alone: they bring up the local cluster.
+## cluster tests run last and alone: the upstream storage suite on every
+## supported Kubernetes version, then the scenarios on the newest.
 test: deps tools vet
 	CI=$${CI:-true} CGO_ENABLED=0 $(GO) test -count=1 -timeout 60m ./...
-	$(MAKE) e2e
+	$(MAKE) conformance
+	DHPP_K8S_VERSION=$(K8S_NEWEST) $(MAKE) e2e
 
-## e2e: the scenarios on the real local cluster (reuses a running cluster).
+## e2e: the scenarios on the real local cluster (reuses a running cluster of
+## the same version; DHPP_K8S_VERSION picks it, default the newest).
 e2e:
 	mkdir -p _output; CI=$${CI:-true} CGO_ENABLED=0 $(GO) test -count=1 -tags e2e -p 1 -v -timeout 60m ./test/e2e/ 2>&1 | tee _output/e2e.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok)|e2e_test|_test.go' ; exit $${PIPESTATUS[0]}
+
+## conformance: the upstream Kubernetes storage e2e suite (External Storage
+## specs for hostpath.dhpp.io, test/e2e/conformance) on each version in
+## K8S_VERSIONS (default: all supported), one cluster after the other.
+conformance:
+	mkdir -p _output; set -o pipefail; failed=""; for v in $(K8S_VERSIONS); do \
+		echo "==> conformance on Kubernetes $$v"; \
+		DHPP_K8S_VERSION=$$v CI=$${CI:-true} CGO_ENABLED=0 $(GO) test -count=1 -tags e2e -v -timeout 110m ./test/e2e/conformance/ 2>&1 \
+			| tee _output/conformance-$$v.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok)|conformance_test.go' || failed="$$failed $$v"; \
+	done; if [ -n "$$failed" ]; then echo "conformance FAILED on:$$failed"; exit 1; fi
 
 ## unit: the tests that need neither root nor tools (quick local loop).
 unit:

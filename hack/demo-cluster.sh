@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo: needs root (namespaces, mounts, loop devices, iptables)" >&2; exit 1; }
 cache="${DHPP_CACHE:-$HOME/.cache/dhpp}"
 export KUBECONFIG="$PWD/_output/cluster/kubeconfig"
-kubectl() { "$cache/bin/kubernetes-v1.33.13/kubectl" "$@"; }
+# The cluster runs $DHPP_K8S_VERSION, default the newest supported version.
+version="${DHPP_K8S_VERSION:-$(go run ./test/e2e/cmd/dhpp-cluster versions | awk '{print $NF}')}"
+kubectl() { "$cache/bin/kubernetes-$version/kubectl" "$@"; }
 
 case "${1:-up}" in
 down)
@@ -29,7 +31,7 @@ echo "== waiting for the StatefulSet (3 replicas, one per node)"
 kubectl -n dhpp-demo rollout status statefulset/demo --timeout=5m
 echo
 echo "kubeconfig: $KUBECONFIG"
-echo "kubectl:    $cache/bin/kubernetes-v1.33.13/kubectl"
+echo "kubectl:    $cache/bin/kubernetes-$version/kubectl"
 echo
 echo "\$ kubectl get pvc,pv -n dhpp-demo"
 kubectl get pvc,pv -n dhpp-demo

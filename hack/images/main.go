@@ -15,6 +15,9 @@
 // where no container engine is present:
 //
 //	go run ./hack/images -out DIR -only dhpp-driver -driver-tag REGISTRY/dhpp-driver:TAG -ldflags "-X ..."
+//
+// With -e2e-images it builds instead the stand-ins for the test images of
+// the upstream Kubernetes e2e suite (e2e.go), tagged as the suite names them.
 package main
 
 import (
@@ -40,6 +43,8 @@ func main() {
 	flag.StringVar(&o.driverTag, "driver-tag", DriverTag, "name:tag the driver's image is known by (its RepoTags)")
 	flag.StringVar(&o.ldflags, "ldflags", "", "-ldflags for the driver's and dhpp-controller's go build (e.g. the version stamp)")
 	flag.StringVar(&o.only, "only", "", "comma-separated image names to build (default: all): "+strings.Join(imageNames, ","))
+	flag.StringVar(&o.e2eImages, "e2e-images", "", "comma-separated image references of the upstream e2e suite (e2e.test --list-images) to build stand-ins for, instead of the cluster's images")
+	flag.StringVar(&o.agnhost, "agnhost", "", "static agnhost binary, for the e2e agnhost stand-in")
 	flag.Parse()
 	if o.out == "" {
 		fmt.Fprintln(os.Stderr, "images: -out is required")
@@ -59,6 +64,7 @@ type options struct {
 	out, provisioner, resizer, driverPkg, driverBin, only string
 	controllerPkg, controllerBin                          string
 	driverTag, ldflags                                    string
+	e2eImages, agnhost                                    string
 }
 
 func (o options) wanted(name string) bool {
@@ -84,6 +90,9 @@ func build(o options) ([]string, error) {
 	}
 	defer os.RemoveAll(work)
 
+	if o.e2eImages != "" {
+		return buildE2E(o)
+	}
 	var built []string
 	for _, name := range imageNames {
 		if !o.wanted(name) {

@@ -308,7 +308,7 @@ func Prepare(ctx context.Context) (string, error) {
 }
 
 func prepareLocalPath(ctx context.Context, cfg cluster.Config) (string, error) {
-	for _, t := range cluster.Tools() {
+	for _, t := range cluster.Tools(cfg.KubernetesVersion) {
 		if t.Name != "local-path-provisioner" {
 			continue
 		}

@@ -210,13 +210,18 @@ func up(ctx context.Context, cfg Config, out io.Writer) error {
 		return err
 	}
 	if st != nil {
-		if st.Ready && allAlive(st) && len(st.Nodes) == len(cfg.Nodes) {
-			fmt.Fprintf(out, "cluster is already running (started %s); kubeconfig: %s\n", st.StartedAt.Format(time.RFC3339), cfg.KubeconfigPath())
+		sameVersion := st.KubernetesVersion == cfg.KubernetesVersion
+		if st.Ready && allAlive(st) && len(st.Nodes) == len(cfg.Nodes) && sameVersion {
+			fmt.Fprintf(out, "cluster is already running (Kubernetes %s, started %s); kubeconfig: %s\n",
+				st.KubernetesVersion, st.StartedAt.Format(time.RFC3339), cfg.KubeconfigPath())
 			return ErrAlreadyRunning
 		}
-		if st.Ready && allAlive(st) {
+		switch {
+		case st.Ready && allAlive(st) && !sameVersion:
+			fmt.Fprintf(out, "the running cluster runs Kubernetes %q, %s is wanted (DHPP_K8S_VERSION): tearing it down first\n", st.KubernetesVersion, cfg.KubernetesVersion)
+		case st.Ready && allAlive(st):
 			fmt.Fprintf(out, "the running cluster has %d nodes, %d are wanted (DHPP_E2E_NODES): tearing it down first\n", len(st.Nodes), len(cfg.Nodes))
-		} else {
+		default:
 			fmt.Fprintln(out, "found the state of an earlier, incomplete cluster: tearing it down first")
 		}
 		if err := down(ctx, cfg, out); err != nil {
@@ -255,7 +260,7 @@ func up(ctx context.Context, cfg Config, out io.Writer) error {
 	}); err != nil {
 		return err
 	}
-	st = &State{StartedAt: time.Now(), path: cfg.statePath()}
+	st = &State{StartedAt: time.Now(), KubernetesVersion: cfg.KubernetesVersion, path: cfg.statePath()}
 	if err := st.save(); err != nil {
 		return err
 	}
@@ -682,7 +687,7 @@ func Status(ctx context.Context, cfg Config, out io.Writer) error {
 		fmt.Fprintln(out, "no cluster (no state at", cfg.statePath()+")")
 		return nil
 	}
-	fmt.Fprintf(out, "cluster started %s, ready=%v\n", st.StartedAt.Format(time.RFC3339), st.Ready)
+	fmt.Fprintf(out, "cluster started %s, Kubernetes %s, ready=%v\n", st.StartedAt.Format(time.RFC3339), st.KubernetesVersion, st.Ready)
 	for _, p := range st.procs() {
 		if p.PID == 0 {
 			continue

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -499,4 +500,48 @@ func TestLockExcludesASecondCommand(t *testing.T) {
 		t.Fatalf("lock after unlock: %v", err)
 	}
 	unlock2()
+}
+
+func TestKubernetesVersionFromEnv(t *testing.T) {
+	tests := []struct {
+		env     string
+		want    string
+		wantErr bool
+	}{
+		{"", KubernetesVersions[len(KubernetesVersions)-1], false},
+		{KubernetesVersions[0], KubernetesVersions[0], false},
+		{"v1.30.0", "", true},
+		{"1.33.13", "", true},
+	}
+	for _, tc := range tests {
+		t.Setenv("DHPP_K8S_VERSION", tc.env)
+		v, err := KubernetesVersionFromEnv()
+		if v != tc.want || (err != nil) != tc.wantErr {
+			t.Errorf("DHPP_K8S_VERSION=%q: %q, %v; want %q (error %v)", tc.env, v, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+// Every supported version has its build module, which builds exactly that
+// release, and its binaries are stamped with it.
+func TestEverySupportedVersionHasItsBuildModule(t *testing.T) {
+	root, err := FindRepoRoot(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range KubernetesVersions {
+		for _, tl := range []Tool{Tools(v)[0], E2ETool(v)} {
+			mod, err := os.ReadFile(filepath.Join(root, tl.Module, "go.mod"))
+			if err != nil {
+				t.Fatalf("%s: %v", v, err)
+			}
+			if !regexp.MustCompile(`(?m)^\s*k8s\.io/kubernetes ` + regexp.QuoteMeta(v) + `\b`).Match(mod) {
+				t.Errorf("%s/go.mod does not require k8s.io/kubernetes %s", tl.Module, v)
+			}
+			minor := strings.TrimPrefix(minorOf(v), "v1.")
+			if !strings.Contains(tl.Ldflags, "gitVersion="+v+" ") || !strings.HasSuffix(tl.Ldflags, "gitMinor="+minor) {
+				t.Errorf("%s %s: ldflags %q do not stamp the version", tl.Name, v, tl.Ldflags)
+			}
+		}
+	}
 }

@@ -51,9 +51,43 @@ const (
 	RunDir = "/run/dhpp-e2e"
 )
 
-// Versions of what the cluster runs; also the cache keys of the tool builds.
+// KubernetesVersions are the Kubernetes releases the cluster can run, oldest
+// first; the newest is the default. This list is the one place that names
+// them: `make test` asks `dhpp-cluster versions` for it. Each has its build
+// module hack/tools/kubernetes-v<major>.<minor> (server binaries, kubectl and
+// the upstream e2e suite). v1.37.2 is the newest release the module proxy
+// serves; v1.32 and older cannot be built from it (staging modules refused).
+var KubernetesVersions = []string{"v1.33.13", "v1.37.2"}
+
+// DefaultKubernetesVersion is the newest supported release.
+func DefaultKubernetesVersion() string { return KubernetesVersions[len(KubernetesVersions)-1] }
+
+// KubernetesVersionFromEnv is $DHPP_K8S_VERSION (one of KubernetesVersions), else
+// the default.
+func KubernetesVersionFromEnv() (string, error) {
+	v := os.Getenv("DHPP_K8S_VERSION")
+	if v == "" {
+		return DefaultKubernetesVersion(), nil
+	}
+	for _, s := range KubernetesVersions {
+		if v == s {
+			return v, nil
+		}
+	}
+	return "", fmt.Errorf("DHPP_K8S_VERSION=%q: supported versions are %s", v, strings.Join(KubernetesVersions, ", "))
+}
+
+// minorOf is "v1.33" for "v1.33.13".
+func minorOf(version string) string {
+	if i := strings.LastIndex(version, "."); i > 0 {
+		return version[:i]
+	}
+	return version
+}
+
+// Versions of the other tools the cluster runs; also the cache keys of their
+// builds. The sidecars work with every KubernetesVersions entry.
 const (
-	KubernetesVersion  = "v1.33.13"
 	ProvisionerVersion = "v6.3.0"
 	ResizerVersion     = "v2.3.0"
 	CRIToolVersion     = "v0.33.13"
@@ -126,6 +160,9 @@ type Config struct {
 	// CacheDir holds built tools, keyed by version, under bin/.
 	CacheDir string
 	Nodes    []NodeSpec
+	// KubernetesVersion is the release the cluster runs (one of
+	// KubernetesVersions).
+	KubernetesVersion string
 	// InstallDHPP applies deploy/kustomize/overlays/local after bring-up.
 	InstallDHPP bool
 	// SkipPackages skips the apt-get step (the packages are known present).
@@ -133,7 +170,8 @@ type Config struct {
 }
 
 // DefaultConfig finds the repository from the working directory and applies
-// the defaults: _output/cluster in the repo, ${DHPP_CACHE:-$HOME/.cache/dhpp}.
+// the defaults: _output/cluster in the repo, ${DHPP_CACHE:-$HOME/.cache/dhpp},
+// ${DHPP_K8S_VERSION:-newest supported}.
 func DefaultConfig() (Config, error) {
 	wd, err := os.Getwd()
 	if err != nil {
@@ -154,11 +192,16 @@ func DefaultConfig() (Config, error) {
 	if _, err := NodeCount(); err != nil {
 		return Config{}, err
 	}
+	version, err := KubernetesVersionFromEnv()
+	if err != nil {
+		return Config{}, err
+	}
 	return Config{
-		RepoRoot:  root,
-		OutputDir: filepath.Join(root, "_output", "cluster"),
-		CacheDir:  cache,
-		Nodes:     DefaultNodes(),
+		RepoRoot:          root,
+		OutputDir:         filepath.Join(root, "_output", "cluster"),
+		CacheDir:          cache,
+		Nodes:             DefaultNodes(),
+		KubernetesVersion: version,
 	}, nil
 }
 
@@ -193,7 +236,13 @@ func (c Config) binDir() string            { return filepath.Join(c.CacheDir, "b
 
 // KubeBin is the path of a Kubernetes binary (kubectl, kubelet, ...) in the cache.
 func (c Config) KubeBin(name string) string {
-	return filepath.Join(c.binDir(), "kubernetes-"+KubernetesVersion, name)
+	return filepath.Join(c.binDir(), "kubernetes-"+c.KubernetesVersion, name)
+}
+
+// E2EBin is the path of a binary of the upstream e2e suite (e2e.test,
+// ginkgo, agnhost) built for the cluster's Kubernetes version.
+func (c Config) E2EBin(name string) string {
+	return filepath.Join(c.binDir(), "kubernetes-e2e-"+c.KubernetesVersion, name)
 }
 
 func (c Config) provisionerBin() string {

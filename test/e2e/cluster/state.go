@@ -15,6 +15,8 @@ import (
 // leaves a state that `down` can clean.
 type State struct {
 	StartedAt time.Time `json:"startedAt"`
+	// KubernetesVersion is the release the cluster runs.
+	KubernetesVersion string `json:"kubernetesVersion"`
 	// ControlPlane holds etcd, kube-apiserver, controller-manager, scheduler.
 	ControlPlane []Proc      `json:"controlPlane"`
 	Nodes        []NodeState `json:"nodes"`

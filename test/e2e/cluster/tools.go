@@ -28,19 +28,31 @@ type Tool struct {
 	Ldflags  string
 	// Binaries the build must produce (checked before stamping).
 	Binaries []string
+	// TestPackage, if set, is also built as a test binary (go test -c)
+	// named TestBinary.
+	TestPackage, TestBinary string
 }
 
-// Tools lists everything the cluster runs that is built from the module proxy.
-func Tools() []Tool {
+// kubernetesModule is the build module of a Kubernetes release.
+func kubernetesModule(version string) string { return "hack/tools/kubernetes-" + minorOf(version) }
+
+// versionLdflags stamps a Kubernetes build with its version: without it the
+// binaries report v0.0.0 and kubelet/apiserver version-skew checks misbehave.
+func versionLdflags(version string) string {
+	major, minor, _ := strings.Cut(strings.TrimPrefix(minorOf(version), "v"), ".")
+	return "-s -w -X k8s.io/component-base/version.gitVersion=" + version +
+		" -X k8s.io/component-base/version.gitMajor=" + major + " -X k8s.io/component-base/version.gitMinor=" + minor
+}
+
+// Tools lists everything the cluster runs that is built from the module
+// proxy, for Kubernetes release k8sVersion.
+func Tools(k8sVersion string) []Tool {
 	k := "k8s.io/kubernetes/cmd/"
 	return []Tool{
 		{
-			Name: "kubernetes", Version: KubernetesVersion, Module: "hack/tools/kubernetes",
+			Name: "kubernetes", Version: k8sVersion, Module: kubernetesModule(k8sVersion),
 			Packages: []string{k + "kube-apiserver", k + "kube-controller-manager", k + "kube-scheduler", k + "kubelet", k + "kube-proxy", k + "kubectl"},
-			// Without the version stamp the binaries report v0.0.0 and
-			// kubelet/apiserver version-skew checks misbehave.
-			Ldflags: "-s -w -X k8s.io/component-base/version.gitVersion=" + KubernetesVersion +
-				" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=33",
+			Ldflags:  versionLdflags(k8sVersion),
 			Binaries: []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"},
 		},
 		{
@@ -69,12 +81,29 @@ func Tools() []Tool {
 	}
 }
 
+// E2ETool is the upstream Kubernetes e2e suite of release k8sVersion:
+// e2e.test, the ginkgo CLI of the version the suite links (parallel runs
+// need it) and agnhost (the test image's one binary). Only
+// test/e2e/conformance needs it, so `up` does not build it.
+func E2ETool(k8sVersion string) Tool {
+	return Tool{
+		Name: "kubernetes-e2e", Version: k8sVersion, Module: kubernetesModule(k8sVersion),
+		Packages:    []string{"github.com/onsi/ginkgo/v2/ginkgo", "k8s.io/kubernetes/test/images/agnhost"},
+		Ldflags:     versionLdflags(k8sVersion),
+		Binaries:    []string{"ginkgo", "agnhost", "e2e.test"},
+		TestPackage: "k8s.io/kubernetes/test/e2e", TestBinary: "e2e.test",
+	}
+}
+
 // stampKey hashes everything that decides the build's output: the module's
 // files (go.mod, go.sum, sources), the package list, ldflags and the Go
 // version. A matching stamp makes the build a no-op.
 func (t Tool) stampKey(repo string) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n", runtime.Version(), t.Version, strings.Join(t.Packages, " "), t.Ldflags)
+	if t.TestPackage != "" {
+		fmt.Fprintf(h, "test %s %s\n", t.TestPackage, t.TestBinary)
+	}
 	dir := filepath.Join(repo, t.Module)
 	var files []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -122,16 +151,22 @@ func (t Tool) Build(ctx context.Context, repo, binDir string) (cached bool, err 
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return false, fmt.Errorf("create %s: %w", tmp, err)
 	}
-	args := append([]string{"build", "-trimpath", "-ldflags", t.Ldflags, "-o", tmp + "/"}, t.Packages...)
-	cmd := exec.CommandContext(ctx, "go", args...)
-	cmd.Dir = filepath.Join(repo, t.Module)
-	// GOWORK=off: a go.work elsewhere must not merge this module's replace
-	// lines with another's. GOTOOLCHAIN=local: never download a toolchain.
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off", "GOTOOLCHAIN=local", "GOFLAGS=-mod=readonly")
 	start := time.Now()
 	klog.InfoS("building tool (cold: minutes; cached afterwards)", "tool", t.Name, "version", t.Version)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return false, fmt.Errorf("go build %s in %s: %w\n%s", t.Name, t.Module, err, out)
+	builds := [][]string{append([]string{"build", "-trimpath", "-ldflags", t.Ldflags, "-o", tmp + "/"}, t.Packages...)}
+	if t.TestPackage != "" {
+		builds = append(builds, []string{"test", "-c", "-trimpath", "-ldflags", t.Ldflags, "-o", filepath.Join(tmp, t.TestBinary), t.TestPackage})
+	}
+	for _, args := range builds {
+		cmd := exec.CommandContext(ctx, "go", args...)
+		cmd.Dir = filepath.Join(repo, t.Module)
+		// GOWORK=off: a go.work elsewhere must not merge this module's
+		// replace lines with another's. GOTOOLCHAIN=local: never download a
+		// toolchain.
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOWORK=off", "GOTOOLCHAIN=local", "GOFLAGS=-mod=readonly")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return false, fmt.Errorf("go %s %s in %s: %w\n%s", args[0], t.Name, t.Module, err, out)
+		}
 	}
 	for _, b := range t.Binaries {
 		if _, err := os.Stat(filepath.Join(tmp, b)); err != nil {
@@ -163,7 +198,7 @@ func (c Config) LocalPathBin() string {
 // BuildTools builds every tool (sequentially: the machine has two cores and
 // one Go build already uses both).
 func BuildTools(ctx context.Context, cfg Config) error {
-	for _, t := range Tools() {
+	for _, t := range Tools(cfg.KubernetesVersion) {
 		if _, err := t.Build(ctx, cfg.RepoRoot, cfg.binDir()); err != nil {
 			return err
 		}

@@ -1,11 +1,14 @@
 // Command dhpp-cluster brings dhpp's local Kubernetes cluster (four nodes,
-// or $DHPP_E2E_NODES) up and down. The logic lives in test/e2e/cluster;
-// this file parses flags.
+// or $DHPP_E2E_NODES; Kubernetes $DHPP_K8S_VERSION, default the newest
+// supported) up and down. The logic lives in test/e2e/cluster; this file
+// parses flags.
 //
 //	go run ./test/e2e/cmd/dhpp-cluster up [--install-dhpp]
 //	go run ./test/e2e/cmd/dhpp-cluster status
 //	go run ./test/e2e/cmd/dhpp-cluster down
 //	go run ./test/e2e/cmd/dhpp-cluster tools    # only build the cached tools
+//	go run ./test/e2e/cmd/dhpp-cluster e2e-tools # only build the upstream e2e suite (test/e2e/conformance)
+//	go run ./test/e2e/cmd/dhpp-cluster versions # the supported Kubernetes versions
 //	go run ./test/e2e/cmd/dhpp-cluster lose NODE     # kill its kubelet, containerd and pods (disk kept)
 //	go run ./test/e2e/cmd/dhpp-cluster restore NODE  # start them again on the same disk
 package main
@@ -17,6 +20,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/dhpp-io/dhpp/test/e2e/cluster"
@@ -28,7 +32,7 @@ func main() {
 	install := flag.Bool("install-dhpp", false, "up: apply "+cluster.LocalOverlay+" and wait for its DaemonSets")
 	skipPkgs := flag.Bool("skip-packages", false, "up: do not check/install the Debian packages")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: dhpp-cluster [flags] up|down|status|tools|lose NODE|restore NODE\n")
+		fmt.Fprintf(os.Stderr, "usage: dhpp-cluster [flags] up|down|status|tools|e2e-tools|versions|lose NODE|restore NODE\n")
 		flag.PrintDefaults()
 	}
 	// Flags may follow the verb: `up --install-dhpp`.
@@ -44,6 +48,10 @@ func main() {
 		verb = flag.Arg(0)
 	}
 	node := flag.Arg(flag.NArg() - 1)
+	if verb == "versions" {
+		fmt.Println(strings.Join(cluster.KubernetesVersions, " "))
+		return
+	}
 	cfg, err := cluster.DefaultConfig()
 	if err != nil {
 		klog.ErrorS(err, "configuration")
@@ -65,6 +73,8 @@ func main() {
 		err = cluster.Status(ctx, cfg, os.Stdout)
 	case "tools":
 		err = cluster.BuildTools(ctx, cfg)
+	case "e2e-tools":
+		err = cluster.BuildE2ETool(ctx, cfg)
 	case "lose", "restore":
 		if flag.NArg() == 0 || node == verb {
 			flag.Usage()
