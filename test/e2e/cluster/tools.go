@@ -155,7 +155,7 @@ func (t Tool) Build(ctx context.Context, repo, binDir string) (cached bool, err 
 	klog.InfoS("building tool (cold: minutes; cached afterwards)", "tool", t.Name, "version", t.Version)
 	builds := [][]string{append([]string{"build", "-trimpath", "-ldflags", t.Ldflags, "-o", tmp + "/"}, t.Packages...)}
 	if t.TestPackage != "" {
-		builds = append(builds, []string{"test", "-c", "-trimpath", "-ldflags", t.Ldflags, "-o", filepath.Join(tmp, t.TestBinary), t.TestPackage})
+		builds = append(builds, []string{"test", "-c", "-vet=off", "-trimpath", "-ldflags", t.Ldflags, "-o", filepath.Join(tmp, t.TestBinary), t.TestPackage})
 	}
 	for _, args := range builds {
 		cmd := exec.CommandContext(ctx, "go", args...)

@@ -44,6 +44,10 @@ var Skips = []Skip{
 		Reason:  "SELinux: not enabled on these machines (containerd runs with enable_selinux=false) and dhpp does not declare seLinuxMount",
 	},
 	{
+		Pattern: `\[Feature:OffByDefault\]`,
+		Reason:  "needs alpha/beta feature gates (VolumeAttributesClass v1beta1) that the cluster does not enable; dhpp implements no ModifyVolume",
+	},
+	{
 		Pattern: `\(block volmode\)`,
 		Reason:  "issue 15 item 1 (Block on every pool) not landed yet: a Block claim whose pod the scheduler puts on a btrfs node fails CreateVolume with InvalidArgument \"cannot serve block volumes\" and never binds (a 5-minute timeout per spec)",
 		Issue:   "15 item 1",
