@@ -10,8 +10,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo: needs root (namespaces, mounts, loop devices, iptables)" >&2; exit 1; }
 cache="${DHPP_CACHE:-$HOME/.cache/dhpp}"
 export KUBECONFIG="$PWD/_output/cluster/kubeconfig"
-# The cluster runs $DHPP_K8S_VERSION, default the newest supported version.
-version="${DHPP_K8S_VERSION:-$(go run ./test/e2e/cmd/dhpp-cluster versions | awk '{print $NF}')}"
+# The cluster runs $DHPP_K8S_VERSION, or the harness's default.
+version="$(go run ./test/e2e/cmd/dhpp-cluster version)"
 kubectl() { "$cache/bin/kubernetes-$version/kubectl" "$@"; }
 
 case "${1:-up}" in

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -503,12 +504,15 @@ func TestLockExcludesASecondCommand(t *testing.T) {
 }
 
 func TestKubernetesVersionFromEnv(t *testing.T) {
+	if !slices.Contains(KubernetesVersions, DefaultKubernetesVersion) {
+		t.Fatalf("default %s is not in KubernetesVersions %v", DefaultKubernetesVersion, KubernetesVersions)
+	}
 	tests := []struct {
 		env     string
 		want    string
 		wantErr bool
 	}{
-		{"", KubernetesVersions[len(KubernetesVersions)-1], false},
+		{"", DefaultKubernetesVersion, false},
 		{KubernetesVersions[0], KubernetesVersions[0], false},
 		{"v1.30.0", "", true},
 		{"1.33.13", "", true},

@@ -9,6 +9,7 @@
 //	go run ./test/e2e/cmd/dhpp-cluster tools    # only build the cached tools
 //	go run ./test/e2e/cmd/dhpp-cluster e2e-tools # only build the upstream e2e suite (test/e2e/conformance)
 //	go run ./test/e2e/cmd/dhpp-cluster versions # the supported Kubernetes versions
+//	go run ./test/e2e/cmd/dhpp-cluster version  # the one the cluster runs ($DHPP_K8S_VERSION or the default)
 //	go run ./test/e2e/cmd/dhpp-cluster lose NODE     # kill its kubelet, containerd and pods (disk kept)
 //	go run ./test/e2e/cmd/dhpp-cluster restore NODE  # start them again on the same disk
 package main
@@ -32,7 +33,7 @@ func main() {
 	install := flag.Bool("install-dhpp", false, "up: apply "+cluster.LocalOverlay+" and wait for its DaemonSets")
 	skipPkgs := flag.Bool("skip-packages", false, "up: do not check/install the Debian packages")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: dhpp-cluster [flags] up|down|status|tools|e2e-tools|versions|lose NODE|restore NODE\n")
+		fmt.Fprintf(os.Stderr, "usage: dhpp-cluster [flags] up|down|status|tools|e2e-tools|versions|version|lose NODE|restore NODE\n")
 		flag.PrintDefaults()
 	}
 	// Flags may follow the verb: `up --install-dhpp`.
@@ -58,6 +59,10 @@ func main() {
 		os.Exit(1)
 	}
 	cfg.InstallDHPP, cfg.SkipPackages = *install, *skipPkgs
+	if verb == "version" {
+		fmt.Println(cfg.KubernetesVersion)
+		return
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
