@@ -160,7 +160,13 @@ func runSuite(ctx context.Context, cfg cluster.Config, out, focus string, rechec
 	cmd := exec.CommandContext(ctx, cfg.E2EBin("ginkgo"), args...)
 	cmd.Dir = out
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+cfg.KubeconfigPath())
+	// KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false: the suite's `kubectl exec`
+	// calls use SPDY. Over WebSockets (kubectl's default since 1.31),
+	// through the apiserver's translation to the kubelet and containerd
+	// 1.6's stream server, a command that exits at once sometimes loses its
+	// output ("Unknown stream id 1, discarding message ... closed all
+	// streams"; seen on `cat` in "volumes should store data", v1.33.13).
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+cfg.KubeconfigPath(), "KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false")
 	return cmd.Run()
 }
 

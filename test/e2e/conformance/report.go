@@ -111,11 +111,15 @@ func Judge(specs []Spec, focus *regexp.Regexp, skips []Skip) Verdict {
 		if !isSuiteNode && !focus.MatchString(sp.Name) {
 			continue
 		}
+		// Every matching entry is in use (a spec may be listed for two
+		// reasons); the first one is the reason reported.
 		listed := -1
 		for i, s := range skips {
 			if regexp.MustCompile(s.Pattern).MatchString(sp.Name) {
-				listed, used[i] = i, true
-				break
+				used[i] = true
+				if listed < 0 {
+					listed = i
+				}
 			}
 		}
 		switch sp.State {

@@ -40,6 +40,7 @@ func TestJudge(t *testing.T) {
 		{"block listed: one unexpected", []Skip{block}, 1, 2, 1, 1, 1, 0, false},
 		{"a stale entry fails the run", []Skip{block, stale}, 1, 2, 1, 1, 1, 1, false},
 		{"everything listed", []Skip{block, {Pattern: `subPath should fail`}}, 1, 2, 1, 0, 2, 0, true},
+		{"an entry shadowed by an earlier one is not stale", []Skip{block, {Pattern: `block volmode\)\] volumes`}, {Pattern: `subPath should fail`}}, 1, 2, 1, 0, 2, 0, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
