@@ -62,6 +62,7 @@ func TestExternalStorage(t *testing.T) {
 	})
 
 	recheck := os.Getenv("DHPP_CONFORMANCE_RECHECK") == "1"
+	skips := For(Skips, cfg.KubernetesVersion)
 	focus := Focus
 	narrowed := os.Getenv("DHPP_CONFORMANCE_FOCUS")
 	if narrowed != "" {
@@ -71,18 +72,18 @@ func TestExternalStorage(t *testing.T) {
 	os.Remove(junit)
 	var runErr error
 	step(t, "ginkgo (log: "+filepath.Join(out, "ginkgo.log")+")", func() error {
-		runErr = runSuite(ctx, cfg, out, focus, recheck)
+		runErr = runSuite(ctx, cfg, out, focus, skips, recheck)
 		return nil
 	})
 	specs, err := ReadJUnit(junit)
 	if err != nil {
 		t.Fatalf("no report (ginkgo: %v): %v", runErr, err)
 	}
-	v := Judge(specs, regexp.MustCompile(focus), Skips)
+	v := Judge(specs, regexp.MustCompile(focus), skips)
 	if narrowed != "" {
 		v.Stale = nil
 	}
-	report(t, cfg.KubernetesVersion, v, recheck)
+	report(t, cfg.KubernetesVersion, v, skips, recheck)
 	if runErr != nil && v.OK() && len(v.ListedFailures) == 0 {
 		t.Errorf("ginkgo failed but the report shows no failure: %v", runErr)
 	}
@@ -123,7 +124,7 @@ func up(ctx context.Context, t *testing.T, cfg cluster.Config) error {
 
 // runSuite runs e2e.test under the ginkgo CLI, in parallel, writing the
 // JUnit report and the full log to out.
-func runSuite(ctx context.Context, cfg cluster.Config, out, focus string, recheck bool) error {
+func runSuite(ctx context.Context, cfg cluster.Config, out, focus string, skips []Skip, recheck bool) error {
 	procs := 3
 	if p, err := strconv.Atoi(os.Getenv("DHPP_CONFORMANCE_PROCS")); err == nil && p > 0 {
 		procs = p
@@ -136,7 +137,7 @@ func runSuite(ctx context.Context, cfg cluster.Config, out, focus string, rechec
 		"--focus=" + focus,
 	}
 	if !recheck {
-		skip, err := Compile(Skips)
+		skip, err := Compile(skips)
 		if err != nil {
 			return err
 		}
@@ -172,15 +173,15 @@ func runSuite(ctx context.Context, cfg cluster.Config, out, focus string, rechec
 
 // report logs the counts, the failures and the state of the skip list, and
 // fails the test on an unexpected failure or a stale entry.
-func report(t *testing.T, version string, v Verdict, recheck bool) {
+func report(t *testing.T, version string, v Verdict, skips []Skip, recheck bool) {
 	t.Logf("Kubernetes %s, External Storage for hostpath.dhpp.io: Passed %d, Failed %d, Skipped %d (%d by the skip list, the rest by the suite: patterns and capabilities dhpp does not declare)",
 		version, v.Passed, v.Failed, v.Skipped, v.SkipListed)
 	for _, sp := range v.ListedFailures {
-		s, _ := Match(Skips, sp.Name)
+		s, _ := Match(skips, sp.Name)
 		t.Logf("failed as listed (%s): %s", s.Reason, sp.Name)
 	}
 	for _, sp := range v.NowPassing {
-		s, _ := Match(Skips, sp.Name)
+		s, _ := Match(skips, sp.Name)
 		t.Logf("LISTED BUT PASSES (consider removing the entry %q): %s", s.Pattern, sp.Name)
 	}
 	if recheck && len(v.NowPassing) == 0 {

@@ -84,3 +84,15 @@ func TestSkipListCompilesAndHasReasons(t *testing.T) {
 		}
 	}
 }
+
+func TestForSelectsTheEntriesOfAVersion(t *testing.T) {
+	skips := []Skip{{Pattern: "a"}, {Pattern: "b", Minors: []string{"v1.33"}}}
+	for _, tc := range []struct {
+		version string
+		want    int
+	}{{"v1.33.13", 2}, {"v1.37.2", 1}, {"v1.3.0", 1}} {
+		if got := len(For(skips, tc.version)); got != tc.want {
+			t.Errorf("For(%s) has %d entries, want %d", tc.version, got, tc.want)
+		}
+	}
+}

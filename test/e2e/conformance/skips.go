@@ -13,6 +13,7 @@ package conformance
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -27,6 +28,21 @@ type Skip struct {
 	// Issue marks an entry that waits for a dhpp change (the issue that
 	// will re-enable it) rather than one the suite or this cluster imposes.
 	Issue string
+	// Minors, if set, are the Kubernetes minor versions ("v1.33") whose
+	// suite has such specs; elsewhere the entry does not apply (and is not
+	// stale).
+	Minors []string
+}
+
+// For returns the entries that apply to Kubernetes version (e.g. v1.33.13).
+func For(skips []Skip, version string) []Skip {
+	var out []Skip
+	for _, s := range skips {
+		if len(s.Minors) == 0 || slices.ContainsFunc(s.Minors, func(m string) bool { return strings.HasPrefix(version, m+".") }) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // Skips is the skip list. Keep each reason one that a reader can check.
@@ -38,6 +54,7 @@ var Skips = []Skip{
 	{
 		Pattern: `\[Flaky\]`,
 		Reason:  "marked flaky upstream",
+		Minors:  []string{"v1.33"},
 	},
 	{
 		Pattern: `\[Feature:SELinux\]|\[FeatureGate:SELinux`,
@@ -46,6 +63,7 @@ var Skips = []Skip{
 	{
 		Pattern: `\[Feature:OffByDefault\]`,
 		Reason:  "needs alpha/beta feature gates (VolumeAttributesClass v1beta1) that the cluster does not enable; dhpp implements no ModifyVolume",
+		Minors:  []string{"v1.33"},
 	},
 	{
 		Pattern: `\(block volmode\)`,
