@@ -66,11 +66,6 @@ var Skips = []Skip{
 		Minors:  []string{"v1.33"},
 	},
 	{
-		Pattern: `\(block volmode\)`,
-		Reason:  "issue 15 item 1 (Block on every pool) not landed yet: a Block claim whose pod the scheduler puts on a btrfs node fails CreateVolume with InvalidArgument \"cannot serve block volumes\" and never binds (a 5-minute timeout per spec)",
-		Issue:   "15 item 1",
-	},
-	{
 		Pattern: `provisioning should provision storage with any volume data source`,
 		Reason:  "runs the hello-populator controller from registry.k8s.io/sig-storage/hello-populator, which this cluster cannot pull (nothing leaves the machine) and hack/images does not build: the pod stays in ImagePullBackOff and the spec times out after 5 minutes",
 	},
