@@ -3,15 +3,37 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 )
 
 // statefulSetYAML is the seed scenario's workload: busybox standing in for
 // Elasticsearch, one replica per node (required anti-affinity), each with
-// its own claim on hostpath-dynamic. The container exits at once on TERM so
-// that deleting and scaling pods takes seconds, not the grace period.
+// its own claim on hostpath-dynamic, ready once its volume is mounted.
 func statefulSetYAML(ns, name string, replicas int, size string) string {
+	return stsYAML(stsOpts{ns: ns, name: name, class: storageClass, size: size, replicas: replicas,
+		ready: []string{"test", "-d", "/data"}})
+}
+
+// stsOpts shapes stsYAML.
+type stsOpts struct {
+	ns, name, class, size string
+	replicas              int
+	// setup runs in each replica's container before it idles (a shell
+	// line, "" for none); ready is its readiness check's command.
+	setup string
+	ready []string
+}
+
+// stsYAML is a StatefulSet of busybox replicas, one per node (required
+// anti-affinity), each with its own claim. The container exits at once on
+// TERM so that deleting and scaling pods takes seconds, not the grace period.
+func stsYAML(o stsOpts) string {
+	script := "trap 'exit 0' TERM; while true; do sleep 1; done"
+	if o.setup != "" {
+		script = o.setup + "; " + script
+	}
 	return fmt.Sprintf(`apiVersion: apps/v1
 kind: StatefulSet
 metadata:
@@ -38,9 +60,9 @@ spec:
       - name: main
         image: %[5]s
         imagePullPolicy: Never
-        command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+        command: ["sh", "-c", %[7]q]
         readinessProbe:
-          exec: {command: ["test", "-d", "/data"]}
+          exec: {command: %[8]s}
           periodSeconds: 1
         volumeMounts:
         - {name: data, mountPath: /data}
@@ -52,7 +74,16 @@ spec:
       storageClassName: %[6]s
       resources:
         requests: {storage: %[4]s}
-`, ns, name, replicas, size, busybox, storageClass)
+`, o.ns, o.name, o.replicas, o.size, busybox, o.class, script, flowList(o.ready))
+}
+
+// flowList is a YAML flow sequence of strings (JSON is valid YAML).
+func flowList(items []string) string {
+	b, err := json.Marshal(items)
+	if err != nil {
+		panic(err) // strings always marshal
+	}
+	return string(b)
 }
 
 // podOpts shapes podWithClaimYAML.

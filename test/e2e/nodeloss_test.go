@@ -46,44 +46,9 @@ type replica struct {
 // lossSTSYAML is a StatefulSet whose replicas (required anti-affinity)
 // each write a token to a fresh volume once and keep it.
 func lossSTSYAML(ns, name, class string, replicas int) string {
-	return fmt.Sprintf(`apiVersion: apps/v1
-kind: StatefulSet
-metadata: {name: %[2]s, namespace: %[1]s}
-spec:
-  serviceName: %[2]s
-  replicas: %[4]d
-  podManagementPolicy: Parallel
-  selector:
-    matchLabels: {app: %[2]s}
-  template:
-    metadata:
-      labels: {app: %[2]s}
-    spec:
-      terminationGracePeriodSeconds: 5
-      affinity:
-        podAntiAffinity:
-          requiredDuringSchedulingIgnoredDuringExecution:
-          - labelSelector:
-              matchLabels: {app: %[2]s}
-            topologyKey: kubernetes.io/hostname
-      containers:
-      - name: main
-        image: %[5]s
-        imagePullPolicy: Never
-        command: ["sh", "-c", "[ -f /data/token ] || echo \"$HOSTNAME $(date +%%s%%N) $RANDOM\" > /data/token; trap 'exit 0' TERM; while true; do sleep 1; done"]
-        readinessProbe:
-          exec: {command: ["test", "-f", "/data/token"]}
-          periodSeconds: 1
-        volumeMounts:
-        - {name: data, mountPath: /data}
-  volumeClaimTemplates:
-  - metadata: {name: data}
-    spec:
-      accessModes: [ReadWriteOnce]
-      storageClassName: %[3]s
-      resources:
-        requests: {storage: 64Mi}
-`, ns, name, class, replicas, busybox)
+	return stsYAML(stsOpts{ns: ns, name: name, class: class, size: "64Mi", replicas: replicas,
+		setup: `[ -f /data/token ] || echo "$HOSTNAME $(date +%s%N) $RANDOM" > /data/token`,
+		ready: []string{"test", "-f", "/data/token"}})
 }
 
 // useRecreateClass creates recreateClass for one test.
