@@ -349,11 +349,7 @@ func testFaultReadOnly(t *testing.T, fs string, backend node.BackendKind) {
 		if v, _ := d.gauge("dhpp_health_probe_failures_total", map[string]string{"pool": "default", "reason": "read_only"}); v < float64(hc.FailureThreshold) {
 			t.Errorf("%s: read_only failures = %v, want >= %d", stage, v, hc.FailureThreshold)
 		}
-		gv, err := d.ctl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: volID})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if abnormal, m := testdisk.LegacyCondition(t, gv.GetStatus()); !abnormal || !strings.Contains(m, "fenced") {
+		if abnormal, m := d.volumeCondition(volID); !abnormal || !strings.Contains(m, "fenced") {
 			t.Errorf("%s: ControllerGetVolume condition = %v %q, want abnormal", stage, abnormal, m)
 		}
 		st, err := d.node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: volID, VolumePath: target})

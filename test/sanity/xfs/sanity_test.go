@@ -3,21 +3,12 @@ package xfs
 import (
 	"testing"
 
-	"github.com/dhpp-io/dhpp/internal/vmtest"
 	"github.com/dhpp-io/dhpp/pkg/node"
 	"github.com/dhpp-io/dhpp/test/sanity"
 )
 
 // TestSanity runs csi-sanity against dhpp with the xfs (project quota)
-// backend. This host's kernel has no XFS quota, so it runs in a vmtest VM on
-// a virtio disk made XFS and mounted with prjquota.
+// backend, in a vmtest VM. The volumes are directories with their own project id.
 func TestSanity(t *testing.T) {
-	if !vmtest.Run(t, vmtest.Config{Disks: []int64{1 << 30}, Timeout: sanitytest.VMTimeout}) {
-		return
-	}
-	pool := sanitytest.PrepareVMDisk(t, "/dev/vda", "xfs", []string{"mkfs.xfs", "-q", "-f"}, "prjquota")
-	sanitytest.RunOnPool(t, sanitytest.Case{
-		FS: "xfs", Backend: node.BackendXFS, AccessType: "mount", VolumeSize: 64 << 20,
-		Skips: sanitytest.CommonSkips,
-	}, pool)
+	sanitytest.RunProjQuotaVM(t, node.BackendXFS, "mount")
 }
