@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	v1 "github.com/dhpp-io/dhpp/pkg/apis/dhpp/v1alpha1"
@@ -25,7 +26,8 @@ type nodeSide struct {
 
 // newPublisher makes the DhppPool publisher: each pool's figures from the
 // Manager, its health from the Monitor, its RAID state from the watcher
-// and its trash read from the pool directory.
+// and its trash read from the pool directory; it restores trash entries
+// through the Manager (spec.restores).
 func newPublisher(c Config, side nodeSide, period time.Duration, mgr *node.Manager, mon *health.Monitor, arrays *raid.Watcher) (*poolstatus.Publisher, error) {
 	return poolstatus.New(poolstatus.Config{
 		Client:   side.dynamic,
@@ -54,6 +56,16 @@ func newPublisher(c Config, side nodeSide, period time.Duration, mgr *node.Manag
 			}
 			entries, err := p.Trash()
 			return poolstatus.TrashOf(entries, c.TrashRetention), err
+		},
+		Restore: func(ctx context.Context, pool string, req v1.RestoreRequest) (*node.Volume, error) {
+			labels := map[string]string{}
+			if req.PV != "" {
+				labels["pv"] = req.PV
+			}
+			if ns, claim, ok := strings.Cut(req.Claim, "/"); ok {
+				labels["namespace"], labels["pvc"] = ns, claim
+			}
+			return mgr.Untrash(ctx, node.UntrashRequest{Pool: pool, Entry: req.Entry, Labels: labels, Retention: c.TrashRetention})
 		},
 		Version: dhpp.Version,
 		Period:  period,

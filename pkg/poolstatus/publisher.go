@@ -3,7 +3,8 @@
 // `kubectl get dhpppools` and `kubectl dhpp` answer without SSH. It also
 // honours spec.fence, an operator's request to fence a pool for planned
 // maintenance, through the health monitor's manual fence (which the
-// Fencer in pkg/kube mirrors onto the Node as usual).
+// Fencer in pkg/kube mirrors onto the Node as usual), and spec.restores,
+// requests to take trash entries back as live volumes (restore.go).
 //
 // Writes: a status is computed every Period (30 s) and at once when a
 // pool's health changes or its object changes, at most one round per
@@ -60,7 +61,9 @@ type Config struct {
 	// Degraded tells a pool's RAID degradation (*raid.Watcher.PoolDegraded).
 	Degraded func(pool string) (bool, string)
 	// Trash lists a pool's trash (TrashOf node.Pool.Trash with the retention).
-	Trash   func(pi PoolInfo) (v1.Trash, error)
+	Trash func(pi PoolInfo) (v1.Trash, error)
+	// Restore carries out spec.restores (nil: every request fails).
+	Restore RestoreFunc
 	Version string
 
 	Period, MinInterval, Refresh time.Duration
@@ -233,10 +236,16 @@ func (p *Publisher) syncPool(ctx context.Context, pi PoolInfo) error {
 	if err := p.applyFence(ctx, cur); err != nil {
 		return err
 	}
+	// Restores first: the trash and figures read next then show them.
+	restores := p.restores(ctx, cur)
+	if len(restores) > 0 {
+		pi = p.refresh(pi)
+	}
 	want, err := p.status(pi)
 	if err != nil {
 		return err
 	}
+	want.Restores = restores
 	if p.upToDate(cur.Status, want) {
 		return nil
 	}
@@ -268,6 +277,12 @@ func (p *Publisher) upToDate(have, want v1.DhppPoolStatus) bool {
 func normalize(s v1.DhppPoolStatus) v1.DhppPoolStatus {
 	if len(s.Trash.Items) == 0 {
 		s.Trash.Items = nil
+	}
+	if len(s.Restores) == 0 {
+		s.Restores = nil
+	}
+	for i := range s.Restores {
+		s.Restores[i].RequestedAt = utc(s.Restores[i].RequestedAt)
 	}
 	for i := range s.Trash.Items {
 		e := &s.Trash.Items[i]

@@ -10,6 +10,7 @@ package v1alpha1
 import (
 	"fmt"
 	"hash/fnv"
+	"maps"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -64,6 +65,45 @@ type DhppPoolSpec struct {
 	// itself: `kubectl dhpp unfence` clears it and then sets the Node's
 	// unfence.dhpp.io/<pool> annotation, the one way out of any fence.
 	Fence *Fence `json:"fence,omitempty"`
+	// Restores ask the node's driver to take trash entries back into the
+	// pool (`kubectl dhpp restore`); the answers are in status.restores.
+	Restores []RestoreRequest `json:"restores,omitempty"`
+}
+
+// RestoreRequest asks to take one trash entry back as a live volume.
+type RestoreRequest struct {
+	// Entry is the trash entry (status.trash.items[].entry).
+	Entry string `json:"entry"`
+	// Claim is the "namespace/name" of the claim the volume is restored
+	// for; recorded on the volume.
+	Claim string `json:"claim"`
+	// PV is the name of the PersistentVolume that will carry the volume.
+	PV string `json:"pv,omitempty"`
+	// RequestedAt identifies the request: a new one (a retry after a
+	// failure) has a later time, and the driver answers it again.
+	RequestedAt metav1.Time `json:"requestedAt"`
+}
+
+// Phases of a RestoreResult.
+const (
+	RestoreRestored = "Restored"
+	RestoreFailed   = "Failed"
+)
+
+// RestoreResult is the driver's answer to a RestoreRequest.
+type RestoreResult struct {
+	Entry       string      `json:"entry"`
+	RequestedAt metav1.Time `json:"requestedAt"`
+	// Phase is Restored or Failed.
+	Phase   string `json:"phase"`
+	Message string `json:"message,omitempty"`
+	// VolumeHandle, CapacityBytes, AccessType ("mount" or "block") and
+	// VolumeContext describe the restored volume as CreateVolume did:
+	// what its PersistentVolume needs.
+	VolumeHandle  string            `json:"volumeHandle,omitempty"`
+	CapacityBytes int64             `json:"capacityBytes,omitempty"`
+	AccessType    string            `json:"accessType,omitempty"`
+	VolumeContext map[string]string `json:"volumeContext,omitempty"`
 }
 
 // Fence is an operator's request to fence a pool.
@@ -108,6 +148,8 @@ type DhppPoolStatus struct {
 	Health Health `json:"health"`
 	RAID   RAID   `json:"raid"`
 	Trash  Trash  `json:"trash"`
+	// Restores answers spec.restores, one result per request still there.
+	Restores []RestoreResult `json:"restores,omitempty"`
 
 	// DriverVersion of the dhpp-driver that wrote this status.
 	DriverVersion string `json:"driverVersion,omitempty"`
@@ -215,5 +257,14 @@ func (p *DhppPool) DeepCopy() *DhppPool {
 		c.Spec.Fence = &f
 	}
 	c.Status.Trash.Items = append([]TrashEntry(nil), p.Status.Trash.Items...)
+	c.Spec.Restores = append([]RestoreRequest(nil), p.Spec.Restores...)
+	c.Status.Restores = make([]RestoreResult, len(p.Status.Restores))
+	for i, r := range p.Status.Restores {
+		c.Status.Restores[i] = r
+		c.Status.Restores[i].VolumeContext = maps.Clone(r.VolumeContext)
+	}
+	if p.Status.Restores == nil {
+		c.Status.Restores = nil
+	}
 	return &c
 }
