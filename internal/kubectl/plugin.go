@@ -1,7 +1,8 @@
 // Package kubectl is `kubectl dhpp`, the kubectl plugin for dhpp: pools,
-// volumes, the trash, fencing for maintenance and an installation doctor,
-// all read from the API server (DhppPool objects, PVs, claims, the
-// DaemonSet), so no operator needs SSH for the everyday questions.
+// volumes, the trash and restoring from it, fencing for maintenance and an
+// installation doctor, all through the API server (DhppPool objects, PVs,
+// claims, the DaemonSet), so no operator needs SSH for the everyday
+// questions.
 //
 // It follows kubectl's conventions: --kubeconfig, --context, -n/-A,
 // -o wide|json|yaml, tables with upper-case headers, exit code 0 on
@@ -44,6 +45,9 @@ type Options struct {
 	SortBy  string
 	Reason  string
 	Timeout time.Duration
+	// To and StorageClass are restore's target claim and its class.
+	To           string
+	StorageClass string
 }
 
 const usage = `kubectl dhpp: the dhpp CSI driver's view of the cluster.
@@ -52,6 +56,7 @@ Commands:
   pools                  every node's pools: space, volumes, health, trash
   volumes                claims and their volumes: node, pool, backend, size, used, health
   trash [NODE]           deleted volumes still recoverable, with their claim and purge time
+  restore ENTRY --to NAMESPACE/CLAIM   bring a trashed volume back as a PV bound to that claim
   doctor                 check the installation; prints what is wrong and how to fix it
   fence NODE POOL --reason TEXT   stop new volumes on a pool (planned maintenance)
   unfence NODE POOL      let a fenced pool take new volumes again
@@ -77,7 +82,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&opts.Node, "node", "", "only this node (pools, volumes)")
 	fs.StringVar(&opts.SortBy, "sort-by", "", "volumes: sort by namespace (default), node, size or used")
 	fs.StringVar(&opts.Reason, "reason", "", "fence: why the pool is fenced (required)")
-	fs.DurationVar(&opts.Timeout, "timeout", time.Minute, "fence, unfence: how long to wait for the node's driver to act (0: do not wait)")
+	fs.DurationVar(&opts.Timeout, "timeout", time.Minute, "fence, unfence, restore: how long to wait for the node's driver (and, restore, the binding) to act (0: do not wait)")
+	fs.StringVar(&opts.To, "to", "", "restore: the claim to restore into, NAMESPACE/CLAIM (created if missing)")
+	fs.StringVar(&opts.StorageClass, "storage-class", "", "restore: the restored claim's StorageClass (default: the claim's, or dhpp's class for the pool)")
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -157,6 +164,11 @@ func Run(ctx context.Context, env Env, args []string, o Options) error {
 			o.Node = rest[0]
 		}
 		return trash(ctx, env, o)
+	case "restore":
+		if err := want(1, "restore ENTRY --to NAMESPACE/CLAIM [--node NODE] [--storage-class CLASS] [--timeout 1m]"); err != nil {
+			return err
+		}
+		return restore(ctx, env, rest[0], o.To, o)
 	case "doctor":
 		if err := want(0, "doctor [-o json|yaml]"); err != nil {
 			return err
@@ -173,5 +185,5 @@ func Run(ctx context.Context, env Env, args []string, o Options) error {
 		}
 		return unfence(ctx, env, rest[0], rest[1], o)
 	}
-	return fmt.Errorf("unknown command %q (commands: %s)", cmd, strings.Join([]string{"pools", "volumes", "trash", "doctor", "fence", "unfence"}, ", "))
+	return fmt.Errorf("unknown command %q (commands: %s)", cmd, strings.Join([]string{"pools", "volumes", "trash", "restore", "doctor", "fence", "unfence"}, ", "))
 }
