@@ -21,6 +21,10 @@ var controllerCapabilities = []csi.ControllerServiceCapability_RPC_Type{
 	csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
 	csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
 	legacyControllerVolumeCondition,
+	csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+	csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+	csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+	csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 }
 
 func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
@@ -46,8 +50,9 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if req.GetVolumeContentSource() != nil {
-		return nil, status.Error(codes.InvalidArgument, "volume_content_source is not supported: dhpp has no snapshots or clones")
+	src, err := contentSource(req.GetVolumeContentSource())
+	if err != nil {
+		return nil, err
 	}
 	if err := d.checkRequisite(req.GetAccessibilityRequirements()); err != nil {
 		return nil, err
@@ -56,7 +61,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		Name: req.GetName(), Pool: params.Pool,
 		RequiredBytes: req.GetCapacityRange().GetRequiredBytes(), LimitBytes: req.GetCapacityRange().GetLimitBytes(),
 		AccessType: access, FsType: fsType, Mode: params.Mode, Labels: params.Labels,
-		Admit: d.refuseFenced,
+		Admit: d.refuseFenced, Source: src,
 	})
 	if err != nil {
 		return nil, toStatus(err)
@@ -82,6 +87,7 @@ func (d *Driver) csiVolume(v *node.Volume) *csi.Volume {
 			dhpp.ContextBackend: string(v.Backend),
 		},
 		AccessibleTopology: []*csi.Topology{d.topology()},
+		ContentSource:      csiContentSource(v.ContentSource),
 	}
 }
 

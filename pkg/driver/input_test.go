@@ -134,6 +134,69 @@ func TestBadInput(t *testing.T) {
 			}))
 			return err
 		}, codes.InvalidArgument, "volume_content_source"},
+		{"create: snapshot ID no node issues", func() error {
+			_, err := d.CreateVolume(ctx, createReq("v", func(r *csi.CreateVolumeRequest) {
+				r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "x"}}}
+			}))
+			return err
+		}, codes.NotFound, "not an ID dhpp issues"}, // csi-sanity wants NotFound here
+		{"create: another node's snapshot", func() error {
+			_, err := d.CreateVolume(ctx, createReq("v", func(r *csi.CreateVolumeRequest) {
+				r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "node-b/default/snapshots/s"}}}
+			}))
+			return err
+		}, codes.ResourceExhausted, "the driver on that node makes the volume"}, // the provisioner of node-b will
+		{"create: another node's volume as clone source", func() error {
+			_, err := d.CreateVolume(ctx, createReq("v", func(r *csi.CreateVolumeRequest) {
+				r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "node-b/default/v0"}}}
+			}))
+			return err
+		}, codes.ResourceExhausted, "the driver on that node makes the clone"},
+		{"create: missing snapshot of this node", func() error {
+			_, err := d.CreateVolume(ctx, createReq("v", func(r *csi.CreateVolumeRequest) {
+				r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "node-a/default/snapshots/gone"}}}
+			}))
+			return err
+		}, codes.NotFound, "does not exist"},
+		{"create: restore into another pool", func() error {
+			_, err := d.CreateVolume(ctx, createReq("v", func(r *csi.CreateVolumeRequest) {
+				r.Parameters = map[string]string{"pool": "other"}
+				r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: "node-a/default/snapshots/gone"}}}
+			}))
+			return err
+		}, codes.NotFound, "does not exist"}, // the source is looked up first
+		{"snapshot: no name", func() error {
+			_, err := d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: "node-a/default/v0"})
+			return err
+		}, codes.InvalidArgument, "name is required"},
+		{"snapshot: malformed source", func() error {
+			_, err := d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: "x"})
+			return err
+		}, codes.InvalidArgument, "is not of the form"},
+		{"snapshot: missing source", func() error {
+			_, err := d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: "node-a/default/gone"})
+			return err
+		}, codes.NotFound, "does not exist"},
+		{"snapshot: source of another node", func() error {
+			_, err := d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: "node-b/default/v0"})
+			return err
+		}, codes.NotFound, "taken by the driver on that node"},
+		{"snapshot: bad name", func() error {
+			_, err := d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "../x", SourceVolumeId: "node-a/default/v0"})
+			return err
+		}, codes.InvalidArgument, "snapshot name"},
+		{"delete snapshot: another node's", func() error {
+			_, err := d.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: "node-b/default/snapshots/s"})
+			return err
+		}, codes.FailedPrecondition, `is on node "node-b"`}, // succeeding would orphan its data
+		{"get snapshot: malformed", func() error {
+			_, err := d.GetSnapshot(ctx, &csi.GetSnapshotRequest{SnapshotId: "x"})
+			return err
+		}, codes.NotFound, "not a snapshot ID dhpp issues"},
+		{"list snapshots: malformed token", func() error {
+			_, err := d.ListSnapshots(ctx, &csi.ListSnapshotsRequest{StartingToken: "x"})
+			return err
+		}, codes.Aborted, "starting_token"},
 		{"create: same name, other size", func() error {
 			_, err := d.CreateVolume(ctx, createReq("existing", func(r *csi.CreateVolumeRequest) { r.CapacityRange = &csi.CapacityRange{RequiredBytes: 2 << 20} }))
 			return err

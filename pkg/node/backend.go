@@ -59,11 +59,6 @@ type Usage struct {
 // of what a volume occupies.
 var errNoAccount = errors.New("the backend keeps no per-volume account")
 
-// errNoSnapshots is what the snapshot and clone hooks of a backend that
-// cannot (yet) make them return. It is ErrUnsupported: the request asks for
-// something this pool cannot do.
-var errNoSnapshots = fmt.Errorf("%w: the pool's backend cannot snapshot or clone volumes", ErrUnsupported)
-
 // backend is the only door to disk-specific work: how a pool carves a
 // volume, enforces and reports its size, and shows it on this node. It is
 // made by a pure constructor (registered in backends.go) from the pool's
@@ -135,42 +130,27 @@ type backend interface {
 	// the caller has checked that stagingPath is the volume's.
 	PublishSource(dir volumeDir, v *Volume, stagingPath string) (string, error)
 
-	// The snapshot and clone hooks (issue 13). Every backend returns
-	// errNoSnapshots for now; what each will do:
-	//   - btrfs: Snapshot is a read-only snapshot of the data subvolume
-	//     into snap, CreateFrom a writable snapshot of the source's, each
-	//     in O(1) and given its own qgroup limit;
-	//   - xfs, ext4, dir: a copy of the data tree (reflinked where the
-	//     filesystem can, e.g. XFS with reflink=1), the copy given a
-	//     project id of its own (xfs, ext4);
-	//   - loop: a copy of the image (FICLONE where the pool's filesystem
-	//     can reflink, else a sparse copy), taken while the filesystem is
-	//     frozen or the volume unstaged.
+	// The snapshot and clone hooks (see snapshot_backends.go for what
+	// each backend does, and docs/design.md "Snapshots").
 
-	// Snapshot copies the volume's data as it is now into snap, a new
-	// empty directory of the pool.
-	Snapshot(ctx context.Context, dir volumeDir, v *Volume, snap volumeDir) error
-	// CreateFrom is Create with the new volume v filled from src (a
-	// snapshot directory or another volume's directory, of srcVol).
-	CreateFrom(ctx context.Context, dir volumeDir, v *Volume, src volumeDir, srcVol *Volume) error
+	// Snapshot captures the volume's data as it is now into snap, a new
+	// empty directory of the pool, in the layout of a volume directory
+	// (dataName or imageName). The caller holds the volume's lock and
+	// calls release to give it up early: a backend that copies for long
+	// calls it once it holds open descriptors on the source, so the
+	// volume stays usable during the copy.
+	Snapshot(ctx context.Context, dir volumeDir, v *Volume, snap volumeDir, release func()) (snapResult, error)
+	// CreateFrom is Create with the new volume v (at least srcVol's size)
+	// filled from src, a snapshot directory or another volume's directory
+	// whose data has the form of srcVol. release gives up the lock on the
+	// source as for Snapshot. It returns the method it used.
+	CreateFrom(ctx context.Context, dir volumeDir, v *Volume, src volumeDir, srcVol *Volume, release func()) (string, error)
 }
 
 // maintainer is a backend with periodic work: the pool calls Maintain on
 // every trash-purge round (btrfs: checks that qgroup limits are enforced).
 type maintainer interface {
 	Maintain()
-}
-
-// noSnapshots gives a backend the snapshot and clone hooks of one that
-// cannot make them yet.
-type noSnapshots struct{}
-
-func (noSnapshots) Snapshot(context.Context, volumeDir, *Volume, volumeDir) error {
-	return errNoSnapshots
-}
-
-func (noSnapshots) CreateFrom(context.Context, volumeDir, *Volume, volumeDir, *Volume) error {
-	return errNoSnapshots
 }
 
 // chmodRoot fixes the mode of a new volume root (Mkdir's mode is masked by

@@ -16,7 +16,7 @@ import (
 // prepares nothing, and NodePublish binds the data directory itself, so
 // the volume is wherever that directory is bind-mounted. Each embeds it
 // and adds how the directory is made and how its size is enforced.
-type dirStyle struct{ noSnapshots }
+type dirStyle struct{}
 
 func (dirStyle) Supports(a AccessType) bool { return a == AccessMount }
 

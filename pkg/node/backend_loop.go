@@ -31,7 +31,6 @@ import (
 // backend that serves Block or a foreign fsType through an image file in
 // the volume's directory composes it rather than being a loop pool.
 type loopBackend struct {
-	noSnapshots
 	st *store
 	// fsType is the filesystem of Filesystem volumes whose request names
 	// none: the pool's configured one, else defaultLoopFsType.

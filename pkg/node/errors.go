@@ -41,7 +41,7 @@ var (
 	// ErrPoolMissing: the volume's pool directory is missing (an unmounted
 	// data disk?); its volumes may come back, so nothing is answered for them.
 	ErrPoolMissing = errors.New("pool missing")
-	// ErrUnsupported: dhpp cannot do what was asked on any node (e.g.
-	// snapshots, before issue 13).
+	// ErrUnsupported: dhpp cannot do what was asked on any node (e.g. a
+	// backend a pool's filesystem cannot have).
 	ErrUnsupported = errors.New("unsupported")
 )

@@ -217,11 +217,29 @@ type CreateRequest struct {
 	// anything else is checked (the driver refuses fenced pools); its
 	// error is returned as it is.
 	Admit func(pool string) error
+	// Source, if set, is what the new volume is filled from (see
+	// CreateVolume and createFromSource).
+	Source *ContentSource
 }
 
 // CreateVolume makes a volume, or returns the existing one of that name if
 // it is compatible (CSI idempotency); an incompatible one is ErrAlreadyExists.
 func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume, error) {
+	var src *source
+	if req.Source != nil {
+		// The source decides the node and the pool: checked before
+		// anything, so a node without it answers ErrElsewhere at once.
+		var err error
+		if src, err = m.findSource(req.Source); err != nil {
+			return nil, err
+		}
+		if req.Pool == "" {
+			req.Pool = src.pool.Name
+		} else if req.Pool != src.pool.Name {
+			return nil, fmt.Errorf("%w: %s is in pool %q, the request names pool %q: dhpp restores and clones within the source's pool "+
+				"(use a StorageClass of pool %q, or one naming no pool)", ErrInvalid, req.Source, src.pool.Name, req.Pool, src.pool.Name)
+		}
+	}
 	p, err := m.Pool(req.Pool)
 	if err != nil {
 		// Another node may have the pool.
@@ -263,6 +281,9 @@ func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume,
 		if v != nil && v.csiName() == req.Name {
 			return v, compatible(v, other.volumeFsType(v), p.Name, req)
 		}
+	}
+	if src != nil {
+		return m.createFromSource(ctx, p, id, req, src)
 	}
 	b, err := p.carver(req.AccessType, req.FsType)
 	if err != nil {
@@ -307,6 +328,8 @@ func compatible(v *Volume, fsType, pool string, req CreateRequest) error {
 		return fmt.Errorf("%w: volume %q exists with filesystem %s, %s was requested", ErrAlreadyExists, req.Name, fsType, req.FsType)
 	case req.Mode.Perm() != v.Mode:
 		return fmt.Errorf("%w: volume %q exists with mode %#o, %#o was requested", ErrAlreadyExists, req.Name, v.Mode, req.Mode.Perm())
+	case !sameSource(v.ContentSource, req.Source):
+		return fmt.Errorf("%w: volume %q exists filled from %s, %s was requested", ErrAlreadyExists, req.Name, v.ContentSource, req.Source)
 	}
 	return nil
 }

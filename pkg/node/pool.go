@@ -87,6 +87,9 @@ type Pool struct {
 	// by name: left alone, their names reserved.
 	quarantined map[string]Quarantine
 	provisioned int64 // Σ ReservedBytes of the live volumes
+	// snaps indexes the pool's snapshots; their stored bytes count as
+	// provisioned.
+	snaps poolSnapshots
 	// reserved is what admitted creates and expansions hold until their
 	// record is put (which converts it into provisioned) or they fail
 	// (which releases it). Capacity counts it as provisioned and promised.
@@ -287,10 +290,14 @@ func (p *Pool) recover() error {
 			volName = name[:i]
 		}
 		dst := path.Join(dirTrash, trashName(volName, p.env.now()))
-		klog.InfoS("Moving an interrupted volume creation to the trash", "pool", p.Name, "entry", name, "trash", dst)
+		thawLeftover(p.root, path.Join(dirTmp, name)) // a snapshot of a loop volume cut short while frozen
+		klog.InfoS("Moving an interrupted volume or snapshot creation to the trash", "pool", p.Name, "entry", name, "trash", dst)
 		if err := p.root.Rename(path.Join(dirTmp, name), dst); err != nil {
 			return fmt.Errorf("pool %q: recover %s: %w", p.Name, name, err)
 		}
+	}
+	if err := p.recoverSnapshots(); err != nil {
+		return err
 	}
 	names, err := p.readDirNames(dirVolumes)
 	if err != nil {
@@ -467,7 +474,8 @@ func (p *Pool) Capacity() (Capacity, error) {
 // unwritten bytes (from the cache, or recounted when it is stale).
 func (p *Pool) commitments() (provisioned, reserved, promised int64) {
 	p.mu.RLock()
-	provisioned, reserved = p.provisioned, p.reserved
+	// Snapshots never grow: their bytes are provisioned and written.
+	provisioned, reserved = p.provisioned+p.snaps.stored, p.reserved
 	if !p.promisedAt.IsZero() && time.Since(p.promisedAt) < promisedTTL {
 		defer p.mu.RUnlock()
 		return provisioned, reserved, p.promisedBytes
@@ -810,7 +818,10 @@ func (p *Pool) purge(ctx context.Context, rel string) error {
 	// have left.
 	var kinds []BackendKind
 	v, err := readTrashedRecord(p.root, rel)
-	if err == nil {
+	if s, serr := readSnapshotRecord(p.root, rel); err != nil && serr == nil && knownBackend(s.Source.Backend) {
+		v, err = &Volume{Name: path.Base(rel)}, nil
+		kinds = []BackendKind{s.Source.Backend}
+	} else if err == nil {
 		kinds = []BackendKind{v.Backend}
 	} else {
 		v = &Volume{Name: path.Base(rel)}

@@ -55,6 +55,26 @@ type Volume struct {
 	// the disk without a cluster.
 	Labels    map[string]string `json:"labels,omitempty"`
 	CreatedAt time.Time         `json:"createdAt"`
+	// ContentSource is what the volume was filled from at creation, if
+	// anything (a restore or a clone).
+	ContentSource *ContentSource `json:"contentSource,omitempty"`
+}
+
+// ContentSource names what a new volume is filled from: a snapshot or
+// another volume (exactly one of the two IDs is set).
+type ContentSource struct {
+	SnapshotID string `json:"snapshotID,omitempty"`
+	VolumeID   string `json:"volumeID,omitempty"`
+}
+
+func (c *ContentSource) String() string {
+	if c == nil {
+		return "nothing"
+	}
+	if c.SnapshotID != "" {
+		return "snapshot " + c.SnapshotID
+	}
+	return "volume " + c.VolumeID
 }
 
 // ReservedBytes is what the volume counts against its pool: the larger of
@@ -71,6 +91,10 @@ func (v *Volume) csiName() string {
 
 func (v *Volume) clone() *Volume {
 	c := *v
+	if v.ContentSource != nil {
+		cs := *v.ContentSource
+		c.ContentSource = &cs
+	}
 	if v.Labels != nil {
 		c.Labels = make(map[string]string, len(v.Labels))
 		for k, val := range v.Labels {

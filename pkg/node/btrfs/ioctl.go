@@ -173,3 +173,21 @@ func ioctl(f *os.File, req uintptr, arg unsafe.Pointer) error {
 	}
 	return nil
 }
+
+// subvolNameMax is BTRFS_SUBVOL_NAME_MAX.
+const subvolNameMax = 4039
+
+// volArgsV2 is struct btrfs_ioctl_vol_args_v2 (the unions as their
+// largest member: unused[4] and name).
+type volArgsV2 struct {
+	fd      int64
+	transID uint64
+	flags   uint64
+	unused  [4]uint64
+	name    [subvolNameMax + 1]byte
+}
+
+// subvolRdonly is BTRFS_SUBVOL_RDONLY.
+const subvolRdonly = 1 << 1
+
+var iocSnapCreateV2 = ioc(iocWrite, ioctlMagic, 23, unsafe.Sizeof(volArgsV2{}))

@@ -18,6 +18,7 @@ func TestIoctlNumbers(t *testing.T) {
 	}{
 		{"BTRFS_IOC_SYNC", iocSync, 0x9408},
 		{"BTRFS_IOC_SUBVOL_CREATE", iocSubvolCreate, 0x5000940e},
+		{"BTRFS_IOC_SNAP_CREATE_V2", iocSnapCreateV2, 0x50009417},
 		{"BTRFS_IOC_SNAP_DESTROY", iocSnapDestroy, 0x5000940f},
 		{"BTRFS_IOC_TREE_SEARCH", iocTreeSearch, 0xd0009411},
 		{"BTRFS_IOC_INO_LOOKUP", iocInoLookup, 0xd0009412},
@@ -40,6 +41,7 @@ func TestStructLayout(t *testing.T) {
 		want uintptr
 	}{
 		{"btrfs_ioctl_vol_args", unsafe.Sizeof(volArgs{}), 4096},
+		{"btrfs_ioctl_vol_args_v2", unsafe.Sizeof(volArgsV2{}), 4096},
 		{"btrfs_ioctl_search_key", unsafe.Sizeof(searchKey{}), 104},
 		{"btrfs_ioctl_search_args", unsafe.Sizeof(searchArgs{}), 4096},
 		{"btrfs_ioctl_search_header", unsafe.Sizeof(searchHeader{}), 32},
