@@ -232,6 +232,34 @@ func testProjQuotaLifecycle(t *testing.T, mnt string, kind BackendKind, quotaErr
 	}
 }
 
+// TestProjQuotaSnapshotVM runs TestSnapshotRestoreClone's scenario on the
+// xfs (reflink=1: files reflinked) and ext4 (copied) project-quota
+// backends. The restored volume's limit is checked by writing as nobody
+// (ext4 lets root past a project quota).
+func TestProjQuotaSnapshotVM(t *testing.T) {
+	if !vmtest.Run(t, vmtest.Config{Disks: []int64{1 << 30, 1 << 30}}) {
+		return
+	}
+	methods := map[BackendKind]string{BackendXFS: MethodReflink, BackendExt4: MethodCopy}
+	for _, c := range projQuotaCases {
+		t.Run(string(c.kind), func(t *testing.T) {
+			vmMkfs(t, c.dev, c.mkfs)
+			mnt := vmMount(t, c.dev, string(c.kind), "prjquota")
+			poolPath := filepath.Join(mnt, "dhpp")
+			if err := os.Mkdir(poolPath, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			testSnapshotRestoreClone(t, poolPath, c.kind, methods[c.kind], func(t *testing.T, dir string) (int64, bool, error) {
+				if err := os.Chmod(dir, 0o777); err != nil {
+					t.Fatal(err)
+				}
+				n, out := ddAsNobody(t, filepath.Join(dir, "fill"), 200)
+				return n, strings.Contains(out, c.quotaErr), nil
+			})
+		})
+	}
+}
+
 // TestProjQuotaAutoSelectVM checks what auto picks on XFS and ext4 with and
 // without prjquota, that the reason tells the operator how to get enforced
 // quotas, and that asking for xfs/ext4 explicitly fails with that advice.

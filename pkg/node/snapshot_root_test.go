@@ -122,13 +122,21 @@ func TestSnapshotRestoreClone(t *testing.T) {
 		{"loop on xfs", "xfs", BackendLoop, MethodCopy}, // see canReflink
 		{"loop on ext4", "ext4", BackendLoop, MethodCopy},
 	} {
-		t.Run(tc.name, func(t *testing.T) { testSnapshotRestoreClone(t, tc.disk, tc.kind, tc.method) })
+		t.Run(tc.name, func(t *testing.T) {
+			testSnapshotRestoreClone(t, newPoolOnDisk(t, tc.disk, 1<<30), tc.kind, tc.method, fillAsRoot)
+		})
 	}
 }
 
-func testSnapshotRestoreClone(t *testing.T, disk string, kind BackendKind, method string) {
+// fillAsRoot writes into dir until a write fails (at most 200 MiB) and
+// reports how much it wrote and whether a quota or full disk stopped it.
+func fillAsRoot(t *testing.T, dir string) (int64, bool, error) {
+	n, err := writeUntilError(t, filepath.Join(dir, "fill"), 200*mib)
+	return n, isQuotaErr(err), err
+}
+
+func testSnapshotRestoreClone(t *testing.T, poolPath string, kind BackendKind, method string, fill func(*testing.T, string) (int64, bool, error)) {
 	ctx := context.Background()
-	poolPath := newPoolOnDisk(t, disk, 1<<30)
 	clock := &fakeClock{t: time.Now()}
 	m := openManager(t, poolPath, kind, clock)
 	defer func() { m.Close() }()
@@ -212,12 +220,12 @@ func testSnapshotRestoreClone(t *testing.T, disk string, kind BackendKind, metho
 	rRoot := root(restored)
 	checkSnapTree(t, rRoot)
 	// The restored volume's limit is its own, larger, size.
-	n, err := writeUntilError(t, filepath.Join(rRoot, "fill"), 200*mib)
+	n, quota, err := fill(t, rRoot)
 	if kind == BackendDir {
 		if err != nil {
 			t.Errorf("dir volume: writing 200 MiB: %v (sizes are not enforced)", err)
 		}
-	} else if !isQuotaErr(err) || n <= 64*mib-16*mib || n > 96*mib {
+	} else if !quota || n <= 64*mib-16*mib || n > 96*mib {
 		t.Errorf("restored volume of 96 MiB took %d bytes before %v; want a quota error between the source's 64 MiB and 96 MiB", n, err)
 	}
 	must(t, os.Remove(filepath.Join(rRoot, "fill")))

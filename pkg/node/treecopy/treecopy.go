@@ -34,7 +34,8 @@ const (
 // Stats counts what a copy did.
 type Stats struct {
 	Files, Dirs, Others int64
-	// Bytes is the data of the regular files (holes excluded).
+	// Bytes is the data copied (holes excluded), plus the size of each
+	// reflinked file.
 	Bytes int64
 	// Reflinked is the number of files whose data was reflinked.
 	Reflinked int64
