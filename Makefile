@@ -12,7 +12,7 @@ export DHPP_CACHE
 # install their own on first use).
 APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod busybox-static gcc libc6-dev fio
 
-.PHONY: all build kubectl-dhpp image demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e conformance unit deps tools bench bench-io bench-cluster vet
+.PHONY: all build kubectl-dhpp image demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e conformance unit deps tools bench bench-io bench-cluster bench-scale vet
 
 # The supported Kubernetes versions, oldest first: the one list lives in
 # test/e2e/cluster (KubernetesVersions).
@@ -120,6 +120,12 @@ bench: deps
 ## docs/benchmarks-io.md and .png, see docs/benchmarks.md).
 bench-io: deps
 	CGO_ENABLED=0 $(GO) test -count=1 -run '^$$' -bench '^BenchmarkIO$$' -benchtime 1x -timeout 30m ./test/benchio/ -args -benchio.out $(CURDIR)/docs
+
+## bench-scale: dhpp's per-node cost (RSS, CPU, API requests, watch traffic)
+## with 0, 1,000 and 5,000 PVCs/PVs that are not dhpp's, on the local cluster
+## with the apiserver audit log on (root; ~12 min; docs/benchmarks.md).
+bench-scale: deps
+	$(GO) run ./test/scale/cmd/dhpp-scale --levels 0,1000,5000
 
 ## bench-cluster: provisioning at scale on the local cluster, dhpp side by side
 ## with local-path-provisioner v0.0.30 (root; ~30 min; docs/benchmarks-cluster.md).

@@ -549,3 +549,29 @@ func TestEverySupportedVersionHasItsBuildModule(t *testing.T) {
 		}
 	}
 }
+
+func TestAuditFlags(t *testing.T) {
+	cfg := Config{OutputDir: t.TempDir()}
+	if f, err := auditFlags(cfg); err != nil || f != nil {
+		t.Fatalf("audit off: flags %v, err %v; want none", f, err)
+	}
+	cfg.Audit = true
+	f, err := auditFlags(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := strings.Join(f, " ")
+	policy := filepath.Join(cfg.OutputDir, "audit-policy.yaml")
+	for _, want := range []string{"--audit-policy-file=" + policy, "--audit-log-path=" + cfg.AuditLogPath()} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("flags %q lack %q", joined, want)
+		}
+	}
+	b, err := os.ReadFile(policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "level: Metadata") || !strings.Contains(string(b), "RequestReceived") {
+		t.Errorf("policy:\n%s", b)
+	}
+}

@@ -169,6 +169,9 @@ type Config struct {
 	InstallDHPP bool
 	// SkipPackages skips the apt-get step (the packages are known present).
 	SkipPackages bool
+	// Audit turns on the apiserver's audit log (Metadata level, at
+	// AuditLogPath) for counting requests per client; $DHPP_E2E_AUDIT=1.
+	Audit bool
 }
 
 // DefaultConfig finds the repository from the working directory and applies
@@ -204,6 +207,7 @@ func DefaultConfig() (Config, error) {
 		CacheDir:          cache,
 		Nodes:             DefaultNodes(),
 		KubernetesVersion: version,
+		Audit:             os.Getenv("DHPP_E2E_AUDIT") == "1",
 	}, nil
 }
 

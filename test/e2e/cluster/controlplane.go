@@ -55,6 +55,11 @@ func startControlPlane(ctx context.Context, cfg Config, pki *PKI, st *State) err
 		"--authorization-mode=Node,RBAC", "--allow-privileged=true",
 		"--enable-admission-plugins=NodeRestriction",
 		"--profiling=false", "--v=1"}
+	audit, err := auditFlags(cfg)
+	if err != nil {
+		return err
+	}
+	apiserver = append(apiserver, audit...)
 	if err := startCP(st, cfg, "kube-apiserver", apiserver); err != nil {
 		return err
 	}

@@ -3,7 +3,7 @@
 // supported) up and down. The logic lives in test/e2e/cluster; this file
 // parses flags.
 //
-//	go run ./test/e2e/cmd/dhpp-cluster up [--install-dhpp]
+//	go run ./test/e2e/cmd/dhpp-cluster up [--install-dhpp] [--audit]
 //	go run ./test/e2e/cmd/dhpp-cluster status
 //	go run ./test/e2e/cmd/dhpp-cluster down
 //	go run ./test/e2e/cmd/dhpp-cluster tools    # only build the cached tools
@@ -32,6 +32,7 @@ func main() {
 	klog.InitFlags(nil)
 	install := flag.Bool("install-dhpp", false, "up: apply "+cluster.LocalOverlay+" and wait for its DaemonSets")
 	skipPkgs := flag.Bool("skip-packages", false, "up: do not check/install the Debian packages")
+	audit := flag.Bool("audit", false, "up: write the apiserver audit log (Metadata level) to _output/cluster/logs/audit.log (also $DHPP_E2E_AUDIT=1)")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: dhpp-cluster [flags] up|down|status|tools|e2e-tools|versions|version|lose NODE|restore NODE\n")
 		flag.PrintDefaults()
@@ -59,6 +60,7 @@ func main() {
 		os.Exit(1)
 	}
 	cfg.InstallDHPP, cfg.SkipPackages = *install, *skipPkgs
+	cfg.Audit = cfg.Audit || *audit
 	if verb == "version" {
 		fmt.Println(cfg.KubernetesVersion)
 		return

@@ -1,0 +1,103 @@
+package scale
+
+import (
+	"fmt"
+	"io"
+	"strings"
+)
+
+// perNode are the components that run once per node; dhpp-controller runs
+// once per cluster.
+var perNode = map[string]bool{"dhpp-driver": true, "csi-provisioner": true, "csi-resizer": true}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
+
+// Markdown writes the report's tables.
+func Markdown(w io.Writer, r *Report) {
+	fmt.Fprintf(w, "Scale run of %s, %d nodes, %s; took %s.\n\n", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Nodes, r.Machine, r.Duration.Round(1e9))
+	fmt.Fprintf(w, "Command: `%s`\n\n", r.Command)
+	for _, name := range []string{"csi-provisioner", "csi-resizer"} {
+		fmt.Fprintf(w, "- %s args: `%s`\n", name, strings.Join(r.DaemonSetArgs[name], " "))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Steady state (per process; requests per node = per instance):")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| PVCs / PVs | component | procs | RSS mean / max MiB | CPU mean / max mcores | req/s per node mean / max | requests in the window |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---|")
+	for _, lv := range r.Levels {
+		reqs := map[string]ComponentRequests{}
+		for _, q := range lv.Steady.Requests {
+			reqs[q.Component] = q
+		}
+		for _, p := range lv.Steady.Procs {
+			q := reqs[p.Component]
+			mean, mx := 0.0, 0.0
+			if lv.Steady.Seconds > 0 && p.Processes > 0 {
+				mean = float64(q.Total) / float64(p.Processes) / lv.Steady.Seconds
+				mx = float64(q.PerNodeMax) / lv.Steady.Seconds
+			}
+			fmt.Fprintf(w, "| %d / %d | %s | %d | %s / %s | %.1f / %.1f | %.3f / %.3f | %s |\n",
+				lv.Claims, lv.PVs, p.Component, p.Processes, mib(p.RSSMean), mib(p.RSSMax), p.CPUMean, p.CPUMax,
+				mean, mx, TopVerbs(q.ByVerb, 4))
+		}
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Adding the objects (the churn every PVC/PV watcher receives):")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| to PVCs / PVs | took | events to one PVC+PV watcher | KiB to one watcher | bytes/event | apiserver watch KiB sent, PVC+PV (all watchers) | PVC / PV watchers | list of all PVCs+PVs KiB | CPU mcores mean: driver / provisioner / resizer |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---|---:|---|")
+	for _, lv := range r.Levels {
+		g := lv.Grow
+		ev := g.PVC.Events + g.PV.Events
+		by := g.PVC.Bytes + g.PV.Bytes
+		per := int64(0)
+		if ev > 0 {
+			per = by / ev
+		}
+		pvc, pv := g.APIServer["PersistentVolumeClaim"], g.APIServer["PersistentVolume"]
+		cpu := map[string]float64{}
+		for _, p := range g.Procs {
+			cpu[p.Component] = p.CPUMean
+		}
+		fmt.Fprintf(w, "| %d / %d | %s | %d | %d | %d | %.0f | %.0f / %.0f | %d | %.0f / %.0f / %.0f |\n",
+			lv.Claims, lv.PVs, g.Duration.Round(1e9), ev, by>>10, per, (pvc.Bytes+pv.Bytes)/1024,
+			pvc.Watchers, pv.Watchers, lv.ListBytes>>10, cpu["dhpp-driver"], cpu["csi-provisioner"], cpu["csi-resizer"])
+	}
+	fmt.Fprintln(w)
+	projection(w, r)
+}
+
+// projection scales the last level's per-node figures to 100 and 1,000
+// nodes: requests add up linearly; each node's provisioner is one more
+// watcher of every PVC and PV change.
+func projection(w io.Writer, r *Report) {
+	if len(r.Levels) == 0 {
+		return
+	}
+	lv := r.Levels[len(r.Levels)-1]
+	var reqPerNode float64
+	var rssPerNode int64
+	for _, p := range lv.Steady.Procs {
+		if !perNode[p.Component] {
+			continue
+		}
+		rssPerNode += p.RSSMean
+		for _, q := range lv.Steady.Requests {
+			if q.Component == p.Component && lv.Steady.Seconds > 0 {
+				reqPerNode += float64(q.Total) / float64(p.Processes) / lv.Steady.Seconds
+			}
+		}
+	}
+	g := lv.Grow
+	perEvent := 0.0
+	if ev := g.PVC.Events + g.PV.Events; ev > 0 {
+		perEvent = float64(g.PVC.Bytes+g.PV.Bytes) / float64(ev)
+	}
+	fmt.Fprintf(w, "Projection from %d PVCs / %d PVs (per node: %.3f req/s, %s MiB RSS mean sum; %.0f bytes per PVC/PV watch event):\n\n",
+		lv.Claims, lv.PVs, reqPerNode, mib(rssPerNode), perEvent)
+	fmt.Fprintln(w, "| nodes | dhpp requests/s on the apiserver | dhpp memory, whole cluster | watch bytes/s per PVC or PV change/s |")
+	fmt.Fprintln(w, "|---:|---:|---:|---:|")
+	for _, n := range []int{100, 1000} {
+		fmt.Fprintf(w, "| %d | %.1f | %.1f GiB | %.0f KiB/s |\n", n, reqPerNode*float64(n), float64(rssPerNode)*float64(n)/(1<<30), perEvent*float64(n)/1024)
+	}
+}
