@@ -3,6 +3,7 @@ package scale
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -10,25 +11,45 @@ import (
 )
 
 // WatchStats is what the apiserver's own metrics say about the watch
-// traffic of one kind, summed over every watcher.
+// traffic of one resource (persistentvolumeclaims, ...), summed over every
+// watcher.
 type WatchStats struct {
 	// Events and Bytes sent to watchers (apiserver_watch_events_total,
 	// apiserver_watch_events_sizes_sum): each event counts once per watcher.
 	Events, Bytes float64
-	// Watchers is the number of open watches (apiserver_registered_watchers).
+	// Watchers is the number of open watches
+	// (apiserver_longrunning_requests{verb="WATCH"}).
 	Watchers float64
 }
 
-// The watch metrics of the apiserver, labelled by kind.
+// The apiserver's metrics this reads. The watch event metrics are labelled
+// by resource since Kubernetes 1.34 and by kind before.
 const (
-	metricWatchEvents   = "apiserver_watch_events_total"
-	metricWatchSizes    = "apiserver_watch_events_sizes"
-	metricWatchers      = "apiserver_registered_watchers"
-	metricWatchersAlpha = "apiserver_watch_cache_registered_watchers"
+	metricWatchEvents = "apiserver_watch_events_total"
+	metricWatchSizes  = "apiserver_watch_events_sizes"
+	metricLongRunning = "apiserver_longrunning_requests"
 )
 
+// kindResources maps the kinds the report looks at to their resources.
+var kindResources = map[string]string{
+	"PersistentVolumeClaim": "persistentvolumeclaims",
+	"PersistentVolume":      "persistentvolumes",
+}
+
+// resourceOf names a sample's resource, from its resource or kind label.
+func resourceOf(m *dto.Metric) string {
+	if r := labelOf(m, "resource"); r != "" {
+		return r
+	}
+	k := labelOf(m, "kind")
+	if r, ok := kindResources[k]; ok {
+		return r
+	}
+	return strings.ToLower(k) + "s"
+}
+
 // ParseWatchStats reads the apiserver's /metrics text and returns the watch
-// traffic per kind.
+// traffic per resource.
 func ParseWatchStats(r io.Reader) (map[string]WatchStats, error) {
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := p.TextToMetricFamilies(r)
@@ -36,30 +57,31 @@ func ParseWatchStats(r io.Reader) (map[string]WatchStats, error) {
 		return nil, fmt.Errorf("parse apiserver metrics: %w", err)
 	}
 	out := map[string]WatchStats{}
-	each := func(name string, f func(kind string, m *dto.Metric)) {
+	each := func(name string, f func(res string, m *dto.Metric)) {
 		if fam := fams[name]; fam != nil {
 			for _, m := range fam.GetMetric() {
-				f(labelOf(m, "kind"), m)
+				f(resourceOf(m), m)
 			}
 		}
 	}
-	each(metricWatchEvents, func(k string, m *dto.Metric) {
-		s := out[k]
+	each(metricWatchEvents, func(res string, m *dto.Metric) {
+		s := out[res]
 		s.Events += m.GetCounter().GetValue()
-		out[k] = s
+		out[res] = s
 	})
-	each(metricWatchSizes, func(k string, m *dto.Metric) {
-		s := out[k]
+	each(metricWatchSizes, func(res string, m *dto.Metric) {
+		s := out[res]
 		s.Bytes += m.GetHistogram().GetSampleSum()
-		out[k] = s
+		out[res] = s
 	})
-	for _, name := range []string{metricWatchers, metricWatchersAlpha} {
-		each(name, func(k string, m *dto.Metric) {
-			s := out[k]
-			s.Watchers = max(s.Watchers, m.GetGauge().GetValue())
-			out[k] = s
-		})
-	}
+	each(metricLongRunning, func(res string, m *dto.Metric) {
+		if labelOf(m, "verb") != "WATCH" || labelOf(m, "subresource") != "" {
+			return
+		}
+		s := out[res]
+		s.Watchers += m.GetGauge().GetValue()
+		out[res] = s
+	})
 	return out, nil
 }
 

@@ -54,7 +54,7 @@ func Markdown(w io.Writer, r *Report) {
 		if ev > 0 {
 			per = by / ev
 		}
-		pvc, pv := g.APIServer["PersistentVolumeClaim"], g.APIServer["PersistentVolume"]
+		pvc, pv := g.APIServer["persistentvolumeclaims"], g.APIServer["persistentvolumes"]
 		cpu := map[string]float64{}
 		for _, p := range g.Procs {
 			cpu[p.Component] = p.CPUMean
@@ -62,6 +62,23 @@ func Markdown(w io.Writer, r *Report) {
 		fmt.Fprintf(w, "| %d / %d | %s | %d | %d | %d | %.0f | %.0f / %.0f | %d | %.0f / %.0f / %.0f |\n",
 			lv.Claims, lv.PVs, g.Duration.Round(1e9), ev, by>>10, per, (pvc.Bytes+pv.Bytes)/1024,
 			pvc.Watchers, pv.Watchers, lv.ListBytes>>10, cpu["dhpp-driver"], cpu["csi-provisioner"], cpu["csi-resizer"])
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Steady-state watch traffic from the apiserver, all watchers (events/s, KiB/s):")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| PVCs / PVs | persistentvolumeclaims | persistentvolumes | csistoragecapacities | leases | events (all kinds) |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|")
+	for _, lv := range r.Levels {
+		st := lv.Steady
+		cell := func(res string) string {
+			a := st.APIServer[res]
+			if st.Seconds == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.2f / %.2f", a.Events/st.Seconds, a.Bytes/1024/st.Seconds)
+		}
+		fmt.Fprintf(w, "| %d / %d | %s | %s | %s | %s | %s |\n", lv.Claims, lv.PVs, cell("persistentvolumeclaims"),
+			cell("persistentvolumes"), cell("csistoragecapacities"), cell("leases"), cell("events"))
 	}
 	fmt.Fprintln(w)
 	projection(w, r)

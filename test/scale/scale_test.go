@@ -17,9 +17,12 @@ apiserver_watch_events_sizes_bucket{group="",kind="PersistentVolumeClaim",versio
 apiserver_watch_events_sizes_bucket{group="",kind="PersistentVolumeClaim",version="v1",le="+Inf"} 1200
 apiserver_watch_events_sizes_sum{group="",kind="PersistentVolumeClaim",version="v1"} 1.5e+06
 apiserver_watch_events_sizes_count{group="",kind="PersistentVolumeClaim",version="v1"} 1200
-# HELP apiserver_registered_watchers [ALPHA] Number of currently registered watchers for a given resources
-# TYPE apiserver_registered_watchers gauge
-apiserver_registered_watchers{group="",kind="PersistentVolumeClaim",version="v1"} 9
+apiserver_watch_events_total{group="storage.k8s.io",resource="csistoragecapacities",version="v1"} 7
+# HELP apiserver_longrunning_requests [STABLE] Gauge of all active long-running apiserver requests
+# TYPE apiserver_longrunning_requests gauge
+apiserver_longrunning_requests{component="apiserver",group="",resource="persistentvolumeclaims",scope="cluster",subresource="",verb="WATCH",version="v1"} 7
+apiserver_longrunning_requests{component="apiserver",group="",resource="persistentvolumeclaims",scope="namespace",subresource="",verb="WATCH",version="v1"} 2
+apiserver_longrunning_requests{component="apiserver",group="",resource="pods",scope="namespace",subresource="exec",verb="CONNECT",version="v1"} 1
 `
 
 func TestParseWatchStats(t *testing.T) {
@@ -27,13 +30,16 @@ func TestParseWatchStats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := got["PersistentVolumeClaim"]; s != (WatchStats{Events: 1200, Bytes: 1.5e6, Watchers: 9}) {
+	if s := got["persistentvolumeclaims"]; s != (WatchStats{Events: 1200, Bytes: 1.5e6, Watchers: 9}) {
 		t.Errorf("PVC stats %+v", s)
 	}
-	if s := got["PersistentVolume"]; s != (WatchStats{Events: 300}) {
+	if s := got["persistentvolumes"]; s != (WatchStats{Events: 300}) {
 		t.Errorf("PV stats %+v", s)
 	}
-	d := WatchStats{Events: 1500, Bytes: 2e6, Watchers: 10}.Sub(got["PersistentVolumeClaim"])
+	if s := got["csistoragecapacities"]; s.Events != 7 {
+		t.Errorf("resource-labelled stats %+v", s)
+	}
+	d := WatchStats{Events: 1500, Bytes: 2e6, Watchers: 10}.Sub(got["persistentvolumeclaims"])
 	if d != (WatchStats{Events: 300, Bytes: 0.5e6, Watchers: 10}) {
 		t.Errorf("Sub = %+v", d)
 	}
