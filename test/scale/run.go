@@ -233,7 +233,9 @@ func subStats(a, b map[string]WatchStats) map[string]WatchStats {
 // waitBound waits until want claims of the namespace are Bound.
 func waitBound(ctx context.Context, c kubernetes.Interface, want int, timeout time.Duration) error {
 	last := -1
-	err := wait.PollUntilContextTimeout(ctx, 2*time.Second, timeout, true, func(ctx context.Context) (bool, error) {
+	// Every 5 s: each poll lists the namespace's claims, itself load on the
+	// apiserver the sidecars share.
+	err := wait.PollUntilContextTimeout(ctx, 5*time.Second, timeout, true, func(ctx context.Context) (bool, error) {
 		l, err := c.CoreV1().PersistentVolumeClaims(Namespace).List(ctx, metav1.ListOptions{ResourceVersion: "0"})
 		if err != nil {
 			return false, nil

@@ -1,0 +1,39 @@
+package scale
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMarkdownProjection(t *testing.T) {
+	rep := &Report{Started: time.Unix(0, 0), Nodes: 4, Command: "dhpp-scale", Levels: []Level{{
+		Claims: 1000, PVs: 900,
+		Grow: Growth{PVC: TallyValue{Events: 3000, Bytes: 3000 * 1000}, PV: TallyValue{Events: 1000, Bytes: 1000 * 1000}},
+		Steady: Steady{Seconds: 100,
+			Procs: []ProcStats{
+				{Component: "dhpp-driver", Processes: 4, RSSMean: 30 << 20},
+				{Component: "csi-provisioner", Processes: 4, RSSMean: 40 << 20},
+				{Component: "csi-resizer", Processes: 4, RSSMean: 20 << 20},
+				{Component: "dhpp-controller", Processes: 2, RSSMean: 500 << 20}, // not per node
+			},
+			Requests: []ComponentRequests{
+				{Component: "csi-resizer", Nodes: 4, Total: 40, PerNodeMax: 10, ByVerb: map[string]int{"get leases": 40}}, // 0.1/s per node
+				{Component: "dhpp-driver", Nodes: 4, Total: 20, PerNodeMax: 5},                                            // 0.05/s
+				{Component: "dhpp-controller", Nodes: 1, Total: 1000, PerNodeMax: 1000},
+			}},
+	}}}
+	var b strings.Builder
+	Markdown(&b, rep)
+	md := b.String()
+	for _, want := range []string{
+		"per node: 0.150 req/s, 90.0 MiB RSS mean sum; 1000 bytes per PVC/PV watch event",
+		"| 100 | 15.0 | 8.8 GiB | 98 KiB/s |",
+		"| 1000 | 150.0 | 87.9 GiB | 977 KiB/s |",
+		"| 1000 / 900 | csi-resizer | 4 | 20.0 / 0.0 | 0.0 / 0.0 | 0.100 / 0.100 | get leases ×40 |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+}
