@@ -123,7 +123,7 @@ bench-io: deps
 
 ## bench-scale: dhpp's per-node cost (RSS, CPU, API requests, watch traffic)
 ## with 0, 1,000 and 5,000 PVCs/PVs that are not dhpp's, on the local cluster
-## with the apiserver audit log on (root; ~12 min; docs/benchmarks.md).
+## with the apiserver audit log on (root; ~14 min; docs/benchmarks.md).
 bench-scale: deps
 	$(GO) run ./test/scale/cmd/dhpp-scale --levels 0,1000,5000
 

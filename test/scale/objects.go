@@ -147,14 +147,37 @@ func createPair(ctx context.Context, c kubernetes.Interface, i int, bound bool) 
 }
 
 // cleanup deletes what the benchmark created: the namespace (its claims),
-// the labelled PVs and the class.
-func cleanup(ctx context.Context, c kubernetes.Interface) error {
-	sel := metav1.ListOptions{LabelSelector: LabelKey + "=" + LabelValue}
+// the labelled PVs (one call each, in parallel: a DeleteCollection of
+// thousands outlives the request timeout) and the class.
+func cleanup(ctx context.Context, c kubernetes.Interface, parallel int) error {
 	if err := c.CoreV1().Namespaces().Delete(ctx, Namespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete namespace: %w", err)
 	}
-	if err := c.CoreV1().PersistentVolumes().DeleteCollection(ctx, metav1.DeleteOptions{}, sel); err != nil {
-		return fmt.Errorf("delete PVs: %w", err)
+	pvs, err := c.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{LabelSelector: LabelKey + "=" + LabelValue})
+	if err != nil {
+		return fmt.Errorf("list PVs: %w", err)
+	}
+	names := make(chan string)
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for w := 0; w < max(parallel, 1); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range names {
+				if err := c.CoreV1().PersistentVolumes().Delete(ctx, n, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+					firstErr.CompareAndSwap(nil, fmt.Errorf("delete PV %s: %w", n, err))
+				}
+			}
+		}()
+	}
+	for _, pv := range pvs.Items {
+		names <- pv.Name
+	}
+	close(names)
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		return err
 	}
 	if err := c.StorageV1().StorageClasses().Delete(ctx, StorageClass, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete storage class: %w", err)

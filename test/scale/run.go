@@ -101,18 +101,21 @@ func Run(ctx context.Context, opt Options, out io.Writer) (*Report, error) {
 	if err := checkAudit(ctx, c, cfg.AuditLogPath()); err != nil {
 		return nil, err
 	}
+	if err := useShippedArgs(ctx, cfg, c, out); err != nil {
+		return nil, err
+	}
 	rep := &Report{Started: time.Now(), Machine: machine(), Nodes: len(cfg.Nodes)}
 	if rep.DaemonSetArgs, err = daemonSetArgs(ctx, c); err != nil {
 		return nil, err
 	}
-	if err := cleanupAndWait(ctx, c, opt.Timeout); err != nil {
+	if err := cleanupAndWait(ctx, c, opt); err != nil {
 		return nil, fmt.Errorf("leftovers of an earlier run: %w", err)
 	}
 	defer func() {
 		fmt.Fprintln(out, "deleting the benchmark's objects")
 		cctx, cancel := context.WithTimeout(context.Background(), opt.Timeout)
 		defer cancel()
-		if err := cleanupAndWait(cctx, c, opt.Timeout); err != nil {
+		if err := cleanupAndWait(cctx, c, opt); err != nil {
 			fmt.Fprintf(out, "cleanup: %v\n", err)
 		}
 	}()
@@ -272,12 +275,12 @@ func listBytes(ctx context.Context, c kubernetes.Interface) (int64, error) {
 	return int64(len(a) + len(b)), err
 }
 
-func cleanupAndWait(ctx context.Context, c kubernetes.Interface, timeout time.Duration) error {
-	if err := cleanup(ctx, c); err != nil {
+func cleanupAndWait(ctx context.Context, c kubernetes.Interface, opt Options) error {
+	if err := cleanup(ctx, c, opt.Parallel); err != nil {
 		return err
 	}
 	sel := metav1.ListOptions{LabelSelector: LabelKey + "=" + LabelValue, Limit: 1}
-	return wait.PollUntilContextTimeout(ctx, 2*time.Second, timeout, true, func(ctx context.Context) (bool, error) {
+	return wait.PollUntilContextTimeout(ctx, 2*time.Second, opt.Timeout, true, func(ctx context.Context) (bool, error) {
 		pvs, err := c.CoreV1().PersistentVolumes().List(ctx, sel)
 		if err != nil {
 			return false, nil

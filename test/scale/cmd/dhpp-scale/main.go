@@ -31,8 +31,8 @@ func main() {
 	var (
 		levels   = flag.String("levels", "0,1000,5000", "comma-separated claim counts, ascending; about as many static PVs")
 		pending  = flag.Int("pending-every", 10, "leave every n-th claim Pending (0: none)")
-		settle   = flag.Duration("settle", 45*time.Second, "wait after the objects are bound")
-		window   = flag.Duration("window", 2*time.Minute, "steady-state sampling time per level")
+		settle   = flag.Duration("settle", 30*time.Second, "wait after the objects are bound")
+		window   = flag.Duration("window", 90*time.Second, "steady-state sampling time per level")
 		parallel = flag.Int("parallel", 30, "create calls in flight")
 		timeout  = flag.Duration("timeout", 5*time.Minute, "bound on binding and on cleanup")
 		mdOut    = flag.String("markdown", "_output/scale/results.md", "markdown to write (empty: none; always printed)")
