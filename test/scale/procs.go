@@ -1,6 +1,11 @@
 package scale
 
 import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
 	"github.com/dhpp-io/dhpp/test/e2e/bench"
 )
 
@@ -8,13 +13,43 @@ import (
 // of their executable, and the cluster-side controller.
 var Components = []string{"dhpp-driver", "csi-provisioner", "csi-resizer", "dhpp-controller"}
 
-// sampleProcs samples every process of the components.
+// sampleProcs samples every process of the components that runs on a node
+// of the cluster. Other processes of the same name on this machine (a
+// driver under test/crash, another helper's run) are not the cluster's.
 func sampleProcs(procRoot string) ([]bench.ProcSample, error) {
 	names := map[string]bool{}
 	for _, c := range Components {
 		names[c] = true
 	}
-	return bench.FindProcs(procRoot, names)
+	ps, err := bench.FindProcs(procRoot, names)
+	if err != nil {
+		return nil, err
+	}
+	out := ps[:0]
+	for _, p := range ps {
+		b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(p.PID), "cgroup"))
+		if err == nil && nodeOfCgroup(string(b)) != "" {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// nodeOfCgroup is the cluster node whose cgroup subtree a process is in:
+// every node's kubelet runs its pods under /<node name> (test/e2e/cluster),
+// named dhpp-node-N. "" for a process outside the cluster.
+func nodeOfCgroup(cgroup string) string {
+	for _, line := range strings.Split(cgroup, "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		first, _, _ := strings.Cut(strings.TrimPrefix(parts[2], "/"), "/")
+		if strings.HasPrefix(first, "dhpp-node-") {
+			return first
+		}
+	}
+	return ""
 }
 
 // ProcStats is one component's use over a window, over its processes.

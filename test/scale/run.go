@@ -104,6 +104,9 @@ func Run(ctx context.Context, opt Options, out io.Writer) (*Report, error) {
 	if err := useShippedArgs(ctx, cfg, c, out); err != nil {
 		return nil, err
 	}
+	if err := checkProcs(opt.ProcRoot, len(cfg.Nodes)); err != nil {
+		return nil, err
+	}
 	rep := &Report{Started: time.Now(), Machine: machine(), Nodes: len(cfg.Nodes)}
 	if rep.DaemonSetArgs, err = daemonSetArgs(ctx, c); err != nil {
 		return nil, err
@@ -231,6 +234,25 @@ func subStats(a, b map[string]WatchStats) map[string]WatchStats {
 		out[k] = v.Sub(b[k])
 	}
 	return out
+}
+
+// checkProcs expects one process of each per-node component on every node:
+// a sampler that finds none would report a cost of zero.
+func checkProcs(procRoot string, nodes int) error {
+	ps, err := sampleProcs(procRoot)
+	if err != nil {
+		return err
+	}
+	n := map[string]int{}
+	for _, p := range ps {
+		n[p.Executable]++
+	}
+	for c := range perNode {
+		if n[c] != nodes {
+			return fmt.Errorf("found %d %s processes in the cluster's cgroups, want one per node (%d)", n[c], c, nodes)
+		}
+	}
+	return nil
 }
 
 // waitBound waits until want claims of the namespace are Bound.

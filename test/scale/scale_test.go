@@ -137,3 +137,16 @@ spec:
 		t.Error("no DaemonSet: no error")
 	}
 }
+
+func TestNodeOfCgroup(t *testing.T) {
+	for _, tc := range []struct{ cgroup, want string }{
+		{"12:memory:/dhpp-node-2/kubepods/burstable/pod1234/abcd\n11:cpu,cpuacct:/dhpp-node-2/kubepods/burstable/pod1234/abcd\n", "dhpp-node-2"},
+		{"0::/dhpp-node-10/kubepods/pod1/c\n", "dhpp-node-10"},
+		{"12:memory:/user.slice/user-0.slice/session-3.scope\n0::/user.slice\n", ""},
+		{"", ""},
+	} {
+		if got := nodeOfCgroup(tc.cgroup); got != tc.want {
+			t.Errorf("nodeOfCgroup(%q) = %q, want %q", tc.cgroup, got, tc.want)
+		}
+	}
+}
