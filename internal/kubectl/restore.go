@@ -256,19 +256,26 @@ func storageClass(ctx context.Context, env Env, o Options, j *restoreJob) (strin
 	if err != nil {
 		return "", fmt.Errorf("list StorageClasses: %w", err)
 	}
-	var all, forPool []string
+	// A class naming the pool wins; one naming no pool serves the
+	// driver's first --pool, which only the node knows.
+	var all, exact, generic []string
 	for _, sc := range l.Items {
 		if sc.Provisioner != dhpp.DriverName {
 			continue
 		}
 		all = append(all, sc.Name)
-		if pool := sc.Parameters[dhpp.ParamPool]; pool == j.pool.Spec.Pool || pool == "" && j.pool.Spec.Pool == "default" {
-			forPool = append(forPool, sc.Name)
+		switch sc.Parameters[dhpp.ParamPool] {
+		case j.pool.Spec.Pool:
+			exact = append(exact, sc.Name)
+		case "":
+			generic = append(generic, sc.Name)
 		}
 	}
 	switch {
-	case len(forPool) == 1:
-		return forPool[0], nil
+	case len(exact) == 1:
+		return exact[0], nil
+	case len(exact) == 0 && len(generic) == 1:
+		return generic[0], nil
 	case len(all) == 0:
 		return "", fmt.Errorf("no StorageClass uses %s: create one, or name the class with --storage-class", dhpp.DriverName)
 	}

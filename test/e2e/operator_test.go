@@ -28,18 +28,7 @@ import (
 func TestOperatorView(t *testing.T) {
 	e := dhppCluster(t)
 	ctx := testCtx(t, 10*time.Minute)
-	bin := t.TempDir()
-	build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bin, "kubectl-dhpp"), "../../cmd/kubectl-dhpp")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build kubectl-dhpp: %v\n%s", err, out)
-	}
-	dhppCmd := func(args ...string) (string, error) {
-		c := exec.CommandContext(ctx, e.cfg.KubeBin("kubectl"), append([]string{"dhpp"}, args...)...)
-		c.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "KUBECONFIG="+e.cfg.KubeconfigPath())
-		out, err := c.CombinedOutput()
-		return string(out), err
-	}
+	dhppCmd := kubectlDhpp(t, ctx, e)
 
 	var pools v1.DhppPoolList
 	t.Run("pools shows every node with its disk's figures", func(t *testing.T) {
@@ -180,5 +169,23 @@ func checkPoolAgainstDisk(t *testing.T, ctx context.Context, e *env, p v1.DhppPo
 	}
 	if or := p.OwnerReferences; len(or) != 1 || or[0].Kind != "Node" || or[0].UID != n.UID {
 		t.Errorf("%s: owner references %+v, want Node UID %s", p.Spec.Node, or, n.UID)
+	}
+}
+
+// kubectlDhpp builds the plugin from the repo and returns a runner of
+// `kubectl dhpp ARGS...` that finds it on PATH, as a user's kubectl does.
+func kubectlDhpp(t *testing.T, ctx context.Context, e *env) func(args ...string) (string, error) {
+	t.Helper()
+	bin := t.TempDir()
+	build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(bin, "kubectl-dhpp"), "../../cmd/kubectl-dhpp")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build kubectl-dhpp: %v\n%s", err, out)
+	}
+	return func(args ...string) (string, error) {
+		c := exec.CommandContext(ctx, e.cfg.KubeBin("kubectl"), append([]string{"dhpp"}, args...)...)
+		c.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "KUBECONFIG="+e.cfg.KubeconfigPath())
+		out, err := c.CombinedOutput()
+		return string(out), err
 	}
 }
