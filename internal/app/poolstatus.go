@@ -65,7 +65,7 @@ func newPublisher(c Config, side nodeSide, period time.Duration, mgr *node.Manag
 			if ns, claim, ok := strings.Cut(req.Claim, "/"); ok {
 				labels["namespace"], labels["pvc"] = ns, claim
 			}
-			return mgr.Untrash(ctx, node.UntrashRequest{Pool: pool, Entry: req.Entry, Labels: labels, Retention: c.TrashRetention})
+			return mgr.Untrash(ctx, node.UntrashRequest{Pool: pool, Entry: req.Entry, Labels: labels})
 		},
 		Version: dhpp.Version,
 		Period:  period,

@@ -802,11 +802,12 @@ func (p *Pool) PurgeTrash(ctx context.Context, retention time.Duration) (int, er
 		if p.env.now().Sub(deleted) < retention {
 			continue
 		}
-		if err := p.purge(ctx, path.Join(dirTrash, entry)); err != nil {
+		done, err := p.purgeUnlessRestoring(ctx, entry) // untrash.go
+		if err != nil {
 			errs = append(errs, err)
-			continue
+		} else if done {
+			purged++
 		}
-		purged++
 	}
 	return purged, errors.Join(errs...)
 }

@@ -7,7 +7,7 @@ import (
 	"io/fs"
 	"path"
 	"strings"
-	"time"
+	"sync"
 
 	"k8s.io/klog/v2"
 )
@@ -18,11 +18,50 @@ import (
 // restored instead of reporting the entry gone.
 const LabelRestoredFrom = "restoredFrom"
 
-// UntrashMargin is how long before its purge time an entry can no longer
-// be restored. The purger removes only entries older than the retention,
-// and a restore takes one rename, so an entry restored at least this long
-// before its purge time cannot be purged while it is being restored.
-const UntrashMargin = time.Minute
+// entryHolds are, per pool, the trash entries a restore or the purger is
+// working on: the two exclude each other per entry, so the purger never
+// removes an entry being restored, nor a restore renames back an entry
+// half purged.
+var entryHolds sync.Map // *Pool → *heldEntries
+
+type heldEntries struct {
+	mu   sync.Mutex
+	held map[string]bool
+}
+
+// holdEntry takes entry of p for a restore or a purge; ok is false while
+// the other holds it.
+func (p *Pool) holdEntry(entry string) (release func(), ok bool) {
+	v, _ := entryHolds.LoadOrStore(p, &heldEntries{held: map[string]bool{}})
+	h := v.(*heldEntries)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.held[entry] {
+		return nil, false
+	}
+	h.held[entry] = true
+	return func() {
+		h.mu.Lock()
+		delete(h.held, entry)
+		h.mu.Unlock()
+	}, true
+}
+
+// purgeUnlessRestoring purges an expired trash entry unless a restore
+// holds it or has taken it away; done says whether it purged.
+func (p *Pool) purgeUnlessRestoring(ctx context.Context, entry string) (done bool, err error) {
+	release, ok := p.holdEntry(entry)
+	if !ok {
+		klog.InfoS("Not purging a trash entry being restored", "pool", p.Name, "entry", entry)
+		return false, nil
+	}
+	defer release()
+	rel := path.Join(dirTrash, entry)
+	if _, err := p.root.Lstat(rel); errors.Is(err, fs.ErrNotExist) {
+		return false, nil // restored since the trash was listed
+	}
+	return true, p.purge(ctx, rel)
+}
 
 // UntrashRequest asks to take a deleted volume back from a pool's trash.
 type UntrashRequest struct {
@@ -32,8 +71,6 @@ type UntrashRequest struct {
 	// Labels replace the record's labels of the same keys (the claim and PV
 	// the volume is restored for: "namespace", "pvc", "pv").
 	Labels map[string]string
-	// Retention is the trash purger's retention (see UntrashMargin).
-	Retention time.Duration
 }
 
 // Untrash takes a trashed volume back into its pool, under its old name and
@@ -46,8 +83,12 @@ type UntrashRequest struct {
 // it. A crash before the rename leaves a trash entry (restorable again, or
 // purged in time); after it, a live volume that recovery reads at start.
 //
-// It refuses, touching nothing: an entry that is gone (purged) or due for
-// purge within UntrashMargin (ErrNotFound); a live or quarantined volume of
+// The purger and a restore hold the entry while they work on it
+// (holdEntry), so an entry is restorable until the purger takes it, even
+// past its retention, and never both.
+//
+// It refuses, touching nothing: an entry that is gone (purged: ErrNotFound)
+// or being purged (ErrBusy); a live or quarantined volume of
 // the same name (ErrAlreadyExists); an entry whose record cannot be trusted
 // (ErrInvalid); a pool whose directory is missing (ErrPoolMissing); a
 // volume that no longer fits (ErrNoSpace). Fencing is the caller's check.
@@ -59,7 +100,7 @@ func (m *Manager) Untrash(ctx context.Context, req UntrashRequest) (*Volume, err
 	if err := p.Missing(); err != nil {
 		return nil, err
 	}
-	name, deleted, ok := parseTrashName(req.Entry)
+	name, _, ok := parseTrashName(req.Entry)
 	if !ok || strings.ContainsAny(req.Entry, "/\x00") || ValidateVolumeName(name) != nil {
 		return nil, fmt.Errorf("%w: %q is not a trash entry name (<volume>@<unix nanos>, as `kubectl dhpp trash` lists them)", ErrInvalid, req.Entry)
 	}
@@ -68,6 +109,11 @@ func (m *Manager) Untrash(ctx context.Context, req UntrashRequest) (*Volume, err
 		return nil, err
 	}
 	defer unlock()
+	release, ok := p.holdEntry(req.Entry)
+	if !ok {
+		return nil, fmt.Errorf("%w: trash entry %q of pool %q is being purged", ErrBusy, req.Entry, p.Name)
+	}
+	defer release()
 	rel := path.Join(dirTrash, req.Entry)
 	if _, err := p.root.Lstat(rel); errors.Is(err, fs.ErrNotExist) {
 		if v := p.restoredFrom(name, req.Entry); v != nil {
@@ -76,10 +122,6 @@ func (m *Manager) Untrash(ctx context.Context, req UntrashRequest) (*Volume, err
 		return nil, fmt.Errorf("%w: trash entry %q is not in pool %q on node %q: it was purged (or never there)", ErrNotFound, req.Entry, p.Name, m.nodeID)
 	} else if err != nil {
 		return nil, fmt.Errorf("pool %q: %w", p.Name, err)
-	}
-	if req.Retention > 0 && !p.env.now().Before(deleted.Add(req.Retention-UntrashMargin)) {
-		return nil, fmt.Errorf("%w: trash entry %q of pool %q is due for purge (deleted %s, retention %s): too late to restore it safely",
-			ErrNotFound, req.Entry, p.Name, deleted.UTC().Format(time.RFC3339), req.Retention)
 	}
 	if err := p.checkNameFree(name); err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"github.com/dhpp-io/dhpp/internal/testdisk"
 )
 
+// untrashRetention is the purger's retention in these tests.
 const untrashRetention = 15 * time.Minute
 
 // trashOne creates a volume, writes payload into it and deletes it; it
@@ -66,7 +67,7 @@ func TestUntrash(t *testing.T) {
 			clock.Add(5 * time.Minute)
 
 			labels := map[string]string{"namespace": "db", "pvc": "data-new", "pv": "pvc-restore"}
-			v, err := m.Untrash(ctx, UntrashRequest{Entry: entry, Labels: labels, Retention: untrashRetention})
+			v, err := m.Untrash(ctx, UntrashRequest{Entry: entry, Labels: labels})
 			if err != nil {
 				t.Fatalf("Untrash: %v", err)
 			}
@@ -97,7 +98,7 @@ func TestUntrash(t *testing.T) {
 				}
 			}
 
-			again, err := m.Untrash(ctx, UntrashRequest{Entry: entry, Retention: untrashRetention})
+			again, err := m.Untrash(ctx, UntrashRequest{Entry: entry})
 			if err != nil || again.ID != v.ID {
 				t.Fatalf("repeated Untrash = %v, %v; want the restored volume", again, err)
 			}
@@ -121,8 +122,10 @@ func TestUntrashRefusals(t *testing.T) {
 	defer m.Close()
 	p, _ := m.Pool("")
 
-	_, late := trashOne(t, m, poolPath, "pvc-late", 8*mib, []byte("late"))
-	clock.Add(untrashRetention - 30*time.Second) // pvc-late is due for purge now
+	_, purging := trashOne(t, m, poolPath, "pvc-purging", 8*mib, []byte("late"))
+	clock.Add(untrashRetention + time.Second)
+	release, _ := p.holdEntry(purging) // as the purger does while it purges
+	defer release()
 	_, taken := trashOne(t, m, poolPath, "pvc-taken", 8*mib, []byte("old"))
 	mustCreate(t, m, "pvc-taken", 8*mib) // the name is live again
 	_, huge := trashOne(t, m, poolPath, "pvc-huge", 600*mib, []byte("huge"))
@@ -140,12 +143,12 @@ func TestUntrashRefusals(t *testing.T) {
 		{"not an entry name", "../volumes/pvc-taken", ErrInvalid},
 		{"no time", "pvc-taken", ErrInvalid},
 		{"live volume of that name", taken, ErrAlreadyExists},
-		{"due for purge", late, ErrNotFound},
+		{"being purged", purging, ErrBusy},
 		{"no room", huge, ErrNoSpace},
 		{"record unreadable", bad, ErrInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := m.Untrash(ctx, UntrashRequest{Entry: tc.entry, Retention: untrashRetention})
+			_, err := m.Untrash(ctx, UntrashRequest{Entry: tc.entry})
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("Untrash(%s) = %v, want %v", tc.entry, err, tc.want)
 			}
@@ -195,12 +198,49 @@ func TestUntrashCrash(t *testing.T) {
 	if tr, _ := p.Trash(); len(tr) != 1 || tr[0].Entry != e1 || tr[0].Volume == nil {
 		t.Fatalf("trash after restart = %+v, want %s with its record", tr, e1)
 	}
-	got, err := m.Untrash(ctx, UntrashRequest{Entry: e1, Retention: untrashRetention})
+	got, err := m.Untrash(ctx, UntrashRequest{Entry: e1})
 	if err != nil || got.ID != v1.ID {
 		t.Fatalf("Untrash after crash = %v, %v", got, err)
 	}
 	data, err := os.ReadFile(filepath.Join(poolPath, dirVolumes, v1.Name, dataName, "payload"))
 	if err != nil || string(data) != "one" {
 		t.Fatalf("data = %q, %v", data, err)
+	}
+}
+
+// TestPurgeSkipsEntryBeingRestored: the purger leaves an expired entry
+// that a restore holds, and purges it once released; an entry restored
+// past its retention, before the purger got to it, comes back whole.
+func TestPurgeSkipsEntryBeingRestored(t *testing.T) {
+	testdisk.RequireRoot(t)
+	ctx := context.Background()
+	poolPath := newPoolOnDisk(t, "btrfs", 1<<30)
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	m := openManager(t, poolPath, BackendBtrfs, clock)
+	defer m.Close()
+	p, _ := m.Pool("")
+	_, held := trashOne(t, m, poolPath, "pvc-held", 8*mib, []byte("held"))
+	v, late := trashOne(t, m, poolPath, "pvc-late", 8*mib, []byte("late"))
+	clock.Add(untrashRetention + time.Minute)
+
+	release, ok := p.holdEntry(held)
+	if !ok {
+		t.Fatal("hold")
+	}
+	if got, err := m.Untrash(ctx, UntrashRequest{Entry: late}); err != nil || got.ID != v.ID {
+		t.Fatalf("Untrash of an expired entry not purged yet = %v, %v", got, err)
+	}
+	if n, err := m.PurgeTrash(ctx, untrashRetention); err != nil || n != 0 {
+		t.Fatalf("PurgeTrash with the only expired entry held = %d, %v; want 0", n, err)
+	}
+	if tr, _ := p.Trash(); len(tr) != 1 || tr[0].Entry != held {
+		t.Fatalf("trash = %+v, want %s kept", tr, held)
+	}
+	release()
+	if n, err := m.PurgeTrash(ctx, untrashRetention); err != nil || n != 1 {
+		t.Fatalf("PurgeTrash after release = %d, %v; want 1", n, err)
+	}
+	if data, err := os.ReadFile(filepath.Join(poolPath, dirVolumes, v.Name, dataName, "payload")); err != nil || string(data) != "late" {
+		t.Errorf("restored data %q, %v", data, err)
 	}
 }
