@@ -231,6 +231,12 @@ func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume,
 		// anything, so a node without it answers ErrElsewhere at once.
 		var err error
 		if src, err = m.findSource(req.Source); err != nil {
+			// A retry of a restore that succeeded before its source was
+			// deleted (the answer lost to a crash or timeout) still gets
+			// the volume: the provisioner must not be stranded with it.
+			if v, verr := m.madeFrom(req); errors.Is(err, ErrNotFound) && v != nil {
+				return v, verr
+			}
 			return nil, err
 		}
 		if req.Pool == "" {
@@ -312,6 +318,29 @@ func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume,
 	}
 	klog.V(2).InfoS("Volume created", "volume", v.ID, "bytes", v.CapacityBytes, "backend", v.Backend, "duration", time.Since(start))
 	return v.clone(), nil
+}
+
+// madeFrom returns the existing volume of the request's name that was
+// made from the request's source (nil if none), checked for compatibility.
+func (m *Manager) madeFrom(req CreateRequest) (*Volume, error) {
+	if req.AccessType == "" {
+		req.AccessType = AccessMount
+	}
+	for _, p := range m.pools {
+		if !p.opened.Load() {
+			continue
+		}
+		v, err := p.lookup(volumeKey(m.nodeID, p.Name, req.Name))
+		if err != nil || v == nil || v.csiName() != req.Name || !sameSource(v.ContentSource, req.Source) {
+			continue
+		}
+		pool := req.Pool
+		if pool == "" {
+			pool = v.Pool
+		}
+		return v, compatible(v, p.volumeFsType(v), pool, req)
+	}
+	return nil, nil
 }
 
 // compatible checks an existing volume v, whose filesystem is fsType (its

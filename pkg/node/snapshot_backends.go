@@ -261,7 +261,10 @@ func cloneImage(ctx context.Context, img *os.File, dst volumeDir, reflink bool) 
 		return "", err
 	}
 	start := time.Now()
-	m, n, err := treecopy.Clone(ctx, f, img, reflink)
+	// copy_file_range would share extents on XFS (see canReflink); on
+	// ext4 it is an in-kernel copy.
+	kind, _ := fsTypeOf(img)
+	m, n, err := treecopy.Clone(ctx, f, img, reflink, kind != "xfs")
 	if err != nil {
 		return "", fmt.Errorf("clone image %s: %w", img.Name(), err)
 	}

@@ -267,6 +267,14 @@ func testSnapshotRestoreClone(t *testing.T, poolPath string, kind BackendKind, m
 	// Delete: to the trash, idempotent; restored volumes are independent.
 	must(t, m.DeleteSnapshot(ctx, snap.ID))
 	must(t, m.DeleteSnapshot(ctx, snap.ID))
+	// A retried restore whose answer was lost still gets its volume (the
+	// crash loop found this); a new one from the deleted snapshot is NotFound.
+	if again, err := m.CreateVolume(ctx, CreateRequest{Name: "restored", RequiredBytes: 96 * mib, Source: snapSrc}); err != nil || again.ID != restored.ID {
+		t.Errorf("repeated restore after the snapshot was deleted = %v, %v; want the volume", again, err)
+	}
+	if _, err := m.CreateVolume(ctx, CreateRequest{Name: "late", RequiredBytes: 96 * mib, Source: snapSrc}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("restore of a deleted snapshot = %v, want ErrNotFound", err)
+	}
 	if _, err := m.GetSnapshot(snap.ID); !errors.Is(err, ErrNotFound) {
 		t.Errorf("GetSnapshot after delete = %v, want ErrNotFound", err)
 	}

@@ -28,11 +28,16 @@ func (h *harness) checkAfterRestart() {
 		h.checkRecovered(v, listed)
 	}
 	h.checkNoStrangers(listed)
+	h.checkSnapshotsRecovered()
+	for _, v := range h.allVols() {
+		h.checkNotFrozen(v)
+	}
 	for _, v := range h.allVols() {
 		if v.pending != "" && !v.broken {
 			h.resolve(v)
 		}
 	}
+	h.resolveSnapshots()
 	for _, v := range h.allVols() {
 		if v.live() && !v.broken {
 			h.checkUsable(v)

@@ -72,6 +72,8 @@ type harness struct {
 
 	mu   sync.Mutex
 	vols []*vol // every volume ever asked for, in creation order
+	// snaps is every snapshot ever asked for.
+	snaps snapList
 }
 
 func (h *harness) poolPath(name string) string {
@@ -116,6 +118,9 @@ func (h *harness) call(v *vol, rpc, what string, f func(ctx context.Context, inc
 	kind := rpc
 	if rpc == "NodeStageVolume" && v.growPending {
 		kind += "+grow"
+	}
+	if rpc == "CreateVolume" && v.source != nil {
+		kind += "+restore"
 	}
 	if !h.checking {
 		h.aim.starting(kind)
@@ -185,10 +190,11 @@ func (h *harness) tooManyErrors() bool { return h.errs.Load() >= maxErrors }
 
 func (h *harness) createReq(v *vol) *csi.CreateVolumeRequest {
 	return &csi.CreateVolumeRequest{
-		Name:               v.name,
-		CapacityRange:      &csi.CapacityRange{RequiredBytes: v.reqBytes},
-		VolumeCapabilities: []*csi.VolumeCapability{v.capability()},
-		Parameters:         map[string]string{dhpp.ParamPool: v.pool},
+		Name:                v.name,
+		CapacityRange:       &csi.CapacityRange{RequiredBytes: v.reqBytes},
+		VolumeCapabilities:  []*csi.VolumeCapability{v.capability()},
+		Parameters:          map[string]string{dhpp.ParamPool: v.pool},
+		VolumeContentSource: v.source,
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -94,6 +95,10 @@ type vol struct {
 	// NodeExpandVolume after that stage completes it.
 	growPending bool
 	deferredTo  int64
+
+	// source is what a restored volume is made from (CreateVolume's
+	// content source); its files start as the snapshot's.
+	source *csi.VolumeContentSource
 
 	staging, target string // fixed per volume, as a kubelet's paths are
 	files           []file

@@ -19,6 +19,7 @@ var killKinds = []string{
 	"CreateVolume", "DeleteVolume", "NodeExpandVolume",
 	"NodeStageVolume", "NodeStageVolume+grow", "NodeUnstageVolume",
 	"NodePublishVolume", "NodeUnpublishVolume",
+	"CreateSnapshot", "DeleteSnapshot", "CreateVolume+restore",
 }
 
 // aimWeight is how often each kind is aimed at, relative to 1: the

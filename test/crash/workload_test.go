@@ -25,11 +25,12 @@ const (
 )
 
 type worker struct {
-	h    *harness
-	id   int
-	rng  *rand.Rand
-	seq  int
-	vols []*vol
+	h     *harness
+	id    int
+	rng   *rand.Rand
+	seq   int
+	vols  []*vol
+	snaps []*snap
 }
 
 // run takes steps until the run is over; each step is one operation on one
@@ -62,6 +63,10 @@ func (w *worker) step() {
 	// with a pending call is resolved by the checker before the gate
 	// reopens, so none is seen here.
 	w.vols = slices.DeleteFunc(w.vols, func(v *vol) bool { return v.broken || v.exists == no || v.deleted == yes })
+	if s := w.liveSnap(); s != nil && w.rng.IntN(12) == 0 {
+		w.deleteSnap(s)
+		return
+	}
 	if len(w.vols) < volsPerWorker && (len(w.vols) == 0 || w.rng.IntN(3) == 0) {
 		w.create()
 		return
@@ -69,11 +74,15 @@ func (w *worker) step() {
 	v := w.vols[w.rng.IntN(len(w.vols))]
 	switch {
 	case v.pub == yes:
-		switch w.pick(45, 15, 40) {
+		switch w.pick(45, 15, 40, 10) {
 		case 0:
 			w.write(v)
 		case 1:
 			w.expand(v, true)
+		case 3:
+			if !v.block {
+				w.snapshot(v)
+			}
 		default:
 			w.unpublish(v)
 		}
@@ -97,6 +106,10 @@ func (w *worker) step() {
 }
 
 func (w *worker) create() {
+	if s := w.liveSnap(); s != nil && w.rng.IntN(3) == 0 {
+		w.restore(s)
+		return
+	}
 	h := w.h
 	w.seq++
 	p := h.pools[w.rng.IntN(len(h.pools))]
@@ -107,6 +120,12 @@ func (w *worker) create() {
 	block := *flagBlock && w.rng.IntN(4) == 0
 	v := h.newVol(fmt.Sprintf("w%d-%03d", w.id, w.seq), p.name, block, size)
 	w.vols = append(w.vols, v)
+	w.createVol(v)
+}
+
+// createVol asks for the modelled volume v and records the outcome.
+func (w *worker) createVol(v *vol) {
+	h := w.h
 	o, got, err := h.create(v)
 	switch o {
 	case ok:

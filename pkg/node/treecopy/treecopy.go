@@ -239,11 +239,11 @@ func NoReflink(err error) bool {
 }
 
 // Clone makes dst (empty) share src's data: FICLONE where the filesystem
-// can, else a copy that keeps holes. With reflink false no extent is
-// shared at all (not even by copy_file_range, which shares extents on
-// XFS and btrfs). It returns the method used and the bytes of data copied
+// can (reflink), else a copy that keeps holes, in the kernel
+// (copy_file_range) if kernelCopy. copy_file_range shares extents on XFS
+// and btrfs: a caller that must share none passes both false. It returns the method used and the bytes of data copied
 // (or shared).
-func Clone(ctx context.Context, dst, src *os.File, reflink bool) (Method, int64, error) {
+func Clone(ctx context.Context, dst, src *os.File, reflink, kernelCopy bool) (Method, int64, error) {
 	st, err := src.Stat()
 	if err != nil {
 		return "", 0, err
@@ -257,7 +257,7 @@ func Clone(ctx context.Context, dst, src *os.File, reflink bool) (Method, int64,
 			return "", 0, fmt.Errorf("FICLONE %s: %w", src.Name(), err)
 		}
 	}
-	n, err := SparseCopy(ctx, int(dst.Fd()), int(src.Fd()), st.Size(), make([]byte, 1<<20), reflink)
+	n, err := SparseCopy(ctx, int(dst.Fd()), int(src.Fd()), st.Size(), make([]byte, 1<<20), kernelCopy)
 	return Copy, n, err
 }
 
