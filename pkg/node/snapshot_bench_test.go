@@ -26,7 +26,7 @@ func BenchmarkSnapshotRestore(b *testing.B) {
 		kind BackendKind
 	}{
 		{"btrfs", BackendBtrfs},
-		{"xfs", BackendDir}, // the file-by-file reflink of the xfs backend
+		{"xfs", BackendDir},  // the file-by-file reflink of the xfs backend
 		{"ext4", BackendDir}, // the file-by-file copy of the ext4 backend
 		{"btrfs", BackendLoop},
 		{"xfs", BackendLoop},
