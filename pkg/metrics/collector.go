@@ -32,7 +32,7 @@ var (
 	descPoolAvailable = prometheus.NewDesc("dhpp_pool_available_bytes",
 		"Bytes a new volume may still get from the pool (what GetCapacity reports for a healthy pool): free space minus space promised to existing volumes.", []string{"pool"}, nil)
 	descPoolProvisioned = prometheus.NewDesc("dhpp_pool_provisioned_bytes",
-		"Sum of the sizes of the pool's volumes.", []string{"pool"}, nil)
+		"Sum of the sizes of the pool's volumes, and of what its snapshots occupied when taken.", []string{"pool"}, nil)
 	descPoolVolumes = prometheus.NewDesc("dhpp_pool_volumes",
 		"Number of volumes in the pool.", []string{"pool"}, nil)
 	descPoolQuarantined = prometheus.NewDesc("dhpp_pool_quarantined_volumes",

@@ -67,8 +67,9 @@ type Capacity struct {
 	Total int64
 	// Free is what statfs says is available to unprivileged writers.
 	Free int64
-	// Provisioned is the sum of the sizes of the pool's live volumes and of
-	// the bytes reserved by creates and expansions in flight.
+	// Provisioned is the sum of the sizes of the pool's live volumes, of
+	// the bytes reserved by creates and expansions in flight, and of what
+	// the pool's snapshots occupied when they were taken.
 	Provisioned int64
 	// Reserved is the part of Provisioned (and of Promised) held by creates
 	// and expansions that were admitted and have not finished yet.
