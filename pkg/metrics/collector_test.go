@@ -49,7 +49,7 @@ func TestCollectorDir(t *testing.T) {
 # TYPE dhpp_pool_volumes gauge
 dhpp_pool_volumes{pool="a"} 2
 dhpp_pool_volumes{pool="b"} 0
-# HELP dhpp_pool_provisioned_bytes Sum of the sizes of the pool's volumes.
+# HELP dhpp_pool_provisioned_bytes Sum of the sizes of the pool's volumes, and of what its snapshots occupied when taken.
 # TYPE dhpp_pool_provisioned_bytes gauge
 dhpp_pool_provisioned_bytes{pool="a"} 5.24288e+06
 dhpp_pool_provisioned_bytes{pool="b"} 0
