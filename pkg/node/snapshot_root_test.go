@@ -282,7 +282,7 @@ func testSnapshotRestoreClone(t *testing.T, poolPath string, kind BackendKind, m
 	must(t, err)
 	found := false
 	for _, e := range trash {
-		found = found || strings.HasPrefix(e.Entry, snapTrashPrefix+"snap-1@")
+		found = found || strings.HasPrefix(e.Entry, snapTrashPrefix+"snap-1@") && e.Snapshot != nil && e.Snapshot.ID == snap.ID && e.Volume == nil
 	}
 	if !found {
 		t.Errorf("trash %v has no entry for the deleted snapshot", trash)

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"path"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -16,8 +17,12 @@ type TrashedVolume struct {
 	// DeletedAt is when the volume was moved to the trash.
 	DeletedAt time.Time
 	// Volume is the volume's record; nil when the entry has none (a volume
-	// whose creation was cut short by a crash).
+	// whose creation was cut short by a crash, or a snapshot).
 	Volume *Volume
+	// Snapshot is set instead when the entry is a deleted snapshot
+	// ("snapshot:<name>@<unix nanos>"); such entries are not volumes and
+	// cannot be restored as one.
+	Snapshot *Snapshot
 }
 
 // Trash lists the pool's trash, newest first, read through the pool's root.
@@ -39,6 +44,8 @@ func (p *Pool) Trash() ([]TrashedVolume, error) {
 		t := TrashedVolume{Entry: e, DeletedAt: deleted}
 		if v, err := readTrashedRecord(p.root, path.Join(dirTrash, e)); err == nil {
 			t.Volume = v
+		} else if s, err := readSnapshotRecord(p.root, path.Join(dirTrash, e)); err == nil && strings.HasPrefix(e, snapTrashPrefix) {
+			t.Snapshot = s
 		}
 		out = append(out, t)
 	}
