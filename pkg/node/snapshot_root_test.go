@@ -204,6 +204,16 @@ func testSnapshotRestoreClone(t *testing.T, poolPath string, kind BackendKind, m
 	if _, err := m.CreateVolume(ctx, CreateRequest{Name: "small", RequiredBytes: 8 * mib, LimitBytes: 8 * mib, Source: snapSrc}); !errors.Is(err, ErrOutOfRange) {
 		t.Errorf("restore smaller than the snapshot = %v, want ErrOutOfRange", err)
 	}
+	if _, err := m.CreateVolume(ctx, CreateRequest{Name: "elsewhere", Pool: "fast", RequiredBytes: 64 * mib, Source: snapSrc}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "within the source's pool") {
+		t.Errorf("restore into another pool = %v, want ErrInvalid (dhpp restores within the source's pool)", err)
+	}
+	if _, err := m.CreateVolume(ctx, CreateRequest{Name: "asblock", AccessType: AccessBlock, RequiredBytes: 64 * mib, Source: snapSrc}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("restore of a filesystem snapshot as Block = %v, want ErrInvalid", err)
+	}
+	other2 := &ContentSource{SnapshotID: "node-b/default/snapshots/snap-1"}
+	if _, err := m.CreateVolume(ctx, CreateRequest{Name: "remote", RequiredBytes: 64 * mib, Source: other2}); !errors.Is(err, ErrElsewhere) {
+		t.Errorf("restore of another node's snapshot = %v, want ErrElsewhere", err)
+	}
 	restored, err := m.CreateVolume(ctx, CreateRequest{Name: "restored", RequiredBytes: 96 * mib, Source: snapSrc})
 	if err != nil {
 		t.Fatalf("restore: %v", err)
