@@ -3,8 +3,10 @@ package node
 import (
 	"context"
 	"fmt"
+	"os"
 	"path"
 	"path/filepath"
+	"strings"
 
 	"github.com/dhpp-io/dhpp/pkg/node/mountinfo"
 	mount "k8s.io/mount-utils"
@@ -66,4 +68,25 @@ func mountUsers(infos []mount.MountInfo, poolPath, dir string) []string {
 		}
 	}
 	return users
+}
+
+// holdersOf lists the processes with a descriptor, working directory or
+// root at or below p, as "pid (comm)": what makes an unmount of p fail
+// with "target is busy", named so a human (or a test log) can tell a pod's
+// process from a lingering one of the driver's.
+func holdersOf(p string) []string {
+	var out []string
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, proc := range procs {
+		links, _ := filepath.Glob(proc + "/fd/*")
+		links = append(links, proc+"/cwd", proc+"/root")
+		for _, l := range links {
+			if t, err := os.Readlink(l); err == nil && mountinfo.Within(t, p) {
+				comm, _ := os.ReadFile(proc + "/comm")
+				out = append(out, fmt.Sprintf("%s (%s) %s", filepath.Base(proc), strings.TrimSpace(string(comm)), strings.TrimPrefix(l, proc+"/")))
+				break
+			}
+		}
+	}
+	return out
 }

@@ -196,6 +196,9 @@ func checkUnpublished(v *Volume, pl placement, staging string) error {
 func (m *Manager) unmountOwn(b backend, dir volumeDir, v *Volume, p string) error {
 	for range 8 {
 		if err := m.env.mounter.Unmount(p); err != nil {
+			if h := holdersOf(p); len(h) > 0 {
+				return fmt.Errorf("unmount volume %q from %s (in use by %s): %w", v.ID, p, strings.Join(h, ", "), err)
+			}
 			return fmt.Errorf("unmount volume %q from %s: %w", v.ID, p, err)
 		}
 		pl, infos, err := m.where(b, dir, v)

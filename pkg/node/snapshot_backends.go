@@ -6,6 +6,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/dhpp-io/dhpp/pkg/node/btrfs"
@@ -306,23 +307,36 @@ func freeze(dst volumeDir, mp string) (func(), error) {
 	if err := dst.st.root.WriteFile(path.Join(dst.rel, frozenMarker), []byte(mp), 0o600); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(mp)
-	if err != nil {
-		return nil, fmt.Errorf("freeze %s: %w", mp, err)
-	}
-	if err := unix.IoctlSetInt(int(f.Fd()), ioctlFIFREEZE, 0); err != nil {
-		f.Close()
+	if err := mountIoctl(mp, ioctlFIFREEZE); err != nil {
 		return nil, fmt.Errorf("freeze %s: %w", mp, err)
 	}
 	start := time.Now()
 	return func() {
-		if err := unix.IoctlSetInt(int(f.Fd()), ioctlFITHAW, 0); err != nil {
+		if err := mountIoctl(mp, ioctlFITHAW); err != nil {
 			klog.ErrorS(err, "Thawing a filesystem frozen for a snapshot", "mountPoint", mp)
 		}
-		f.Close()
 		_ = dst.st.root.Remove(path.Join(dst.rel, frozenMarker))
 		klog.V(2).InfoS("Filesystem thawed", "mountPoint", mp, "frozenFor", time.Since(start))
 	}, nil
+}
+
+// mountIoctl runs FIFREEZE or FITHAW on the filesystem mounted at mp. The
+// freeze outlives the descriptor, so none is kept open: a descriptor on a
+// volume's mount, even for the length of a copy, makes a concurrent
+// NodeUnstage fail with "target is busy" — and not only while the driver
+// holds it: a child forked meanwhile (mount, mkfs, e2fsck of another
+// volume) holds a copy until its exec, which on a loaded node can be tens
+// of milliseconds after the driver's own close. syscall.ForkLock read-held
+// from open to close keeps every fork out of that window.
+func mountIoctl(mp string, req uint) error {
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
+	fd, err := unix.Open(mp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.IoctlSetInt(fd, req, 0)
 }
 
 // thawLeftover thaws the filesystem a crashed snapshot or restore froze
@@ -333,13 +347,7 @@ func thawLeftover(root *os.Root, dir string) {
 	if err != nil {
 		return
 	}
-	f, err := os.Open(string(mp))
-	if err != nil {
-		klog.ErrorS(err, "Cannot thaw the filesystem an interrupted snapshot froze", "mountPoint", string(mp))
-		return
-	}
-	defer f.Close()
-	if err := unix.IoctlSetInt(int(f.Fd()), ioctlFITHAW, 0); err == nil {
+	if err := mountIoctl(string(mp), ioctlFITHAW); err == nil {
 		klog.InfoS("Thawed the filesystem an interrupted snapshot froze", "mountPoint", string(mp))
 	} else if err != unix.EINVAL {
 		klog.ErrorS(err, "Cannot thaw the filesystem an interrupted snapshot froze", "mountPoint", string(mp))
