@@ -12,7 +12,7 @@ export DHPP_CACHE
 # install their own on first use).
 APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod busybox-static gcc libc6-dev fio
 
-.PHONY: all build kubectl-dhpp image demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e conformance unit deps tools bench bench-io bench-cluster bench-scale vet
+.PHONY: all build kubectl-dhpp image demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e conformance unit deps tools snapshot-crds bench bench-io bench-cluster bench-scale vet
 
 # The supported Kubernetes versions, oldest first: the one list lives in
 # test/e2e/cluster (KubernetesVersions).
@@ -110,6 +110,16 @@ deps:
 
 tools:
 	hack/deploytools/install.sh
+
+## snapshot-crds: copy the VolumeSnapshot CRDs of the external-snapshotter
+## client module go.mod pins into deploy/ (kustomize component and Helm
+## crds/); deploy/snapshot_test.go fails while the copies differ.
+SNAPSHOT_CRDS := volumesnapshotclasses volumesnapshotcontents volumesnapshots
+snapshot-crds:
+	d=$$($(GO) mod download -json github.com/kubernetes-csi/external-snapshotter/client/v8 | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && test -n "$$d" && \
+	for c in $(SNAPSHOT_CRDS); do for dest in deploy/kustomize/components/snapshot-crds deploy/helm/dhpp/crds; do \
+		install -m 0644 "$$d/config/crd/snapshot.storage.k8s.io_$$c.yaml" $$dest/; \
+	done; done
 
 ## bench: the Go benchmarks behind docs/benchmarks.md (root).
 bench: deps

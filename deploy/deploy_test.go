@@ -18,6 +18,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	snapshotv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -26,7 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/kubernetes/scheme"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
@@ -90,11 +91,17 @@ func kustomizeBuild(t *testing.T, dir string) []byte {
 	return run(t, tool(t, "kustomize"), "build", dir)
 }
 
-// helmTemplate renders the chart as `helm install -n dhpp-system` would.
+// helmTemplate renders the chart as `helm install -n dhpp-system` would,
+// with the CRDs of its crds/ directory, which `helm install` creates first
+// (unless extra has --skip-crds, as `helm install --skip-crds`).
 // --kube-version pins the capabilities so the result does not depend on
 // what the helm binary was built against.
 func helmTemplate(t *testing.T, extra ...string) []byte {
-	args := append([]string{"template", "dhpp", "helm/dhpp", "--namespace", namespace, "--kube-version", "1.33.0"}, extra...)
+	args := []string{"template", "dhpp", "helm/dhpp", "--namespace", namespace, "--kube-version", "1.33.0"}
+	if !slices.Contains(extra, "--skip-crds") {
+		args = append(args, "--include-crds")
+	}
+	args = append(args, extra...)
 	return run(t, tool(t, "helm"), args...)
 }
 
@@ -107,8 +114,18 @@ type object struct {
 }
 
 // strictDecoder rejects unknown and duplicate fields, so a misspelt field
-// name fails here instead of being silently dropped by the API server.
-var strictDecoder = serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
+// name fails here instead of being silently dropped by the API server. It
+// knows client-go's kinds and the VolumeSnapshot API.
+var strictDecoder = func() runtime.Decoder {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := snapshotv1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return serializer.NewCodecFactory(s, serializer.EnableStrict).UniversalDeserializer()
+}()
 
 // parse splits a multi-document YAML stream and decodes every object.
 func parse(t *testing.T, stream []byte) map[string]object {
@@ -141,7 +158,8 @@ func parseStream(stream []byte) (map[string]object, error) {
 		typed, gvk, err := strictDecoder.Decode(doc, nil, nil)
 		if runtime.IsNotRegisteredError(err) && raw["kind"] == "CustomResourceDefinition" {
 			// client-go has no CRD types; the DhppPool CRD is checked
-			// against its Go types in pkg/apis/dhpp/v1alpha1.
+			// against its Go types in pkg/apis/dhpp/v1alpha1, the
+			// VolumeSnapshot CRDs against upstream's (snapshot_test.go).
 			u := &unstructured.Unstructured{Object: raw}
 			typed, gvk, err = u, ptr.To(u.GroupVersionKind()), nil
 		}
@@ -166,6 +184,12 @@ func normalize(raw map[string]any) map[string]any {
 		if labels, ok := meta["labels"].(map[string]any); ok {
 			for _, l := range helmOnlyLabels {
 				delete(labels, l)
+			}
+			// Helm installs files in crds/ verbatim; kustomize's labels
+			// transformer labels the same CRDs as part of dhpp.
+			if isSnapshotCRD(c) {
+				delete(labels, "app.kubernetes.io/name")
+				delete(labels, "app.kubernetes.io/part-of")
 			}
 			if len(labels) == 0 {
 				delete(meta, "labels")
@@ -372,6 +396,7 @@ func checkKeyFacts(t *testing.T, objs map[string]object) {
 	get[*corev1.ServiceAccount](t, objs, "/ServiceAccount/"+namespace+"/"+serviceAccount)
 	checkRBAC(t, objs, serviceAccount, required, forbidden)
 	checkController(t, objs, d.Image)
+	checkSnapshots(t, objs, ds)
 }
 
 // checkController: dhpp-controller runs from the driver's image, 2 replicas
@@ -435,6 +460,12 @@ var required = []permission{
 	{"csi-resizer", "", "", "persistentvolumes", []string{"get", "list", "watch", "patch"}},
 	{"csi-resizer", "", "", "persistentvolumeclaims/status", []string{"patch"}},
 	{"csi-resizer", namespace, "coordination.k8s.io", "leases", []string{"get", "list", "watch", "create", "update", "delete"}},
+	{"csi-provisioner", "", "snapshot.storage.k8s.io", "volumesnapshots", []string{"get", "list", "watch", "update"}},
+	{"csi-provisioner", "", "snapshot.storage.k8s.io", "volumesnapshotcontents", []string{"get"}},
+	{"csi-snapshotter", "", "snapshot.storage.k8s.io", "volumesnapshotclasses", []string{"get", "list", "watch"}},
+	{"csi-snapshotter", "", "snapshot.storage.k8s.io", "volumesnapshotcontents", []string{"get", "list", "watch", "update", "patch"}},
+	{"csi-snapshotter", "", "snapshot.storage.k8s.io", "volumesnapshotcontents/status", []string{"update", "patch"}},
+	{"csi-snapshotter", "", "", "events", []string{"create", "patch"}},
 	{"dhpp-driver", "", "", "nodes", []string{"get", "list", "watch", "patch"}},
 	{"dhpp-driver", "", "", "nodes/status", []string{"patch"}},
 	{"dhpp-driver", "", "", "events", []string{"create", "patch"}},
@@ -471,6 +502,12 @@ var forbidden = []permission{
 	{"nobody", "", "", "pods", []string{"list", "watch"}},
 	{"nobody", "", "storage.k8s.io", "volumeattachments", []string{"get"}},
 	{"nobody", "", "", "nodes", []string{"delete", "update"}},
+	// Only the snapshot-controller creates and deletes contents; the
+	// node's sidecars never touch VolumeSnapshots or group snapshots.
+	{"nobody", "", "snapshot.storage.k8s.io", "volumesnapshotcontents", []string{"create", "delete"}},
+	{"nobody", "", "snapshot.storage.k8s.io", "volumesnapshots", []string{"create", "delete", "patch"}},
+	{"nobody", "", "snapshot.storage.k8s.io", "volumesnapshots/status", []string{"update", "patch"}},
+	{"nobody", "", "groupsnapshot.storage.k8s.io", "volumegroupsnapshotcontents", []string{"get", "list"}},
 }
 
 // checkRBAC evaluates the rules bound to the ServiceAccount sa the way the
@@ -576,6 +613,7 @@ func TestLocalOverlay(t *testing.T) {
 		"dhpp-driver":     "dhpp.local/dhpp-driver:dev",
 		"csi-provisioner": "dhpp.local/csi-provisioner:v6.3.0",
 		"csi-resizer":     "dhpp.local/csi-resizer:v2.3.0",
+		"csi-snapshotter": "dhpp.local/csi-snapshotter:v8.7.0",
 	}
 	for name, img := range wantImages {
 		c := container(t, ds, name)
@@ -604,9 +642,15 @@ func TestLocalOverlay(t *testing.T) {
 		}
 	}
 
+	snapKey := "apps/Deployment/" + namespace + "/" + snapshotControllerName
+	snapCtrl := get[*appsv1.Deployment](t, local, snapKey).Spec.Template.Spec.Containers[0]
+	if snapCtrl.Image != "dhpp.local/snapshot-controller:v8.7.0" || snapCtrl.ImagePullPolicy != corev1.PullNever {
+		t.Errorf("local snapshot-controller: image %q pull %q, want dhpp.local/snapshot-controller:v8.7.0 Never", snapCtrl.Image, snapCtrl.ImagePullPolicy)
+	}
+
 	// Undo the intended changes; what remains must equal the base.
 	undo := map[string]string{"--trash-retention=30s": "--trash-retention=15m", "--orphan-grace=30s": "--orphan-grace=1h", "--orphan-check-period=5s": "--orphan-check-period=10m", "--grace-period=20s": "--grace-period=2m", "--fenced-pool-limit=30s": "--fenced-pool-limit=10m"}
-	for _, key := range []string{dsKey, depKey} {
+	for _, key := range []string{dsKey, depKey, snapKey} {
 		raw := normalize(local[key].raw)
 		containers := raw["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)
 		baseContainers := base[key].raw["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)
@@ -731,6 +775,61 @@ func TestHelmValues(t *testing.T) {
 					if strings.Contains(k, "/StorageClass/") {
 						t.Errorf("StorageClass rendered although storageClass.create=false: %s", k)
 					}
+				}
+			},
+		},
+		{
+			name: "snapshots off",
+			set:  []string{"--set", "snapshots.enabled=false"},
+			check: func(t *testing.T, objs map[string]object) {
+				for k := range objs {
+					if strings.Contains(k, "napshot") && !isSnapshotCRDKey(k) {
+						t.Errorf("rendered although snapshots.enabled=false: %s", k)
+					}
+				}
+				ds := get[*appsv1.DaemonSet](t, objs, "apps/DaemonSet/"+namespace+"/dhpp-node")
+				for _, c := range ds.Spec.Template.Spec.Containers {
+					if c.Name == "csi-snapshotter" {
+						t.Error("csi-snapshotter sidecar rendered although snapshots.enabled=false")
+					}
+				}
+				checkRBAC(t, objs, serviceAccount, nil, []permission{
+					{"nobody", "", "snapshot.storage.k8s.io", "volumesnapshots", []string{"get"}},
+					{"nobody", "", "snapshot.storage.k8s.io", "volumesnapshotcontents", []string{"get"}},
+				})
+				// Restores of clones still land on the source's node.
+				get[*storagev1.StorageClass](t, objs, "storage.k8s.io/StorageClass/<nil>/hostpath-dynamic-restore")
+			},
+		},
+		{
+			name: "cluster has its own snapshot-controller",
+			set:  []string{"--set", "snapshots.controller.enabled=false", "--skip-crds"},
+			check: func(t *testing.T, objs map[string]object) {
+				for k := range objs {
+					if strings.Contains(k, snapshotControllerName) || isSnapshotCRDKey(k) {
+						t.Errorf("rendered although snapshots.controller.enabled=false and --skip-crds: %s", k)
+					}
+				}
+				ds := get[*appsv1.DaemonSet](t, objs, "apps/DaemonSet/"+namespace+"/dhpp-node")
+				container(t, ds, "csi-snapshotter")
+				get[*snapshotv1.VolumeSnapshotClass](t, objs, "snapshot.storage.k8s.io/VolumeSnapshotClass/<nil>/hostpath-dynamic")
+			},
+		},
+		{
+			name: "default snapshot class, retained snapshots, no restore class",
+			set: []string{"--set", "snapshots.volumeSnapshotClass.isDefault=true", "--set", "snapshots.volumeSnapshotClass.deletionPolicy=Retain",
+				"--set", "storageClass.restoreName=", "--set", "snapshots.controller.replicas=1"},
+			check: func(t *testing.T, objs map[string]object) {
+				vsc := get[*snapshotv1.VolumeSnapshotClass](t, objs, "snapshot.storage.k8s.io/VolumeSnapshotClass/<nil>/hostpath-dynamic")
+				if vsc.Annotations["snapshot.storage.kubernetes.io/is-default-class"] != "true" || vsc.DeletionPolicy != snapshotv1.VolumeSnapshotContentRetain {
+					t.Errorf("VolumeSnapshotClass annotations %v deletionPolicy %s; want default, Retain", vsc.Annotations, vsc.DeletionPolicy)
+				}
+				if _, ok := objs["storage.k8s.io/StorageClass/<nil>/hostpath-dynamic-restore"]; ok {
+					t.Error("restore StorageClass rendered although storageClass.restoreName is empty")
+				}
+				dep := get[*appsv1.Deployment](t, objs, "apps/Deployment/"+namespace+"/"+snapshotControllerName)
+				if *dep.Spec.Replicas != 1 {
+					t.Errorf("snapshot-controller replicas = %d, want 1", *dep.Spec.Replicas)
 				}
 			},
 		},

@@ -4,7 +4,9 @@
 //
 //	go run ./hack/images -out _output/images \
 //	    -provisioner ~/.cache/dhpp/bin/csi-provisioner-v6.3.0/csi-provisioner \
-//	    -resizer ~/.cache/dhpp/bin/csi-resizer-v2.3.0/csi-resizer
+//	    -resizer ~/.cache/dhpp/bin/csi-resizer-v2.3.0/csi-resizer \
+//	    -snapshotter ~/.cache/dhpp/bin/external-snapshotter-v8.7.0/csi-snapshotter \
+//	    -snapshot-controller ~/.cache/dhpp/bin/external-snapshotter-v8.7.0/snapshot-controller
 //
 // Images whose inputs are not given (or, for the driver, whose source
 // directory cmd/dhpp-driver does not exist yet) are skipped with a message.
@@ -36,6 +38,8 @@ func main() {
 	flag.StringVar(&o.out, "out", "", "directory to write <image>.tar files into (required)")
 	flag.StringVar(&o.provisioner, "provisioner", "", "static csi-provisioner binary; empty skips the image")
 	flag.StringVar(&o.resizer, "resizer", "", "static csi-resizer binary; empty skips the image")
+	flag.StringVar(&o.snapshotter, "snapshotter", "", "static csi-snapshotter binary; empty skips the image")
+	flag.StringVar(&o.snapshotController, "snapshot-controller", "", "static snapshot-controller binary; empty skips the image")
 	flag.StringVar(&o.driverPkg, "driver-pkg", "./cmd/dhpp-driver", "Go package of the driver, built static; skipped if its directory does not exist")
 	flag.StringVar(&o.driverBin, "driver-bin", "", "use this prebuilt static driver binary instead of building -driver-pkg")
 	flag.StringVar(&o.controllerPkg, "controller-pkg", "./cmd/dhpp-controller", "Go package of dhpp-controller, built static into the driver's image; left out if its directory does not exist")
@@ -63,6 +67,7 @@ func main() {
 type options struct {
 	out, provisioner, resizer, driverPkg, driverBin, only string
 	controllerPkg, controllerBin                          string
+	snapshotter, snapshotController                       string
 	driverTag, ldflags                                    string
 	e2eImages, agnhost                                    string
 }

@@ -19,20 +19,27 @@ const (
 	BusyboxTag     = "dhpp.local/busybox:latest"
 	ProvisionerTag = "dhpp.local/csi-provisioner:v6.3.0"
 	ResizerTag     = "dhpp.local/csi-resizer:v2.3.0"
-	DriverTag      = "dhpp.local/dhpp-driver:dev"
+	// Both from external-snapshotter v8.7.0 (hack/tools/external-snapshotter).
+	SnapshotterTag        = "dhpp.local/csi-snapshotter:v8.7.0"
+	SnapshotControllerTag = "dhpp.local/snapshot-controller:v8.7.0"
+	DriverTag             = "dhpp.local/dhpp-driver:dev"
 	// LocalPathTag is rancher/local-path-provisioner for the cluster
 	// benchmark (deploy/bench/local-path references it).
 	LocalPathTag = "dhpp.local/local-path-provisioner:v0.0.30"
 )
 
-var imageNames = []string{"pause", "busybox", "csi-provisioner", "csi-resizer", "dhpp-driver", "local-path-provisioner"}
+var imageNames = []string{"pause", "busybox", "csi-provisioner", "csi-resizer", "csi-snapshotter", "snapshot-controller", "dhpp-driver", "local-path-provisioner"}
 
 var recipes = map[string]func(o options, work string) (*imagetar.Image, error){
 	"pause":           pauseImage,
 	"busybox":         busyboxImage,
 	"csi-provisioner": func(o options, _ string) (*imagetar.Image, error) { return sidecar(o.provisioner, ProvisionerTag) },
 	"csi-resizer":     func(o options, _ string) (*imagetar.Image, error) { return sidecar(o.resizer, ResizerTag) },
-	"dhpp-driver":     driverImage,
+	"csi-snapshotter": func(o options, _ string) (*imagetar.Image, error) { return sidecar(o.snapshotter, SnapshotterTag) },
+	"snapshot-controller": func(o options, _ string) (*imagetar.Image, error) {
+		return sidecar(o.snapshotController, SnapshotControllerTag)
+	},
+	"dhpp-driver": driverImage,
 	// The binary comes from the tool cache (test/e2e/cluster builds it);
 	// the image is skipped while it is not built.
 	"local-path-provisioner": func(_ options, _ string) (*imagetar.Image, error) {

@@ -85,6 +85,8 @@ func TestImageContents(t *testing.T) {
 		},
 		{name: "csi-provisioner", opts: options{provisioner: static}, tag: ProvisionerTag, wantPaths: []string{"/busybox"}},
 		{name: "csi-resizer", opts: options{resizer: static}, tag: ResizerTag, wantPaths: []string{"/busybox"}},
+		{name: "csi-snapshotter", opts: options{snapshotter: static}, tag: SnapshotterTag, wantPaths: []string{"/busybox"}},
+		{name: "snapshot-controller", opts: options{snapshotController: static}, tag: SnapshotControllerTag, wantPaths: []string{"/busybox"}},
 		{
 			name: "dhpp-driver",
 			opts: options{driverBin: static, controllerBin: static},
@@ -143,6 +145,8 @@ func TestSkippedImages(t *testing.T) {
 	}{
 		{name: "csi-provisioner", opts: options{}},
 		{name: "csi-resizer", opts: options{}},
+		{name: "csi-snapshotter", opts: options{}},
+		{name: "snapshot-controller", opts: options{}},
 		{name: "dhpp-driver", opts: options{driverPkg: filepath.Join(t.TempDir(), "no-such-cmd")}},
 	}
 	for _, tt := range tests {

@@ -103,7 +103,10 @@ func BuildImages(ctx context.Context, cfg Config, only ...string) ([]string, err
 		args = append(args, "-only", strings.Join(only, ","))
 	}
 	// Sidecar images are built when their tools are (up always builds them).
-	for flag, bin := range map[string]string{"-provisioner": cfg.provisionerBin(), "-resizer": cfg.resizerBin()} {
+	for flag, bin := range map[string]string{
+		"-provisioner": cfg.provisionerBin(), "-resizer": cfg.resizerBin(),
+		"-snapshotter": cfg.snapshotterBin("csi-snapshotter"), "-snapshot-controller": cfg.snapshotterBin("snapshot-controller"),
+	} {
 		if _, err := os.Stat(bin); err == nil {
 			args = append(args, flag, bin)
 		}
@@ -254,7 +257,7 @@ func up(ctx context.Context, cfg Config, out io.Writer) error {
 			// The driver is written in parallel with this harness: a
 			// driver that does not build must not keep the cluster down.
 			fmt.Fprintf(out, "    WARNING: %v\n    continuing without the dhpp-driver image\n", err)
-			images, err = BuildImages(ctx, cfg, "pause", "busybox", "csi-provisioner", "csi-resizer")
+			images, err = BuildImages(ctx, cfg, "pause", "busybox", "csi-provisioner", "csi-resizer", "csi-snapshotter", "snapshot-controller")
 		}
 		return err
 	}); err != nil {
@@ -408,7 +411,7 @@ func InstallDHPP(ctx context.Context, cfg Config, out io.Writer) error {
 	if _, err := os.Stat(filepath.Join(cfg.imagesDir(), "dhpp-driver.tar")); err != nil {
 		return fmt.Errorf("no dhpp-driver image was built (cmd/dhpp-driver missing?): %w", err)
 	}
-	res, err := kubectl(ctx, cfg, "apply", "-k", dir)
+	res, err := applyWithCRDs(ctx, cfg, dir)
 	if err != nil {
 		return err
 	}
@@ -438,6 +441,24 @@ func InstallDHPP(ctx context.Context, cfg Config, out io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// applyWithCRDs runs `kubectl apply -k dir`, again while it fails only
+// because a kind is not served yet: the overlay creates the VolumeSnapshot
+// CRDs and the VolumeSnapshotClass in one apply, and the class's kind is
+// unknown until the API server has established its CRD.
+func applyWithCRDs(ctx context.Context, cfg Config, dir string) (string, error) {
+	for attempt := 1; ; attempt++ {
+		res, err := kubectl(ctx, cfg, "apply", "-k", dir)
+		if err == nil || attempt == 10 || !strings.Contains(err.Error(), "ensure CRDs are installed first") {
+			return res, err
+		}
+		select {
+		case <-ctx.Done():
+			return res, err
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // Down tears everything down, using the state where there is one and

@@ -92,6 +92,9 @@ func minorOf(version string) string {
 const (
 	ProvisionerVersion = "v6.3.0"
 	ResizerVersion     = "v2.3.0"
+	// SnapshotterVersion is external-snapshotter's release (csi-snapshotter
+	// and snapshot-controller); deploy/ ships its CRDs.
+	SnapshotterVersion = "v8.7.0"
 	CRIToolVersion     = "v0.33.13"
 )
 
@@ -256,6 +259,9 @@ func (c Config) provisionerBin() string {
 }
 func (c Config) resizerBin() string {
 	return filepath.Join(c.binDir(), "csi-resizer-"+ResizerVersion, "csi-resizer")
+}
+func (c Config) snapshotterBin(name string) string {
+	return filepath.Join(c.binDir(), "external-snapshotter-"+SnapshotterVersion, name)
 }
 func (c Config) criBin() string {
 	return filepath.Join(c.binDir(), "dhpp-cri-"+CRIToolVersion, "dhpp-cri")

@@ -68,6 +68,17 @@ func Tools(k8sVersion string) []Tool {
 			Binaries: []string{"csi-resizer"},
 		},
 		{
+			// One upstream module, two commands: the node sidecar and the
+			// cluster's common controller.
+			Name: "external-snapshotter", Version: SnapshotterVersion, Module: "hack/tools/external-snapshotter",
+			Packages: []string{
+				"github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter",
+				"github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller",
+			},
+			Ldflags:  "-s -w -X main.version=" + SnapshotterVersion,
+			Binaries: []string{"csi-snapshotter", "snapshot-controller"},
+		},
+		{
 			// Only the cluster benchmark (test/e2e/bench) runs it: the
 			// helper-pod provisioner dhpp is compared against.
 			Name: "local-path-provisioner", Version: LocalPathVersion, Module: "hack/tools/local-path-provisioner",
