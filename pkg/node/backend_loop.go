@@ -420,6 +420,9 @@ func (b *loopBackend) Unstage(_ context.Context, dir volumeDir, v *Volume, _ str
 		// marks it autoclear; a Stage right after would find it still
 		// bound and then see it vanish. Return only once it is gone.
 		if err := loopdev.WaitReleased(dev, img, loopReleaseTimeout); err != nil {
+			if h := holdersOf(dev); len(h) > 0 {
+				err = fmt.Errorf("%w; open in %s", err, strings.Join(h, ", "))
+			}
 			return fmt.Errorf("%w: unstage volume %q: %v; retry when it is closed", ErrBusy, v.ID, err)
 		}
 	}

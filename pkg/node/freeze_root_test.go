@@ -1,8 +1,13 @@
 package node
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/dhpp-io/dhpp/internal/testdisk"
@@ -76,4 +81,39 @@ func ownDescriptorsUnder(t *testing.T, dir string) []string {
 		}
 	}
 	return held
+}
+
+// TestHoldersOf: the processes named in a "target is busy" or "still
+// bound" error are those with a descriptor at or below the path, and only
+// those (a sibling whose name extends the path's is not below it).
+func TestHoldersOf(t *testing.T) {
+	dir := t.TempDir()
+	p, sibling := filepath.Join(dir, "staging"), filepath.Join(dir, "staging2")
+	must(t, os.Mkdir(p, 0o755))
+	must(t, os.Mkdir(sibling, 0o755))
+	self := fmt.Sprint(os.Getpid())
+	for _, tc := range []struct {
+		open string
+		want bool
+	}{
+		{p, true},
+		{filepath.Join(p, "f"), true},
+		{sibling, false},
+	} {
+		f, err := os.OpenFile(tc.open, os.O_RDONLY|os.O_CREATE, 0o644)
+		if err != nil && !errors.Is(err, syscall.EISDIR) {
+			t.Fatal(err)
+		}
+		if err != nil {
+			f, err = os.Open(tc.open)
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := slices.ContainsFunc(holdersOf(p), func(h string) bool { return strings.HasPrefix(h, self+" ") })
+		f.Close()
+		if got != tc.want {
+			t.Errorf("%s open: this process listed among holders of %s: %v, want %v", tc.open, p, got, tc.want)
+		}
+	}
 }
