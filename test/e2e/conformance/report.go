@@ -97,8 +97,9 @@ type Verdict struct {
 	Stale []Skip
 }
 
-// OK reports whether the run passes: no unexpected failure, no stale entry.
-func (v Verdict) OK() bool { return len(v.Unexpected) == 0 && len(v.Stale) == 0 }
+// OK reports whether the run passes: no unexpected failure, no stale entry,
+// and at least one spec passed (a run that tested nothing is no pass).
+func (v Verdict) OK() bool { return len(v.Unexpected) == 0 && len(v.Stale) == 0 && v.Passed > 0 }
 
 // Judge counts the specs that focus selects and checks them against skips.
 func Judge(specs []Spec, focus *regexp.Regexp, skips []Skip) Verdict {

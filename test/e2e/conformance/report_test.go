@@ -74,6 +74,16 @@ func TestJudgeFailsOnSuiteNodeFailure(t *testing.T) {
 	}
 }
 
+func TestJudgeFailsWhenNothingPassed(t *testing.T) {
+	specs := []Spec{
+		{Name: "[SynchronizedBeforeSuite]", State: "passed"},
+		{Name: "External Storage [Driver: hostpath.dhpp.io] (ntfs) x", State: "skipped"},
+	}
+	if v := Judge(specs, regexp.MustCompile(Focus), nil); v.OK() {
+		t.Error("a run in which no spec passed must fail")
+	}
+}
+
 func TestSkipListCompilesAndHasReasons(t *testing.T) {
 	if _, err := Compile(Skips); err != nil {
 		t.Fatal(err)
