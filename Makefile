@@ -72,14 +72,17 @@ cluster-down:
 	$(GO) run ./test/e2e/cmd/dhpp-cluster down
 
 ## test: the README's second command (root): every test, as CI runs it. The
-## end-to-end tests run last and alone: they bring up the local cluster.
-## (`make conformance` is not part of it yet: see the README.)
+## cluster tests run last and alone, as they bring up the local cluster: the
+## scenarios on the newest supported Kubernetes, then the upstream storage
+## suite on every supported one (K8S_VERSIONS).
 test: deps tools vet
 	CI=$${CI:-true} CGO_ENABLED=0 $(GO) test -count=1 -timeout 60m ./...
 	$(MAKE) e2e
+	$(MAKE) conformance
 
-## e2e: the scenarios on the real local cluster (reuses a running cluster of
-## the same version; DHPP_K8S_VERSION picks it, see dhpp-cluster version).
+## e2e: the scenarios on the real local cluster, on the newest supported
+## Kubernetes unless DHPP_K8S_VERSION picks another (`dhpp-cluster version`
+## prints it); reuses a running cluster of the same version.
 e2e:
 	mkdir -p _output; CI=$${CI:-true} CGO_ENABLED=0 $(GO) test -count=1 -tags e2e -p 1 -v -timeout 60m ./test/e2e/ 2>&1 | tee _output/e2e.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok)|e2e_test|_test.go' ; exit $${PIPESTATUS[0]}
 

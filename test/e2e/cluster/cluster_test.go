@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	utilversion "k8s.io/apimachinery/pkg/util/version"
 )
 
 func TestParseStat(t *testing.T) {
@@ -506,6 +508,13 @@ func TestLockExcludesASecondCommand(t *testing.T) {
 func TestKubernetesVersionFromEnv(t *testing.T) {
 	if !slices.Contains(KubernetesVersions, DefaultKubernetesVersion) {
 		t.Fatalf("default %s is not in KubernetesVersions %v", DefaultKubernetesVersion, KubernetesVersions)
+	}
+	// Oldest first, so that the default (the last) is the newest: the one
+	// the scenario e2e runs on.
+	for i := 1; i < len(KubernetesVersions); i++ {
+		if !utilversion.MustParseSemantic(KubernetesVersions[i-1]).LessThan(utilversion.MustParseSemantic(KubernetesVersions[i])) {
+			t.Errorf("KubernetesVersions %v: not oldest first", KubernetesVersions)
+		}
 	}
 	tests := []struct {
 		env     string

@@ -1,7 +1,7 @@
 // Package cluster brings up and tears down dhpp's local multi-node Kubernetes
-// cluster: etcd and a v1.33 control plane on the host, and four nodes, each
-// in its own network and mount namespace with its own containerd, kubelet,
-// kube-proxy and loop-backed data disk. Everything it creates stays on
+// cluster (one of KubernetesVersions): etcd and the control plane on the
+// host, and four nodes, each in its own network and mount namespace with its
+// own containerd, kubelet, kube-proxy and loop-backed data disk. Everything it creates stays on
 // bridges and veths it owns; nothing is routed to the host's uplink.
 //
 // The recipe and its settings follow the measured facts in the project's
@@ -60,9 +60,9 @@ const (
 var KubernetesVersions = []string{"v1.33.13", "v1.37.2"}
 
 // DefaultKubernetesVersion is what the cluster runs without
-// DHPP_K8S_VERSION: the newest version on which the scenario e2e (make e2e)
-// has passed here. v1.37.2 becomes the default once it has.
-const DefaultKubernetesVersion = "v1.33.13"
+// DHPP_K8S_VERSION: the newest supported release. The scenario e2e (make
+// e2e) and the demo run it; make conformance runs every version.
+var DefaultKubernetesVersion = KubernetesVersions[len(KubernetesVersions)-1]
 
 // KubernetesVersionFromEnv is $DHPP_K8S_VERSION (one of KubernetesVersions), else
 // the default.
