@@ -11,6 +11,7 @@ import (
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
 	"github.com/dhpp-io/dhpp/pkg/poolstatus"
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -256,30 +257,66 @@ func storageClass(ctx context.Context, env Env, o Options, j *restoreJob) (strin
 	if err != nil {
 		return "", fmt.Errorf("list StorageClasses: %w", err)
 	}
-	// A class naming the pool wins; one naming no pool serves the
-	// driver's first --pool, which only the node knows.
-	var all, exact, generic []string
-	for _, sc := range l.Items {
+	return pickClass(l.Items, j.pool.Spec.Pool)
+}
+
+// pickClass chooses the class of a restored claim among the cluster's
+// StorageClasses: dhpp's class naming the pool wins, else one naming no
+// pool (it serves the driver's first --pool, which only the node knows).
+// Several candidates narrow to the cluster's default class, then to the
+// WaitForFirstConsumer ones: deploy/ installs hostpath-dynamic (everyday,
+// WaitForFirstConsumer) beside hostpath-dynamic-restore (Immediate, for
+// restores from snapshots), and a volume back from the trash belongs to
+// the everyday one. Anything still ambiguous asks for --storage-class.
+func pickClass(classes []storagev1.StorageClass, pool string) (string, error) {
+	var all []string
+	var exact, generic []*storagev1.StorageClass
+	for i := range classes {
+		sc := &classes[i]
 		if sc.Provisioner != dhpp.DriverName {
 			continue
 		}
 		all = append(all, sc.Name)
 		switch sc.Parameters[dhpp.ParamPool] {
-		case j.pool.Spec.Pool:
-			exact = append(exact, sc.Name)
+		case pool:
+			exact = append(exact, sc)
 		case "":
-			generic = append(generic, sc.Name)
+			generic = append(generic, sc)
 		}
 	}
-	switch {
-	case len(exact) == 1:
-		return exact[0], nil
-	case len(exact) == 0 && len(generic) == 1:
-		return generic[0], nil
-	case len(all) == 0:
+	if len(all) == 0 {
 		return "", fmt.Errorf("no StorageClass uses %s: create one, or name the class with --storage-class", dhpp.DriverName)
 	}
+	candidates := exact
+	if len(candidates) == 0 {
+		candidates = generic
+	}
+	for _, keep := range []func(*storagev1.StorageClass) bool{isDefaultClass, waitsForConsumer} {
+		if len(candidates) < 2 {
+			break
+		}
+		var narrowed []*storagev1.StorageClass
+		for _, sc := range candidates {
+			if keep(sc) {
+				narrowed = append(narrowed, sc)
+			}
+		}
+		if len(narrowed) > 0 {
+			candidates = narrowed
+		}
+	}
+	if len(candidates) == 1 {
+		return candidates[0].Name, nil
+	}
 	return "", fmt.Errorf("cannot tell which StorageClass the claim should have (dhpp's: %s): name it with --storage-class", strings.Join(all, ", "))
+}
+
+func isDefaultClass(sc *storagev1.StorageClass) bool {
+	return sc.Annotations["storageclass.kubernetes.io/is-default-class"] == "true"
+}
+
+func waitsForConsumer(sc *storagev1.StorageClass) bool {
+	return sc.VolumeBindingMode != nil && *sc.VolumeBindingMode == storagev1.VolumeBindingWaitForFirstConsumer
 }
 
 // request writes the restore request into the pool's spec (replacing an

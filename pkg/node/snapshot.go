@@ -121,22 +121,7 @@ func snapshotKey(node, pool, name string) string {
 // directory into snapshots/ afterwards and fsyncs that.
 func writeSnapshotRecord(root *os.Root, dir string, s *Snapshot) error {
 	s.Version = recordVersion
-	data, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
-	f, err := root.OpenFile(path.Join(dir, snapRecord), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("write snapshot record: %w", err)
-	}
-	_, err = f.Write(append(data, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := writeJSONFile(root, path.Join(dir, snapRecord), s, os.O_EXCL); err != nil {
 		return fmt.Errorf("write snapshot record %s: %w", dir, err)
 	}
 	return nil

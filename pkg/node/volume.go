@@ -132,13 +132,23 @@ func writeNewRecord(root *os.Root, dir string, v *Volume) error {
 // to O_WRONLY|O_CREATE, and fsyncs it.
 func writeRecordFile(root *os.Root, rel string, v *Volume, flag int) error {
 	v.Version = recordVersion
+	if err := writeJSONFile(root, rel, v, flag); err != nil {
+		return fmt.Errorf("write volume record %s: %w", rel, err)
+	}
+	return nil
+}
+
+// writeJSONFile writes v as indented JSON to the file rel (opened with flag
+// added to O_WRONLY|O_CREATE) and fsyncs it: the one way volume and
+// snapshot records reach the disk.
+func writeJSONFile(root *os.Root, rel string, v any, flag int) error {
 	data, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
 	f, err := root.OpenFile(rel, os.O_WRONLY|os.O_CREATE|flag, 0o600)
 	if err != nil {
-		return fmt.Errorf("write volume record: %w", err)
+		return err
 	}
 	_, err = f.Write(append(data, '\n'))
 	if err == nil {
@@ -147,10 +157,7 @@ func writeRecordFile(root *os.Root, rel string, v *Volume, flag int) error {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		return fmt.Errorf("write volume record %s: %w", rel, err)
-	}
-	return nil
+	return err
 }
 
 // readRecord loads dir/volume.json and checks that it is one this driver
