@@ -113,8 +113,8 @@ func TestRestoreFromTrash(t *testing.T) {
 	if p, err := e.driverPod(ctx, node); err != nil || p.UID != driverBefore.UID {
 		t.Errorf("driver pod on %s changed during the restore (%v): it must not need a restart", node, err)
 	}
-	out, err = dhpp("volumes", "-n", ns)
-	t.Logf("kubectl dhpp volumes -n %s:\n%s", ns, out)
+	out, err = dhpp("volumes", "-n", ns, "-o", "wide")
+	t.Logf("kubectl dhpp volumes -n %s -o wide:\n%s", ns, out)
 	if err != nil || !strings.Contains(out, "data") || !strings.Contains(out, restored.Name) {
 		t.Errorf("volumes does not show the restored claim: %v", err)
 	}
