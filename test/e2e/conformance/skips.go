@@ -75,8 +75,7 @@ var Skips = []Skip{
 	},
 	{
 		Pattern: `volume-expand Verify if offline PVC expansion works`,
-		Reason:  "on v1.37.2 the spec's second pod reaches the node while the first pod's volume is still staged, so the kubelet expands the volume mounted (online) although the spec means offline; on the ext4 node (a loop volume) that needs the online resize2fs these machines cannot do (no CAP_SYS_RESOURCE, the online-expansion entry above): NodeExpandVolume Internal \"online ext4 growth needs CAP_SYS_RESOURCE\" on dhpp-node-3. It passes when the scheduler picks a btrfs node; on v1.33.13 it has passed in every run",
-		Minors:  []string{"v1.37"},
+		Reason:  "the spec's second pod can reach the node while the first pod's volume is still staged, so the kubelet expands the volume mounted (online) although the spec means offline; on the ext4 node (a loop volume) that needs the online resize2fs these machines cannot do (no CAP_SYS_RESOURCE, the online-expansion entry above): NodeExpandVolume Internal \"online ext4 growth needs CAP_SYS_RESOURCE\" on dhpp-node-3, the pod stuck in ContainerCreating. Seen on v1.37.2 and, in the CI run of 2026-11-29 14:31, on v1.33.13 (where it had passed in the two runs before); it passes when the scheduler picks a btrfs node",
 	},
 	{
 		Pattern: `should not mount / map unused volumes in a pod`,
