@@ -60,7 +60,18 @@ type Snapshot struct {
 	// SubvolumeID is the btrfs subvolume of the snapshot's data.
 	SubvolumeID uint64    `json:"subvolumeID,omitempty"`
 	CreatedAt   time.Time `json:"createdAt"`
+	// Labels records who asked for the snapshot (csi-snapshotter's
+	// --extra-create-metadata), under the SnapshotLabel* keys, so that a
+	// deleted snapshot in the trash can still be named to an operator.
+	Labels map[string]string `json:"labels,omitempty"`
 }
+
+// Keys of Snapshot.Labels.
+const (
+	SnapshotLabelName      = "volumesnapshot"
+	SnapshotLabelNamespace = "namespace"
+	SnapshotLabelContent   = "volumesnapshotcontent"
+)
 
 func (s *Snapshot) clone() *Snapshot {
 	c := *s
