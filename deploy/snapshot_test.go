@@ -112,7 +112,7 @@ func TestSnapshotImagesMatchModule(t *testing.T) {
 func checkSnapshots(t *testing.T, objs map[string]object, ds *appsv1.DaemonSet) {
 	t.Helper()
 	s := container(t, ds, "csi-snapshotter")
-	for _, a := range []string{"--csi-address=/csi/csi.sock", "--node-deployment", "--feature-gates=CSIVolumeGroupSnapshot=false"} {
+	for _, a := range []string{"--csi-address=/csi/csi.sock", "--node-deployment", "--feature-gates=CSIVolumeGroupSnapshot=false", "--extra-create-metadata"} {
 		if !slices.Contains(s.Args, a) {
 			t.Errorf("csi-snapshotter args %q lack %q", s.Args, a)
 		}
