@@ -42,6 +42,19 @@ type env struct {
 	exec          utilexec.Interface
 	mountInfoPath string
 	now           func() time.Time
+	// changed receives a token (never blocking) whenever a pool's
+	// volumes, snapshots or trash change: see Manager.Changed.
+	changed chan struct{}
+}
+
+// signalChange tells Changed's consumer that a pool's contents changed. The
+// send never blocks: a token already waiting says the same thing, so a slow
+// (or absent) consumer costs a CSI call nothing.
+func (e *env) signalChange() {
+	select {
+	case e.changed <- struct{}{}:
+	default:
+	}
 }
 
 // Manager owns the node's pools and is the only way to change them. Each
@@ -71,7 +84,8 @@ func New(cfg Config) (*Manager, error) {
 	if len(cfg.Pools) == 0 {
 		return nil, fmt.Errorf("%w: no pool configured", ErrInvalid)
 	}
-	e := &env{nodeID: cfg.NodeID, mounter: cfg.Mounter, exec: cfg.Exec, mountInfoPath: cfg.MountInfoPath, now: cfg.Now}
+	e := &env{nodeID: cfg.NodeID, mounter: cfg.Mounter, exec: cfg.Exec, mountInfoPath: cfg.MountInfoPath, now: cfg.Now,
+		changed: make(chan struct{}, 1)}
 	if e.exec == nil {
 		e.exec = utilexec.New()
 	}
@@ -121,6 +135,23 @@ func (m *Manager) Close() {
 	}
 }
 
+// Changed returns a channel that receives a value after the contents of
+// the node's pools changed: a volume created (also from a snapshot or a
+// volume, or taken back from the trash), expanded, or deleted into the
+// trash; a snapshot created or deleted into the trash; a trash entry
+// purged; a quarantined volume released; a missing pool opened. It is
+// for ONE consumer (the DhppPool publisher, pkg/poolstatus), which
+// re-reads what it shows when it receives; it does not say what changed.
+//
+// The channel has capacity 1 and is sent to without blocking, so changes
+// that happen while a token waits are merged into it, and a consumer that
+// is slow or gone never delays a CSI call. The token is sent after the
+// change is visible (Pool.List, Trash, Capacity show it), so a consumer
+// that reads after receiving never misses the last change. Nothing is
+// sent for what was already on disk when New returned: the consumer's
+// first read covers it.
+func (m *Manager) Changed() <-chan struct{} { return m.env.changed }
+
 // OnPoolOpened registers f to be called, on the trash purger's goroutine,
 // with each pool that was missing at start and has been opened since.
 func (m *Manager) OnPoolOpened(f func(*Pool)) { m.onPoolOpened.Store(&f) }
@@ -141,6 +172,7 @@ func (m *Manager) OpenMissingPools() []*Pool {
 		klog.InfoS("Pool directory appeared; pool opened. It stays fenced until unfenced (kubectl annotate node <node> unfence.dhpp.io/<pool>=now)",
 			"pool", p.Name, "path", p.Path, "backend", p.Backend(), "volumes", p.VolumeCount(), "quarantined", len(p.Quarantined()))
 		opened = append(opened, p)
+		m.env.signalChange()
 		if f := m.onPoolOpened.Load(); f != nil {
 			(*f)(p)
 		}

@@ -551,6 +551,7 @@ func (p *Pool) put(v *Volume, r *reservation) {
 	}
 	p.promisedBytes = max(p.promisedBytes+unwritten, 0)
 	p.promisedAdj += unwritten
+	p.env.signalChange()
 }
 
 func (p *Pool) drop(name string) {
@@ -561,6 +562,7 @@ func (p *Pool) drop(name string) {
 		delete(p.volumes, name)
 		p.promisedAt = time.Time{} // its unwritten part is unknown here: recount
 		p.drops++
+		p.env.signalChange()
 	}
 }
 
@@ -844,7 +846,9 @@ func (p *Pool) purge(ctx context.Context, rel string) error {
 			return fmt.Errorf("pool %q: purge %s: %w", p.Name, rel, err)
 		}
 	}
-	if err := p.root.RemoveAll(rel); err != nil {
+	err = p.root.RemoveAll(rel)
+	p.env.signalChange() // even a partial removal changed the trash
+	if err != nil {
 		return fmt.Errorf("pool %q: purge %s: %w", p.Name, rel, err)
 	}
 	klog.V(2).InfoS("Purged a trashed volume", "pool", p.Name, "entry", rel)

@@ -109,6 +109,7 @@ func (p *Pool) createSnapshot(ctx context.Context, s *Snapshot, v *Volume, relea
 	p.snaps.byName[s.Name] = s.clone()
 	p.snaps.stored += s.StoredBytes
 	p.mu.Unlock()
+	p.env.signalChange()
 	return syncDir(p.root, dirSnapshots)
 }
 
@@ -169,6 +170,7 @@ func (p *Pool) removeSnapshot(s *Snapshot) error {
 		delete(p.snaps.byName, s.Name)
 	}
 	p.mu.Unlock()
+	p.env.signalChange()
 	klog.V(2).InfoS("Snapshot moved to the trash", "snapshot", s.ID, "trash", dst)
 	return nil
 }
