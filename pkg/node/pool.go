@@ -103,6 +103,9 @@ type Pool struct {
 	promisedAt    time.Time
 	promisedAdj   int64
 	drops         uint64
+
+	// holds are the trash entries a restore or the purger works on (untrash.go).
+	holds heldEntries
 }
 
 func openPool(cfg PoolConfig, e *env) (*Pool, error) {

@@ -79,3 +79,40 @@ func TestPoolTrash(t *testing.T) {
 		t.Errorf("deleted at %v, want the clock's time of the delete", got[2].DeletedAt)
 	}
 }
+
+// TestHoldEntryPerPool: an entry held in one pool does not hold the entry
+// of the same name in another, and released entries leave nothing behind.
+func TestHoldEntryPerPool(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	m, err := New(Config{NodeID: "node-a", Now: clock.Now, Pools: []PoolConfig{
+		{Name: "one", Path: t.TempDir(), Backend: BackendDir},
+		{Name: "two", Path: t.TempDir(), Backend: BackendDir},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	one, two := m.Pools()[0], m.Pools()[1]
+	const entry = "pvc-a@1700000000000000000"
+	releaseOne, ok := one.holdEntry(entry)
+	if !ok {
+		t.Fatal("first hold refused")
+	}
+	if _, ok := one.holdEntry(entry); ok {
+		t.Fatal("an entry held was held again in the same pool")
+	}
+	releaseTwo, ok := two.holdEntry(entry)
+	if !ok {
+		t.Fatal("an entry of the same name in another pool was refused")
+	}
+	releaseOne()
+	releaseTwo()
+	if n1, n2 := one.heldCount(), two.heldCount(); n1 != 0 || n2 != 0 {
+		t.Fatalf("held after release: %d and %d, want 0", n1, n2)
+	}
+	if release, ok := one.holdEntry(entry); !ok {
+		t.Fatal("a released entry cannot be held again")
+	} else {
+		release()
+	}
+}

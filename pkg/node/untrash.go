@@ -18,12 +18,11 @@ import (
 // restored instead of reporting the entry gone.
 const LabelRestoredFrom = "restoredFrom"
 
-// entryHolds are, per pool, the trash entries a restore or the purger is
-// working on: the two exclude each other per entry, so the purger never
+// heldEntries are the trash entries of a pool that a restore or the purger
+// is working on: the two exclude each other per entry, so the purger never
 // removes an entry being restored, nor a restore renames back an entry
-// half purged.
-var entryHolds sync.Map // *Pool → *heldEntries
-
+// half purged. It lives in the Pool (no package-level index of pools) and
+// holds only the entries in work: a release deletes its entry.
 type heldEntries struct {
 	mu   sync.Mutex
 	held map[string]bool
@@ -32,12 +31,14 @@ type heldEntries struct {
 // holdEntry takes entry of p for a restore or a purge; ok is false while
 // the other holds it.
 func (p *Pool) holdEntry(entry string) (release func(), ok bool) {
-	v, _ := entryHolds.LoadOrStore(p, &heldEntries{held: map[string]bool{}})
-	h := v.(*heldEntries)
+	h := &p.holds
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.held[entry] {
 		return nil, false
+	}
+	if h.held == nil {
+		h.held = map[string]bool{}
 	}
 	h.held[entry] = true
 	return func() {
@@ -45,6 +46,13 @@ func (p *Pool) holdEntry(entry string) (release func(), ok bool) {
 		delete(h.held, entry)
 		h.mu.Unlock()
 	}, true
+}
+
+// heldCount is how many of p's trash entries are held now.
+func (p *Pool) heldCount() int {
+	p.holds.mu.Lock()
+	defer p.holds.mu.Unlock()
+	return len(p.holds.held)
 }
 
 // purgeUnlessRestoring purges an expired trash entry unless a restore

@@ -240,6 +240,9 @@ func TestPurgeSkipsEntryBeingRestored(t *testing.T) {
 	if n, err := m.PurgeTrash(ctx, untrashRetention); err != nil || n != 1 {
 		t.Fatalf("PurgeTrash after release = %d, %v; want 1", n, err)
 	}
+	if n := p.heldCount(); n != 0 {
+		t.Errorf("%d trash entries still held after the restore and the purge, want 0", n)
+	}
 	if data, err := os.ReadFile(filepath.Join(poolPath, dirVolumes, v.Name, dataName, "payload")); err != nil || string(data) != "late" {
 		t.Errorf("restored data %q, %v", data, err)
 	}
