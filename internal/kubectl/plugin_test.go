@@ -95,6 +95,18 @@ func healthyCluster() *cluster {
 	}
 }
 
+// withSnapshots puts two deleted snapshots in n2's trash: one with its
+// VolumeSnapshot's name, one as a driver older than the kind field
+// published it (no kind, no record).
+func withSnapshots(c *cluster) {
+	c.pools[1].Status.Trash = v1.Trash{Entries: 2, Bytes: gib, Size: "1Gi", Items: []v1.TrashEntry{
+		{Entry: "snapshot:snap-1@1764403500000000000", Kind: v1.TrashKindSnapshot, Namespace: "db", VolumeSnapshot: "nightly",
+			SnapshotContent: "snapcontent-1", SnapshotID: "n2/default/snap-1", SourceVolumeID: "n2/default/pvc-b", SizeBytes: gib,
+			DeletedAt: mt(-time.Minute), PurgeAt: mt(14 * time.Minute)},
+		{Entry: "snapshot:snap-0@1764403000000000000", DeletedAt: mt(-6 * time.Minute), PurgeAt: mt(-2 * time.Minute)},
+	}}
+}
+
 // env builds the fake API servers of c.
 func (c *cluster) env(t *testing.T) (Env, *bytes.Buffer, *dynfake.FakeDynamicClient, *fake.Clientset) {
 	t.Helper()
@@ -159,10 +171,22 @@ func TestCommands(t *testing.T) {
 		)},
 		{name: "volumes: bad sort key", args: []string{"volumes"}, opts: Options{SortBy: "color"}, wantErr: `unknown --sort-by "color"`},
 		{name: "trash", args: []string{"trash"}, want: lines(
-			"NODE   POOL      ENTRY                         NAMESPACE   CLAIM       SIZE   DELETED   PURGED",
-			"n1     default   pvc-old@1764403200000000000   db          data-db-2   1Gi    5m ago    in 10m",
+			"NODE   POOL      KIND     ENTRY                         NAMESPACE   NAME        SIZE   DELETED   PURGED",
+			"n1     default   Volume   pvc-old@1764403200000000000   db          data-db-2   1Gi    5m ago    in 10m",
 		)},
-		{name: "trash of a node with an empty trash", args: []string{"trash", "n2"}, want: "The trash is empty: no deleted volume is waiting to be purged.\n"},
+		{name: "trash with snapshots, wide", mutate: withSnapshots, args: []string{"trash"}, opts: Options{Output: "wide"}, want: lines(
+			"NODE   POOL      KIND       ENTRY                                 NAMESPACE   NAME        SIZE     DELETED   PURGED   PV        ID                   SOURCE             DELETED-AT             PURGE-AT",
+			"n2     default   Snapshot   snapshot:snap-1@1764403500000000000   db          nightly     1Gi      1m ago    in 14m   <none>    n2/default/snap-1    n2/default/pvc-b   2026-11-29T09:59:00Z   2026-11-29T10:14:00Z",
+			"n1     default   Volume     pvc-old@1764403200000000000           db          data-db-2   1Gi      5m ago    in 10m   pvc-old   n1/default/pvc-old   <none>             2026-11-29T09:55:00Z   2026-11-29T10:10:00Z",
+			"n2     default   Snapshot   snapshot:snap-0@1764403000000000000   <none>      <none>      <none>   6m ago    due      <none>    <none>               <none>             2026-11-29T09:54:00Z   2026-11-29T09:58:00Z",
+		)},
+		{name: "restore of a snapshot entry", mutate: withSnapshots, args: []string{"restore", "snapshot:snap-1@1764403500000000000"}, opts: Options{To: "db/nightly-data"},
+			wantErr: "trash entry snapshot:snap-1@1764403500000000000 is a deleted snapshot (VolumeSnapshot db/nightly, taken of volume n2/default/pvc-b), not a volume: kubectl dhpp restore brings back deleted volumes only. " +
+				"If its source claim still exists, take a new VolumeSnapshot of it; to keep this snapshot's data, copy it on node n2 from /var/lib/dhpp/default/.dhpp/trash/snapshot:snap-1@1764403500000000000 before it is purged (in 14m). " +
+				"To keep snapshots when their VolumeSnapshot is deleted, give their VolumeSnapshotClass deletionPolicy: Retain"},
+		{name: "restore of a snapshot entry an older driver published without kind", mutate: withSnapshots, args: []string{"restore", "snapshot:snap-0@1764403000000000000"}, opts: Options{To: "db/x"},
+			wantErr: "trash entry snapshot:snap-0@1764403000000000000 is a deleted snapshot, not a volume"},
+		{name: "trash of a node with an empty trash", args: []string{"trash", "n2"}, want: "The trash is empty: no deleted volume or snapshot is waiting to be purged.\n"},
 		{name: "trash of an unknown node", args: []string{"trash", "n9"}, wantErr: `no pools published for node "n9"`},
 		{name: "unknown command", args: []string{"pool"}, wantErr: `unknown command "pool"`},
 		{name: "unknown output", args: []string{"pools"}, opts: Options{Output: "table"}, wantErr: `unknown output format "table"`},

@@ -61,6 +61,9 @@ func restore(ctx context.Context, env Env, entry, to string, o Options) error {
 	if err := j.find(ctx, env, o.Node); err != nil {
 		return err
 	}
+	if j.item != nil && v1.KindOf(*j.item) == v1.TrashKindSnapshot {
+		return snapshotEntryError(j, env.Now())
+	}
 	handle := j.handle()
 	pvName := choosePV(pvs.Items, j, handle)
 	if err := j.checkClaim(pvName); err != nil {
@@ -147,6 +150,31 @@ func (j *restoreJob) find(ctx context.Context, env Env, node string) error {
 			j.entry, v1.MaxTrashItems)
 	}
 	return nil
+}
+
+// snapshotEntryError refuses a deleted snapshot: restore brings back
+// volumes, and a VolumeSnapshot cannot be re-created around existing data
+// through the API. It says what the entry is and the ways that remain.
+func snapshotEntryError(j *restoreJob, now time.Time) error {
+	it, p := j.item, j.pool
+	what := "a deleted snapshot"
+	if it.VolumeSnapshot != "" {
+		what += fmt.Sprintf(" (VolumeSnapshot %s/%s", it.Namespace, it.VolumeSnapshot)
+		if it.SourceVolumeID != "" {
+			what += ", taken of volume " + it.SourceVolumeID
+		}
+		what += ")"
+	} else if it.SourceVolumeID != "" {
+		what += " (taken of volume " + it.SourceVolumeID + ")"
+	}
+	purge := "at the next purge round"
+	if it.PurgeAt.After(now) {
+		purge = age(now, it.PurgeAt.Time)
+	}
+	return fmt.Errorf("trash entry %s is %s, not a volume: kubectl dhpp restore brings back deleted volumes only. "+
+		"If its source claim still exists, take a new VolumeSnapshot of it; to keep this snapshot's data, copy it on node %s from %s/.dhpp/trash/%s before it is purged (%s). "+
+		"To keep snapshots when their VolumeSnapshot is deleted, give their VolumeSnapshotClass deletionPolicy: Retain",
+		j.entry, what, p.Spec.Node, p.Status.Path, j.entry, purge)
 }
 
 // handle is the restored volume's ID: the driver's answer, else the record's.

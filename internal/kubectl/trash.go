@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"time"
 
 	v1 "github.com/dhpp-io/dhpp/pkg/apis/dhpp/v1alpha1"
 	"github.com/dhpp-io/dhpp/pkg/poolstatus"
@@ -37,29 +38,18 @@ func trash(ctx context.Context, env Env, o Options) error {
 		return structured(env.Out, o.Output, map[string]any{"items": items})
 	}
 	if len(items) == 0 {
-		fmt.Fprintln(env.Out, "The trash is empty: no deleted volume is waiting to be purged.")
+		fmt.Fprintln(env.Out, "The trash is empty: no deleted volume or snapshot is waiting to be purged.")
 		return nil
 	}
-	headers := []string{"NODE", "POOL", "ENTRY", "NAMESPACE", "CLAIM", "SIZE", "DELETED", "PURGED"}
+	// NAME is the claim of a volume, the VolumeSnapshot of a snapshot.
+	headers := []string{"NODE", "POOL", "KIND", "ENTRY", "NAMESPACE", "NAME", "SIZE", "DELETED", "PURGED"}
 	if o.Output == "wide" {
-		headers = append(headers, "PV", "VOLUME-ID", "DELETED-AT", "PURGE-AT")
+		headers = append(headers, "PV", "ID", "SOURCE", "DELETED-AT", "PURGE-AT")
 	}
 	now := env.Now()
 	rows := make([][]string, 0, len(items))
 	for _, it := range items {
-		size := ""
-		if it.SizeBytes > 0 {
-			size = poolstatus.Bytes(it.SizeBytes)
-		}
-		purge := age(now, it.PurgeAt.Time)
-		if !it.PurgeAt.After(now) {
-			purge = "due" // the next purge round removes it
-		}
-		r := []string{it.Node, it.Pool, it.Entry, it.Namespace, it.Claim, size, age(now, it.DeletedAt.Time) + " ago", purge}
-		if o.Output == "wide" {
-			r = append(r, it.PV, it.VolumeID, it.DeletedAt.UTC().Format("2006-01-02T15:04:05Z"), it.PurgeAt.UTC().Format("2006-01-02T15:04:05Z"))
-		}
-		rows = append(rows, r)
+		rows = append(rows, trashRow(it, now, o.Output == "wide"))
 	}
 	if err := table(env.Out, headers, rows); err != nil {
 		return err
@@ -68,4 +58,24 @@ func trash(ctx context.Context, env Env, o Options) error {
 		fmt.Fprintf(env.Out, "(%d older entries not listed: each pool publishes its newest %d)\n", truncated, v1.MaxTrashItems)
 	}
 	return nil
+}
+
+func trashRow(it TrashItem, now time.Time, wide bool) []string {
+	size := ""
+	if it.SizeBytes > 0 {
+		size = poolstatus.Bytes(it.SizeBytes)
+	}
+	purge := age(now, it.PurgeAt.Time)
+	if !it.PurgeAt.After(now) {
+		purge = "due" // the next purge round removes it
+	}
+	kind, name, id := v1.KindOf(it.TrashEntry), it.Claim, it.VolumeID
+	if kind == v1.TrashKindSnapshot {
+		name, id = it.VolumeSnapshot, it.SnapshotID
+	}
+	r := []string{it.Node, it.Pool, kind, it.Entry, it.Namespace, name, size, age(now, it.DeletedAt.Time) + " ago", purge}
+	if wide {
+		r = append(r, it.PV, id, it.SourceVolumeID, it.DeletedAt.UTC().Format("2006-01-02T15:04:05Z"), it.PurgeAt.UTC().Format("2006-01-02T15:04:05Z"))
+	}
+	return r
 }

@@ -425,11 +425,37 @@ func TestTrashOf(t *testing.T) {
 				e.VolumeID != labelled.ID || e.SizeBytes != gib || !e.PurgeAt.Time.Equal(old.Add(15*time.Minute)) {
 				t.Errorf("labelled entry %+v", e)
 			}
-			if got.Items[0].VolumeID != "" || got.Items[0].SizeBytes != 0 {
+			if got.Items[0].VolumeID != "" || got.Items[0].SizeBytes != 0 || got.Items[0].Kind != v1.TrashKindVolume {
 				t.Errorf("entry without a record %+v", got.Items[0])
 			}
 			if got.Items[2].PV != "pvc-3" {
 				t.Errorf("PV of an unlabelled record = %q, want its CSI name", got.Items[2].PV)
+			}
+		}},
+		{"snapshots: labelled, taken without metadata, unreadable", []node.TrashedVolume{
+			{Entry: "snapshot:snap-1@3", DeletedAt: recent, Snapshot: &node.Snapshot{ID: "n/default/snap-1", SourceVolumeID: "n/default/pvc-1",
+				SizeBytes: 2 * gib, StoredBytes: mib, Labels: map[string]string{node.SnapshotLabelName: "nightly", node.SnapshotLabelNamespace: "db",
+					node.SnapshotLabelContent: "snapcontent-1"}}},
+			{Entry: "snapshot:snap-2@2", DeletedAt: recent, Snapshot: &node.Snapshot{ID: "n/default/snap-2", SourceVolumeID: "n/default/pvc-1", SizeBytes: gib}},
+			{Entry: "snapshot:snap-3@1", DeletedAt: old},
+			{Entry: "pvc-1@0", DeletedAt: old, Volume: labelled},
+		}, func(t *testing.T, got v1.Trash) {
+			if got.Entries != 4 || got.Bytes != 4*gib || len(got.Items) != 4 {
+				t.Fatalf("trash = %+v, want 4 entries of 4Gi (snapshots count their source's size)", got)
+			}
+			want := []v1.TrashEntry{
+				{Entry: "snapshot:snap-1@3", Kind: v1.TrashKindSnapshot, Namespace: "db", VolumeSnapshot: "nightly", SnapshotContent: "snapcontent-1",
+					SnapshotID: "n/default/snap-1", SourceVolumeID: "n/default/pvc-1", SizeBytes: 2 * gib},
+				{Entry: "snapshot:snap-2@2", Kind: v1.TrashKindSnapshot, SnapshotID: "n/default/snap-2", SourceVolumeID: "n/default/pvc-1", SizeBytes: gib},
+				{Entry: "snapshot:snap-3@1", Kind: v1.TrashKindSnapshot},
+				{Entry: "pvc-1@0", Kind: v1.TrashKindVolume, VolumeID: labelled.ID, PV: "pvc-1", Namespace: "db", Claim: "data-db-0", SizeBytes: gib},
+			}
+			for i, w := range want {
+				g := got.Items[i]
+				g.DeletedAt, g.PurgeAt = metav1.Time{}, metav1.Time{}
+				if g != w {
+					t.Errorf("item %d = %+v\nwant %+v", i, g, w)
+				}
 			}
 		}},
 		{"more than listed", many, func(t *testing.T, got v1.Trash) {

@@ -62,6 +62,9 @@ func (p *Publisher) restore(ctx context.Context, pool string, req v1.RestoreRequ
 	if p.cfg.Restore == nil {
 		return failed("this driver does not restore volumes")
 	}
+	if v1.KindOf(v1.TrashEntry{Entry: req.Entry}) == v1.TrashKindSnapshot {
+		return failed(fmt.Sprintf("trash entry %s is a deleted snapshot, not a volume: only volumes are restored from the trash", req.Entry))
+	}
 	if s, ok := p.cfg.Health.Status(pool); ok && s.State == health.Fenced {
 		return failed(fmt.Sprintf("pool %s on node %s is fenced (%s): nothing is restored into a fenced pool; unfence it first (kubectl dhpp unfence %s %s)",
 			pool, p.cfg.NodeName, s.LastError, p.cfg.NodeName, pool))

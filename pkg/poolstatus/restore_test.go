@@ -51,7 +51,8 @@ func TestSpecRestoresAreAnswered(t *testing.T) {
 	}
 	t1 := metav1.NewTime(since)
 	setRestores(t, p, v1.RestoreRequest{Entry: "pvc-a@1", Claim: "db/data", RequestedAt: t1},
-		v1.RestoreRequest{Entry: "pvc-gone@1", Claim: "db/other", RequestedAt: t1})
+		v1.RestoreRequest{Entry: "pvc-gone@1", Claim: "db/other", RequestedAt: t1},
+		v1.RestoreRequest{Entry: "snapshot:snap-1@1", Claim: "db/snap", RequestedAt: t1})
 	sync := func() []v1.RestoreResult {
 		t.Helper()
 		feedCache(t, client, p)
@@ -62,8 +63,8 @@ func TestSpecRestoresAreAnswered(t *testing.T) {
 	}
 	for range 2 { // the second round answers from the status, calling nothing
 		got := sync()
-		if len(got) != 2 {
-			t.Fatalf("status.restores = %+v, want 2 results", got)
+		if len(got) != 3 {
+			t.Fatalf("status.restores = %+v, want 3 results", got)
 		}
 		if r := got[0]; r.Phase != v1.RestoreRestored || r.VolumeHandle != "node-a/default/pvc-a" || r.CapacityBytes != gib ||
 			r.AccessType != "mount" || r.VolumeContext[dhpp.ContextPool] != "default" || r.VolumeContext[dhpp.ContextBackend] != "btrfs" {
@@ -72,9 +73,12 @@ func TestSpecRestoresAreAnswered(t *testing.T) {
 		if r := got[1]; r.Phase != v1.RestoreFailed || r.Message == "" || r.VolumeHandle != "" {
 			t.Errorf("result of a refused restore = %+v", r)
 		}
+		if r := got[2]; r.Phase != v1.RestoreFailed || !strings.Contains(r.Message, "is a deleted snapshot, not a volume") {
+			t.Errorf("result of a snapshot entry's restore = %+v, want refused as a snapshot", r)
+		}
 	}
 	if len(calls) != 2 {
-		t.Fatalf("restores carried out %q, want each once", calls)
+		t.Fatalf("restores carried out %q, want each volume's once and no snapshot's", calls)
 	}
 
 	// A retry (newer requestedAt) while the pool is fenced: refused

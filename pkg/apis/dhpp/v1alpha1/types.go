@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"maps"
+	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -184,10 +185,11 @@ type RAID struct {
 	Detail   string `json:"detail,omitempty"`
 }
 
-// Trash is what the pool's trash holds: deleted volumes still recoverable.
+// Trash is what the pool's trash holds: deleted volumes (still
+// recoverable) and snapshots, until the purger removes them.
 type Trash struct {
 	Entries int `json:"entries"`
-	// Bytes is the sum of the trashed volumes' recorded sizes.
+	// Bytes is the sum of the entries' recorded sizes (TrashEntry.SizeBytes).
 	Bytes int64  `json:"bytes"`
 	Size  string `json:"size,omitempty"`
 	// Items lists the entries, newest first, at most MaxTrashItems.
@@ -198,16 +200,54 @@ type Trash struct {
 // small whatever the delete rate); Trash.Entries counts them all.
 const MaxTrashItems = 100
 
-// TrashEntry is one deleted volume in the trash.
+// Kinds of a TrashEntry.
+const (
+	// TrashKindVolume is a deleted volume: kubectl dhpp restore brings it back.
+	TrashKindVolume = "Volume"
+	// TrashKindSnapshot is a deleted snapshot: its data waits for the purge
+	// like a volume's, but it cannot be restored as a volume.
+	TrashKindSnapshot = "Snapshot"
+)
+
+// SnapshotEntryPrefix starts the entry name of a deleted snapshot
+// (pkg/node's trash naming), which tells its kind even when the driver
+// that published it predates TrashEntry.Kind or could not read its record.
+const SnapshotEntryPrefix = "snapshot:"
+
+// KindOf is e's kind: its Kind, else what its name says.
+func KindOf(e TrashEntry) string {
+	switch {
+	case e.Kind != "":
+		return e.Kind
+	case strings.HasPrefix(e.Entry, SnapshotEntryPrefix):
+		return TrashKindSnapshot
+	}
+	return TrashKindVolume
+}
+
+// TrashEntry is one deleted volume or snapshot in the trash.
 type TrashEntry struct {
-	// Entry is the directory name in <pool>/.dhpp/trash (<name>@<nanos>).
+	// Entry is the directory name in <pool>/.dhpp/trash: <name>@<nanos>
+	// for a volume, snapshot:<name>@<nanos> for a snapshot.
 	Entry string `json:"entry"`
-	// VolumeID, PV, Namespace and Claim come from the volume's record
-	// (empty when the record was unreadable).
-	VolumeID  string      `json:"volumeID,omitempty"`
-	PV        string      `json:"pv,omitempty"`
-	Namespace string      `json:"namespace,omitempty"`
-	Claim     string      `json:"claim,omitempty"`
+	// Kind is Volume or Snapshot.
+	Kind string `json:"kind"`
+	// VolumeID, PV, Namespace and Claim come from a volume's record
+	// (empty when the record was unreadable). For a snapshot, Namespace is
+	// its VolumeSnapshot's (from csi-snapshotter's --extra-create-metadata;
+	// empty for snapshots taken without it).
+	VolumeID  string `json:"volumeID,omitempty"`
+	PV        string `json:"pv,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	Claim     string `json:"claim,omitempty"`
+	// VolumeSnapshot, SnapshotContent, SnapshotID and SourceVolumeID come
+	// from a snapshot's record: who asked for it and what it was taken of.
+	VolumeSnapshot  string `json:"volumeSnapshot,omitempty"`
+	SnapshotContent string `json:"snapshotContent,omitempty"`
+	SnapshotID      string `json:"snapshotID,omitempty"`
+	SourceVolumeID  string `json:"sourceVolumeID,omitempty"`
+	// SizeBytes is a volume's capacity, or a snapshot's size (its source's:
+	// the smallest volume it would restore into).
 	SizeBytes int64       `json:"sizeBytes,omitempty"`
 	DeletedAt metav1.Time `json:"deletedAt"`
 	PurgeAt   metav1.Time `json:"purgeAt"`
