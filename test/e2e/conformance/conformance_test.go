@@ -28,8 +28,10 @@ import (
 //
 // Environment: DHPP_CONFORMANCE_PROCS (ginkgo parallel processes, default
 // 3), DHPP_CONFORMANCE_RECHECK=1 (run the listed specs too and report those
-// that pass), DHPP_CONFORMANCE_FOCUS (narrow the focus further, for
-// debugging: the run then does not check the skip list for stale entries).
+// that pass), DHPP_CONFORMANCE_FOCUS and DHPP_CONFORMANCE_SKIP (regular
+// expressions that narrow the run further, for debugging: the specs
+// DHPP_CONFORMANCE_SKIP matches are not run, and a narrowed run does not
+// check the skip list for stale entries).
 func TestExternalStorage(t *testing.T) {
 	testdisk.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Minute)
@@ -66,7 +68,12 @@ func TestExternalStorage(t *testing.T) {
 	focus := Focus
 	narrowed := os.Getenv("DHPP_CONFORMANCE_FOCUS")
 	if narrowed != "" {
-		focus += ".*" + narrowed
+		focus += ".*(?:" + narrowed + ")"
+	}
+	extraSkip := os.Getenv("DHPP_CONFORMANCE_SKIP")
+	if extraSkip != "" {
+		narrowed += " (skip " + extraSkip + ")"
+		skips = append(skips, Skip{Pattern: extraSkip, Reason: "DHPP_CONFORMANCE_SKIP"})
 	}
 	junit := filepath.Join(out, "junit.xml")
 	os.Remove(junit)
