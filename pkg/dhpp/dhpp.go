@@ -24,7 +24,7 @@ const (
 	ParamMode = "mode"
 	// ParamPrefixCSI is the prefix of parameters that Kubernetes sidecars add
 	// (csi.storage.k8s.io/pvc/name and friends, with --extra-create-metadata);
-	// dhpp accepts and ignores them.
+	// dhpp accepts them and records the claim's and snapshot's names.
 	ParamPrefixCSI = "csi.storage.k8s.io/"
 	// ParamNodeLossPolicy is read by dhpp-controller, not by the driver:
 	// what to do with a claim whose volume's node or disk is lost

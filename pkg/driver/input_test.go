@@ -181,6 +181,10 @@ func TestBadInput(t *testing.T) {
 			_, err := d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: "node-b/default/v0"})
 			return err
 		}, codes.NotFound, "taken by the driver on that node"},
+		{"snapshot: unknown parameter", func() error {
+			_, err := d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: "node-a/default/v0", Parameters: map[string]string{"pool": "fast"}})
+			return err
+		}, codes.InvalidArgument, `unknown VolumeSnapshotClass parameter(s) "pool"`},
 		{"snapshot: bad name", func() error {
 			_, err := d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "../x", SourceVolumeId: "node-a/default/v0"})
 			return err

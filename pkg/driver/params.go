@@ -89,3 +89,42 @@ func parseMode(s string) (fs.FileMode, error) {
 	}
 	return fs.FileMode(n), nil
 }
+
+// Metadata keys csi-snapshotter adds to CreateSnapshot's parameters with
+// --extra-create-metadata, and the Snapshot.Labels keys they are kept under.
+var snapshotMetadata = map[string]string{
+	"csi.storage.k8s.io/volumesnapshot/name":        node.SnapshotLabelName,
+	"csi.storage.k8s.io/volumesnapshot/namespace":   node.SnapshotLabelNamespace,
+	"csi.storage.k8s.io/volumesnapshotcontent/name": node.SnapshotLabelContent,
+}
+
+// ParseSnapshotParameters validates CreateSnapshot's parameters (the
+// VolumeSnapshotClass's, plus csi-snapshotter's metadata) and returns the
+// labels to record. dhpp has no snapshot parameter of its own: a snapshot
+// is made in its source's pool, by the method its backend allows. Keys
+// under csi.storage.k8s.io/ belong to Kubernetes and are accepted, as in
+// ParseParameters; any other key is refused, so a parameter written for
+// another driver's class does not pass as if it had an effect.
+func ParseSnapshotParameters(params map[string]string) (labels map[string]string, err error) {
+	var unknown []string
+	for k, v := range params {
+		switch {
+		case strings.HasPrefix(k, dhpp.ParamPrefixCSI):
+			if label, ok := snapshotMetadata[k]; ok && v != "" {
+				if labels == nil {
+					labels = map[string]string{}
+				}
+				labels[label] = v
+			}
+		default:
+			unknown = append(unknown, strconv.Quote(k))
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, fmt.Errorf("%w: unknown VolumeSnapshotClass parameter(s) %s; dhpp takes no snapshot parameters of its own, "+
+			"only keys under %q (set by Kubernetes, e.g. csi-snapshotter's --extra-create-metadata)",
+			node.ErrInvalid, strings.Join(unknown, ", "), dhpp.ParamPrefixCSI)
+	}
+	return labels, nil
+}

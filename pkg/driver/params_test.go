@@ -75,3 +75,44 @@ func FuzzParseParameters(f *testing.F) {
 		}
 	})
 }
+
+func TestParseSnapshotParameters(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      map[string]string
+		want    map[string]string
+		wantErr string
+	}{
+		{name: "none", in: nil, want: nil},
+		{name: "snapshotter metadata kept as labels", in: map[string]string{
+			"csi.storage.k8s.io/volumesnapshot/name":        "db-snap",
+			"csi.storage.k8s.io/volumesnapshot/namespace":   "prod",
+			"csi.storage.k8s.io/volumesnapshotcontent/name": "snapcontent-1",
+		}, want: map[string]string{node.SnapshotLabelName: "db-snap", node.SnapshotLabelNamespace: "prod", node.SnapshotLabelContent: "snapcontent-1"}},
+		{name: "other Kubernetes keys accepted, not kept", in: map[string]string{
+			"csi.storage.k8s.io/volumesnapshot/name": "db-snap", "csi.storage.k8s.io/snapshotter-secret-name": "s",
+		}, want: map[string]string{node.SnapshotLabelName: "db-snap"}},
+		{name: "empty metadata not kept", in: map[string]string{"csi.storage.k8s.io/volumesnapshot/namespace": ""}, want: nil},
+		{name: "a StorageClass key", in: map[string]string{"pool": "fast"}, wantErr: `unknown VolumeSnapshotClass parameter(s) "pool"`},
+		{name: "unknown keys named, sorted", in: map[string]string{"z": "1", "a": "2", "csi.storage.k8s.io/volumesnapshot/name": "s"},
+			wantErr: `"a", "z"; dhpp takes no snapshot parameters of its own, only keys under "csi.storage.k8s.io/"`},
+		{name: "prefix without its slash", in: map[string]string{"csi.storage.k8s.io": "x"}, wantErr: `"csi.storage.k8s.io"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseSnapshotParameters(tt.in)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+				}
+				if !errors.Is(err, node.ErrInvalid) {
+					t.Fatalf("err %v does not wrap ErrInvalid (it must become InvalidArgument)", err)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("got %v, %v; want %v", got, err, tt.want)
+			}
+		})
+	}
+}

@@ -18,7 +18,10 @@ import (
 
 // CreateSnapshot snapshots a volume of this node. The snapshot is
 // ready_to_use as soon as it is returned: it is made whole and durable
-// before the call returns, or not at all.
+// before the call returns, or not at all. Its parameters are checked like
+// a StorageClass's (ParseSnapshotParameters); the VolumeSnapshot's name and
+// namespace and the content's name, if csi-snapshotter passes them, are
+// kept in the snapshot's record so its trash entry can be named.
 func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	if req.GetName() == "" {
 		return nil, required("name")
@@ -26,7 +29,11 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	if req.GetSourceVolumeId() == "" {
 		return nil, required("source_volume_id")
 	}
-	s, err := d.nodes.CreateSnapshot(ctx, node.SnapshotRequest{Name: req.GetName(), SourceVolumeID: req.GetSourceVolumeId()})
+	labels, err := ParseSnapshotParameters(req.GetParameters())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	s, err := d.nodes.CreateSnapshot(ctx, node.SnapshotRequest{Name: req.GetName(), SourceVolumeID: req.GetSourceVolumeId(), Labels: labels})
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path"
 	"strings"
@@ -76,6 +77,7 @@ const (
 func (s *Snapshot) clone() *Snapshot {
 	c := *s
 	c.Source = *s.Source.clone()
+	c.Labels = maps.Clone(s.Labels)
 	return &c
 }
 

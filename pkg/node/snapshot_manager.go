@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"path"
 	"sync"
 	"time"
@@ -19,6 +20,9 @@ func snapLockKey(name string) string { return snapTrashPrefix + name }
 type SnapshotRequest struct {
 	Name           string
 	SourceVolumeID string
+	// Labels are recorded in the new snapshot's record (Snapshot.Labels).
+	// A repeated request for an existing snapshot does not change them.
+	Labels map[string]string
 }
 
 // CreateSnapshot snapshots a volume of this node into its pool, or returns
@@ -74,7 +78,7 @@ func (m *Manager) CreateSnapshot(ctx context.Context, req SnapshotRequest) (*Sna
 	}
 	s := &Snapshot{
 		ID: id.String(), Name: key, Pool: p.Name, SourceVolumeID: v.ID, Source: *v.clone(),
-		SizeBytes: v.CapacityBytes, CreatedAt: m.env.now().UTC(),
+		SizeBytes: v.CapacityBytes, CreatedAt: m.env.now().UTC(), Labels: maps.Clone(req.Labels),
 	}
 	if key != req.Name {
 		s.CSIName = req.Name

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -178,15 +179,16 @@ func testSnapshotRestoreClone(t *testing.T, poolPath string, kind BackendKind, m
 
 	// The snapshot is taken while the source is in use (a loop volume is
 	// staged: it is frozen for the capture).
-	snap, err := m.CreateSnapshot(ctx, SnapshotRequest{Name: "snap-1", SourceVolumeID: src.ID})
+	labels := map[string]string{SnapshotLabelName: "db-snap", SnapshotLabelNamespace: "prod", SnapshotLabelContent: "snapcontent-1"}
+	snap, err := m.CreateSnapshot(ctx, SnapshotRequest{Name: "snap-1", SourceVolumeID: src.ID, Labels: labels})
 	if err != nil {
 		t.Fatalf("CreateSnapshot: %v", err)
 	}
 	if snap.Method != method || snap.SizeBytes != src.CapacityBytes || snap.ID != "node-a/default/snapshots/snap-1" {
 		t.Errorf("snapshot %s: method %q size %d, want %q and %d", snap.ID, snap.Method, snap.SizeBytes, method, src.CapacityBytes)
 	}
-	if again, err := m.CreateSnapshot(ctx, SnapshotRequest{Name: "snap-1", SourceVolumeID: src.ID}); err != nil || again.ID != snap.ID || !again.CreatedAt.Equal(snap.CreatedAt) {
-		t.Errorf("CreateSnapshot again = %v, %v; want the same snapshot", again, err)
+	if again, err := m.CreateSnapshot(ctx, SnapshotRequest{Name: "snap-1", SourceVolumeID: src.ID}); err != nil || again.ID != snap.ID || !again.CreatedAt.Equal(snap.CreatedAt) || !maps.Equal(again.Labels, labels) {
+		t.Errorf("CreateSnapshot again = %v, %v; want the same snapshot, labels %v", again, err, labels)
 	}
 	other, err := m.CreateVolume(ctx, CreateRequest{Name: "other", RequiredBytes: 64 * mib})
 	if err != nil {
@@ -264,8 +266,8 @@ func testSnapshotRestoreClone(t *testing.T, poolPath string, kind BackendKind, m
 	m.Close()
 	m = openManager(t, poolPath, kind, clock)
 	got, err := m.GetSnapshot(snap.ID)
-	if err != nil || got.StoredBytes != snap.StoredBytes || got.Method != method {
-		t.Fatalf("after restart: GetSnapshot = %+v, %v", got, err)
+	if err != nil || got.StoredBytes != snap.StoredBytes || got.Method != method || !maps.Equal(got.Labels, labels) {
+		t.Fatalf("after restart: GetSnapshot = %+v, %v; want labels %v from the record", got, err, labels)
 	}
 	c, err := m.Pools()[0].Capacity()
 	must(t, err)
@@ -292,10 +294,10 @@ func testSnapshotRestoreClone(t *testing.T, poolPath string, kind BackendKind, m
 	must(t, err)
 	found := false
 	for _, e := range trash {
-		found = found || strings.HasPrefix(e.Entry, snapTrashPrefix+"snap-1@") && e.Snapshot != nil && e.Snapshot.ID == snap.ID && e.Volume == nil
+		found = found || strings.HasPrefix(e.Entry, snapTrashPrefix+"snap-1@") && e.Snapshot != nil && e.Snapshot.ID == snap.ID && e.Volume == nil && maps.Equal(e.Snapshot.Labels, labels)
 	}
 	if !found {
-		t.Errorf("trash %v has no entry for the deleted snapshot", trash)
+		t.Errorf("trash %v has no entry for the deleted snapshot with its labels", trash)
 	}
 	checkSnapTree(t, root(restored))
 	unstage(restored)
