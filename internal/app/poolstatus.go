@@ -26,8 +26,9 @@ type nodeSide struct {
 
 // newPublisher makes the DhppPool publisher: each pool's figures from the
 // Manager, its health from the Monitor, its RAID state from the watcher
-// and its trash read from the pool directory; it restores trash entries
-// through the Manager (spec.restores).
+// and its trash read from the pool directory, republished soon after the
+// Manager signals a change; it restores trash entries through the Manager
+// (spec.restores).
 func newPublisher(c Config, side nodeSide, period time.Duration, mgr *node.Manager, mon *health.Monitor, arrays *raid.Watcher) (*poolstatus.Publisher, error) {
 	return poolstatus.New(poolstatus.Config{
 		Client:   side.dynamic,
@@ -67,6 +68,7 @@ func newPublisher(c Config, side nodeSide, period time.Duration, mgr *node.Manag
 			}
 			return mgr.Untrash(ctx, node.UntrashRequest{Pool: pool, Entry: req.Entry, Labels: labels})
 		},
+		Changed: mgr.Changed(),
 		Version: dhpp.Version,
 		Period:  period,
 	})

@@ -14,6 +14,7 @@ import (
 	"github.com/dhpp-io/dhpp/pkg/kube"
 	"github.com/dhpp-io/dhpp/pkg/kube/kubetest"
 	"github.com/dhpp-io/dhpp/pkg/node"
+	"github.com/dhpp-io/dhpp/pkg/poolstatus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
@@ -98,4 +99,53 @@ func TestPoolStatusPublished(t *testing.T) {
 		n, err := kc.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
 		return err == nil && n.Labels[kube.PoolLabelPrefix+"default"] == kube.PoolLabelFenced
 	})
+}
+
+// TestPoolStatusFollowsChanges: the publisher is wired to the Manager's
+// change signal, so with a period of an hour a created volume and then its
+// delete into the trash still show within seconds (poolstatus's 2 s
+// coalescing window, plus the informer and a round's work).
+func TestPoolStatusFollowsChanges(t *testing.T) {
+	kc := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "uid-n1"}})
+	dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schema.GroupVersionResource]string{v1.GroupVersionResource: v1.Kind + "List"})
+	cfg := Config{
+		Endpoint: "unix://" + filepath.Join(t.TempDir(), "csi.sock"), NodeID: "n1", TrashRetention: time.Hour,
+		Pools:             []node.PoolConfig{{Name: "default", Path: t.TempDir(), Backend: node.BackendDir}},
+		DefaultVolumeSize: 64 << 20, MetricsAddress: "127.0.0.1:0", Health: health.DefaultConfig(),
+	}
+	d := startDriverHooks(t, cfg, hooks{kubeClient: kubetest.FakeAPI{C: kc}, dynamicClient: dyn, poolStatusPeriod: time.Hour})
+	ctx := context.Background()
+	status := func() v1.DhppPoolStatus {
+		u, err := dyn.Resource(v1.GroupVersionResource).Get(ctx, "n1.default", metav1.GetOptions{})
+		if err != nil {
+			return v1.DhppPoolStatus{}
+		}
+		p, err := v1.FromUnstructured(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Status
+	}
+	testdisk.WaitFor(t, "the pool's first status", func() bool { s := status(); return !s.UpdatedAt.IsZero() })
+
+	start := time.Now()
+	if _, err := d.create("pvc-1"); err != nil {
+		t.Fatal(err)
+	}
+	testdisk.WaitFor(t, "the created volume in status", func() bool { return status().Volumes == 1 })
+	created := time.Since(start)
+	start = time.Now()
+	if _, err := d.ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "n1/default/pvc-1"}); err != nil {
+		t.Fatal(err)
+	}
+	testdisk.WaitFor(t, "the deleted volume in status.trash", func() bool {
+		s := status()
+		return s.Volumes == 0 && s.Trash.Entries == 1
+	})
+	deleted := time.Since(start)
+	t.Logf("status showed the create after %s, the delete after %s (period 1h)", created.Round(time.Millisecond), deleted.Round(time.Millisecond))
+	if limit := 2*poolstatus.DefaultMinInterval + time.Second; created > limit || deleted > limit {
+		t.Errorf("status followed the create in %s and the delete in %s, want each within %s", created, deleted, limit)
+	}
 }

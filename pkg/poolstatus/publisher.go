@@ -6,9 +6,11 @@
 // Fencer in pkg/kube mirrors onto the Node as usual), and spec.restores,
 // requests to take trash entries back as live volumes (restore.go).
 //
-// Writes: a status is computed every Period (30 s) and at once when a
-// pool's health changes or its object changes, at most one round per
-// MinInterval (1 s); it is written only when it differs from what the API
+// Writes: a status is computed every Period (30 s), and soon after a
+// pool's contents change (Config.Changed: a volume created or deleted, a
+// snapshot, the trash), its health changes or its object changes, at most
+// one round per MinInterval (2 s), so a burst of changes costs one write
+// per pool per 2 s. It is written only when it differs from what the API
 // server holds, or when it is older than Refresh (5 min, so a dead driver
 // shows as a stale updatedAt). docs/design.md has the rate at 100 nodes.
 package poolstatus
@@ -37,7 +39,7 @@ import (
 // Defaults of Config.
 const (
 	DefaultPeriod      = 30 * time.Second
-	DefaultMinInterval = time.Second
+	DefaultMinInterval = 2 * time.Second
 	DefaultRefresh     = 5 * time.Minute
 )
 
@@ -64,8 +66,14 @@ type Config struct {
 	Trash func(pi PoolInfo) (v1.Trash, error)
 	// Restore carries out spec.restores (nil: every request fails).
 	Restore RestoreFunc
+	// Changed receives a token after any change of the pools' volumes,
+	// snapshots or trash (node.Manager.Changed); nil: only Period, health
+	// and object changes cause a round.
+	Changed <-chan struct{}
 	Version string
 
+	// Period is the round without changes; MinInterval the least time
+	// between two rounds, which coalesces a burst of changes.
 	Period, MinInterval, Refresh time.Duration
 	Now                          func() time.Time
 }
@@ -108,7 +116,7 @@ func New(cfg Config) (*Publisher, error) {
 	p.inf = f.ForResource(v1.GroupVersionResource).Informer()
 	if _, err := p.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { p.poke() },
-		UpdateFunc: func(any, any) { p.poke() },
+		UpdateFunc: func(old, new any) { p.pokeOnSpec(old, new) },
 	}); err != nil {
 		return nil, fmt.Errorf("pool status publisher: event handler: %w", err)
 	}
@@ -123,6 +131,20 @@ func (p *Publisher) poke() {
 	case p.trigger <- struct{}{}:
 	default:
 	}
+}
+
+// pokeOnSpec asks for a round when an object's spec changed (a fence or
+// restore request), not for the publisher's own status writes: a round
+// after each write would change nothing and only delay the next change.
+// The API server bumps metadata.generation on spec changes only; a client
+// that keeps no generation (0) gets a round for every update.
+func (p *Publisher) pokeOnSpec(old, new any) {
+	o, ok1 := old.(*unstructured.Unstructured)
+	n, ok2 := new.(*unstructured.Unstructured)
+	if ok1 && ok2 && n.GetGeneration() != 0 && o.GetGeneration() == n.GetGeneration() {
+		return
+	}
+	p.poke()
 }
 
 // Run publishes until ctx is done. API errors are logged and retried at the
@@ -147,6 +169,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 	t := time.NewTicker(p.cfg.Period)
 	defer t.Stop()
 	for {
+		last := time.Now()
 		if err := p.Sync(ctx); err != nil && ctx.Err() == nil {
 			klog.ErrorS(err, "Publishing pool status failed; retrying next round", "node", p.cfg.NodeName)
 		}
@@ -155,12 +178,15 @@ func (p *Publisher) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		case <-p.trigger:
+		case <-p.cfg.Changed:
 		}
-		// Bound the rate of rounds a burst of changes causes.
+		// Bound the rate of rounds a burst of changes causes: the changes
+		// that arrive meanwhile are merged into the next round (both
+		// channels hold one token), which reads the state after them all.
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(p.cfg.MinInterval):
+		case <-time.After(time.Until(last.Add(p.cfg.MinInterval))):
 		}
 	}
 }

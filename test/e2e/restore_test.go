@@ -52,7 +52,8 @@ func TestRestoreFromTrash(t *testing.T) {
 	}
 	deleted := time.Now()
 
-	// The trash lists it within a publish period (30 s).
+	// The trash lists it within seconds (the driver republishes on change,
+	// rounds at least 2 s apart).
 	var entry string
 	if err := poll(ctx, 2*time.Minute, 2*time.Second, "the deleted volume in kubectl dhpp trash", func() (bool, string, error) {
 		out, err := dhpp("trash", node, "-o", "json")
