@@ -8,6 +8,16 @@ LDFLAGS := -X github.com/dhpp-io/dhpp/pkg/dhpp.Version=$(VERSION)
 DHPP_CACHE ?= $(HOME)/.cache/dhpp
 export DHPP_CACHE
 
+# One build configuration for every go command make starts, directly or
+# through the tests (go vet, go test, the harness's go run/go build of the
+# driver and hack/images, the tool builds): CGO off and -trimpath. Go's build
+# cache is keyed by that configuration, so any difference (vet with cgo and
+# tests without, say) compiles the whole dependency graph twice; static
+# binaries and trimmed paths are what the images want anyway. GOFLAGS keeps
+# whatever `go env GOFLAGS` already says.
+export CGO_ENABLED := 0
+export GOFLAGS := -trimpath $(filter-out -trimpath,$(shell $(GO) env GOFLAGS))
+
 # Debian packages the tests and the demo use (the VM and cluster harnesses
 # install their own on first use).
 APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod busybox-static gcc libc6-dev fio
@@ -21,12 +31,12 @@ K8S_VERSIONS = $(shell $(GO) run ./test/e2e/cmd/dhpp-cluster versions)
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/dhpp-driver ./cmd/dhpp-driver
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/dhpp-driver ./cmd/dhpp-driver
 
 ## kubectl-dhpp: the kubectl plugin (`kubectl dhpp pools`); put bin/ on PATH
 ## or copy bin/kubectl-dhpp to a directory on it.
 kubectl-dhpp:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/kubectl-dhpp ./cmd/kubectl-dhpp
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/kubectl-dhpp ./cmd/kubectl-dhpp
 
 ## image: the production image (dhpp-driver and dhpp-controller, one image)
 ## as a docker-archive at $(IMAGE_TAR), tagged $(IMAGE), which `docker load`,
@@ -46,7 +56,7 @@ image:
 		docker build --build-arg VERSION=$(VERSION) -t "$(IMAGE)" . && docker save -o "$(IMAGE_TAR)" "$(IMAGE)"; \
 	else \
 		d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
-		CGO_ENABLED=0 $(GO) run ./hack/images -out "$$d" -only dhpp-driver -driver-tag "$(IMAGE)" -ldflags "$(LDFLAGS)" >/dev/null && \
+		$(GO) run ./hack/images -out "$$d" -only dhpp-driver -driver-tag "$(IMAGE)" -ldflags "$(LDFLAGS)" >/dev/null && \
 		mv "$$d/dhpp-driver.tar" "$(IMAGE_TAR)"; \
 	fi && echo "$(IMAGE) -> $(IMAGE_TAR)"
 
@@ -76,7 +86,7 @@ cluster-down:
 ## scenarios on the newest supported Kubernetes, then the upstream storage
 ## suite on every supported one (K8S_VERSIONS).
 test: deps tools vet
-	CI=$${CI:-true} CGO_ENABLED=0 $(GO) test -count=1 -timeout 60m ./...
+	CI=$${CI:-true} $(GO) test -count=1 -timeout 60m ./...
 	$(MAKE) e2e
 	$(MAKE) conformance
 
@@ -84,7 +94,7 @@ test: deps tools vet
 ## Kubernetes unless DHPP_K8S_VERSION picks another (`dhpp-cluster version`
 ## prints it); reuses a running cluster of the same version.
 e2e:
-	mkdir -p _output; CI=$${CI:-true} CGO_ENABLED=0 $(GO) test -count=1 -tags e2e -p 1 -v -timeout 60m ./test/e2e/ 2>&1 | tee _output/e2e.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok)|e2e_test|_test.go' ; exit $${PIPESTATUS[0]}
+	mkdir -p _output; CI=$${CI:-true} $(GO) test -count=1 -tags e2e -p 1 -v -timeout 60m ./test/e2e/ 2>&1 | tee _output/e2e.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok)|e2e_test|_test.go' ; exit $${PIPESTATUS[0]}
 
 ## conformance: the upstream Kubernetes storage e2e suite (External Storage
 ## specs for hostpath.dhpp.io, test/e2e/conformance) on each version in
@@ -92,7 +102,7 @@ e2e:
 conformance:
 	mkdir -p _output; set -o pipefail; failed=""; for v in $(K8S_VERSIONS); do \
 		echo "==> conformance on Kubernetes $$v"; \
-		DHPP_K8S_VERSION=$$v CI=$${CI:-true} CGO_ENABLED=0 $(GO) test -count=1 -tags e2e -v -timeout 110m ./test/e2e/conformance/ 2>&1 \
+		DHPP_K8S_VERSION=$$v CI=$${CI:-true} $(GO) test -count=1 -tags e2e -v -timeout 110m ./test/e2e/conformance/ 2>&1 \
 			| tee _output/conformance-$$v.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok)|conformance_test.go' || failed="$$failed $$v"; \
 	done; if [ -n "$$failed" ]; then echo "conformance FAILED on:$$failed"; exit 1; fi
 

@@ -308,13 +308,8 @@ func Prepare(ctx context.Context) (string, error) {
 }
 
 func prepareLocalPath(ctx context.Context, cfg cluster.Config) (string, error) {
-	for _, t := range cluster.Tools(cfg.KubernetesVersion) {
-		if t.Name != "local-path-provisioner" {
-			continue
-		}
-		if _, err := t.Build(ctx, cfg.RepoRoot, filepath.Join(cfg.CacheDir, "bin")); err != nil {
-			return "", fmt.Errorf("build local-path-provisioner: %w", err)
-		}
+	if _, err := cluster.LocalPathTool().Build(ctx, cfg.RepoRoot, filepath.Join(cfg.CacheDir, "bin")); err != nil {
+		return "", fmt.Errorf("build local-path-provisioner: %w", err)
 	}
 	// BuildImages insists on busybox too (it is cheap and already imported).
 	files, err := cluster.BuildImages(ctx, cfg, "busybox", "local-path-provisioner")

@@ -584,3 +584,22 @@ func TestAuditFlags(t *testing.T) {
 		t.Errorf("policy:\n%s", b)
 	}
 }
+
+// `up` builds only what the cluster runs: local-path-provisioner (its own
+// module and client-go, minutes of cold compile) is the cluster benchmark's
+// alone, built by LocalPathTool.
+func TestUpDoesNotBuildLocalPath(t *testing.T) {
+	for _, v := range KubernetesVersions {
+		for _, tl := range Tools(v) {
+			if tl.Module == LocalPathTool().Module {
+				t.Errorf("Tools(%s) builds %s, which only the cluster benchmark runs", v, tl.Name)
+			}
+		}
+	}
+	// The benchmark's image recipe finds the binary where the tool lands.
+	cfg := Config{CacheDir: t.TempDir()}
+	lp := LocalPathTool()
+	if want := filepath.Join(cfg.binDir(), lp.Name+"-"+lp.Version, lp.Binaries[0]); cfg.LocalPathBin() != want {
+		t.Errorf("LocalPathBin %s, want %s", cfg.LocalPathBin(), want)
+	}
+}

@@ -79,13 +79,6 @@ func Tools(k8sVersion string) []Tool {
 			Binaries: []string{"csi-snapshotter", "snapshot-controller"},
 		},
 		{
-			// Only the cluster benchmark (test/e2e/bench) runs it: the
-			// helper-pod provisioner dhpp is compared against.
-			Name: "local-path-provisioner", Version: LocalPathVersion, Module: "hack/tools/local-path-provisioner",
-			Packages: []string{"github.com/rancher/local-path-provisioner"},
-			Ldflags:  "-s -w", Binaries: []string{"local-path-provisioner"},
-		},
-		{
 			Name: "dhpp-cri", Version: CRIToolVersion, Module: "hack/tools/cri",
 			Packages: []string{"./dhpp-cri"}, Ldflags: "-s -w", Binaries: []string{"dhpp-cri"},
 		},
@@ -200,6 +193,17 @@ func (t Tool) Build(ctx context.Context, repo, binDir string) (cached bool, err 
 // LocalPathVersion is the rancher/local-path-provisioner release the cluster
 // benchmark compares dhpp against (hack/tools/local-path-provisioner pins it).
 const LocalPathVersion = "v0.0.30"
+
+// LocalPathTool is the helper-pod provisioner the cluster benchmark
+// (test/e2e/bench) compares dhpp against. It is not in Tools: nothing else
+// runs it, and its module (its own client-go) is minutes of cold compile.
+func LocalPathTool() Tool {
+	return Tool{
+		Name: "local-path-provisioner", Version: LocalPathVersion, Module: "hack/tools/local-path-provisioner",
+		Packages: []string{"github.com/rancher/local-path-provisioner"},
+		Ldflags:  "-s -w", Binaries: []string{"local-path-provisioner"},
+	}
+}
 
 // LocalPathBin is the cached local-path-provisioner binary.
 func (c Config) LocalPathBin() string {
