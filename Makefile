@@ -26,7 +26,8 @@ APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod busybox-sta
 
 # The supported Kubernetes versions, oldest first: the one list lives in
 # test/e2e/cluster (KubernetesVersions).
-K8S_VERSIONS = $(shell $(GO) run ./test/e2e/cmd/dhpp-cluster versions)
+# (make 4.3 does not pass exported variables to $(shell): hence the env.)
+K8S_VERSIONS = $(shell CGO_ENABLED=$(CGO_ENABLED) GOFLAGS="$(GOFLAGS)" $(GO) run ./test/e2e/cmd/dhpp-cluster versions)
 
 all: build
 
