@@ -4,7 +4,13 @@
 # Go module proxy into ${DHPP_CACHE:-$HOME/.cache/dhpp}/bin, skipping any that are already there
 # at the pinned version. The versions are pinned by this directory's go.mod
 # (a separate module, so helm's and kustomize's dependency graph never leaks
-# into the driver's go.mod). Chosen because they are the newest releases whose
+# into the driver's go.mod). The modules both graphs use are kept at the
+# driver module's versions where that is an upgrade (k8s.io/api, client-go,
+# x/net, ...): with the same versions and build flags (CGO_ENABLED=0,
+# -trimpath, as the Makefile sets for everything) those packages are one
+# entry in Go's build cache, compiled once for helm and the tests. After a
+# bump of the root go.mod: `go -C hack/deploytools get MODULE@VERSION`.
+# Chosen because they are the newest releases whose
 # go.mod line builds with Go 1.26.x under GOTOOLCHAIN=local:
 #   kustomize v5.8.2 (v5.8.3 needs go >= 1.27), helm v3.22.0.
 #
