@@ -77,6 +77,10 @@ func TestPoolStatusPublished(t *testing.T) {
 	if p.Status.Health.State != "Healthy" || p.Status.SizeEnforced || p.Status.Backend != "dir" || p.Status.CapacityBytes <= 0 {
 		t.Errorf("status %+v", p.Status)
 	}
+	// The pool's mount, from this process's real mount table.
+	if m := p.Status.Mount; m == nil || !strings.HasPrefix(cfg.Pools[0].Path, m.Point) || m.Propagation == "" {
+		t.Errorf("status.mount %+v, want the mount holding %s", m, cfg.Pools[0].Path)
+	}
 
 	// spec.fence: the pool is fenced as by hand, with the operator's reason.
 	p.Spec.Fence = &v1.Fence{Reason: "replacing sdb"}

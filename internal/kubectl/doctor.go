@@ -3,6 +3,7 @@ package kubectl
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -119,9 +120,9 @@ func deref[T any](p *T) any {
 
 // checkDaemonSet finds dhpp's DaemonSet (the one with a dhpp-driver
 // container), checks that every container of its pod is ready on every
-// node, and returns the nodes whose driver is running.
-func checkDaemonSet(ctx context.Context, env Env, r *report, nodes []corev1.Node) map[string]bool {
-	running := map[string]bool{}
+// node, and returns the driver pods that run, by node.
+func checkDaemonSet(ctx context.Context, env Env, r *report, nodes []corev1.Node) map[string]*corev1.Pod {
+	running := map[string]*corev1.Pod{}
 	dss, err := env.Kube.AppsV1().DaemonSets("").List(ctx, metav1.ListOptions{})
 	if err != nil {
 		r.fail("DaemonSet", "check your access (kubectl auth can-i list daemonsets -A)", "cannot list: %v", err)
@@ -175,10 +176,15 @@ func checkDaemonSet(ctx context.Context, env Env, r *report, nodes []corev1.Node
 			continue
 		}
 		if bad := notReady(p); len(bad) > 0 {
-			r.fail("node "+n.Name, "kubectl -n "+p.Namespace+" describe pod "+p.Name+"; kubectl -n "+p.Namespace+" logs "+p.Name+" -c <container>", "pod %s: %s", p.Name, strings.Join(bad, "; "))
+			fix := "kubectl -n " + p.Namespace + " describe pod " + p.Name + "; kubectl -n " + p.Namespace + " logs " + p.Name + " -c <container>"
+			if dir := notSharedMount(p); dir != "" {
+				fix = fmt.Sprintf("on node %s, as root: mount --make-rshared %s (the container runtime starts a container with a Bidirectional mount only from a shared mount; make it last: see the README, Install on your cluster); then: kubectl -n %s delete pod %s",
+					n.Name, dir, p.Namespace, p.Name)
+			}
+			r.fail("node "+n.Name, fix, "pod %s: %s", p.Name, strings.Join(bad, "; "))
 			continue
 		}
-		running[n.Name] = true
+		running[n.Name] = p
 		r.ok("node "+n.Name, "pod %s: all %d containers ready", p.Name, len(p.Status.ContainerStatuses))
 	}
 	return running
@@ -210,6 +216,26 @@ func notReady(p *corev1.Pod) []string {
 	return bad
 }
 
+// mountNotShared matches the container runtime's refusal of a mount whose
+// propagation the node's mount cannot give (containerd and CRI-O word it
+// the same): `path "/mnt/dhpp-data" is mounted on "/mnt/dhpp-data" but it
+// is not a shared mount` (Bidirectional), `... not a shared or slave
+// mount` (HostToContainer).
+var mountNotShared = regexp.MustCompile(`is mounted on "([^"]+)" but it is not a shared`)
+
+// notSharedMount is the node's mount point that kept one of p's
+// containers from starting because it is not shared, "" if none did.
+func notSharedMount(p *corev1.Pod) string {
+	for _, c := range p.Status.ContainerStatuses {
+		if w := c.State.Waiting; w != nil {
+			if m := mountNotShared.FindStringSubmatch(w.Message); m != nil {
+				return m[1]
+			}
+		}
+	}
+	return ""
+}
+
 func taintList(ts []corev1.Taint) string {
 	out := make([]string, len(ts))
 	for i, t := range ts {
@@ -219,8 +245,9 @@ func taintList(ts []corev1.Taint) string {
 }
 
 // checkPools: every node whose driver runs publishes its pools, recently,
-// and none is fenced or missing.
-func checkPools(ctx context.Context, env Env, r *report, running map[string]bool) {
+// none is fenced or missing, and each pool's data directory is a shared
+// mount in the driver's container.
+func checkPools(ctx context.Context, env Env, r *report, running map[string]*corev1.Pod) {
 	ps, err := listPools(ctx, env, "")
 	if err != nil {
 		r.fail("DhppPools", "install dhpp's CRDs from deploy/", "%v", err)
@@ -259,6 +286,9 @@ func checkPools(ctx context.Context, env Env, r *report, running map[string]bool
 		default:
 			r.ok(subject, "%s, %s free of %s, %d volumes, probe %s", s.Health.State, s.Free, s.Capacity, s.Volumes, s.Health.ProbeLatency)
 		}
+		if pod := running[p.Spec.Node]; pod != nil {
+			checkMount(r, p, pod)
+		}
 	}
 	switch len(versions) {
 	case 0:
@@ -275,9 +305,42 @@ func checkPools(ctx context.Context, env Env, r *report, running map[string]bool
 	}
 }
 
+// checkMount: the driver needs to see what the node mounts at its data
+// directory after it started (a disk mounted late, or unmounted and
+// replaced); deploy/ mounts the directory Bidirectional, which the
+// container runtime grants only from a shared mount on the node and
+// which the driver sees as shared. Private means it sees nothing of the
+// node's later mounts; slave (HostToContainer) sees them and is enough for
+// today's driver, which mounts nothing there itself.
+func checkMount(r *report, p v1.DhppPool, pod *corev1.Pod) {
+	subject := "data directory " + p.Spec.Node + "/" + p.Spec.Pool
+	m := p.Status.Mount
+	restart := "kubectl -n " + pod.Namespace + " delete pod " + pod.Name
+	switch {
+	case m == nil:
+		r.fail(subject, "upgrade dhpp to this plugin's version ("+dhpp.Version+"): kubectl apply -k deploy/kustomize/base (or helm upgrade)",
+			"the driver on %s (%s) does not report the mount propagation of %s: too old for this check", p.Spec.Node, orUnknown(p.Status.DriverVersion), p.Status.Path)
+	case m.Propagation == v1.PropagationShared:
+		r.ok(subject, "%s is a shared mount in the driver's container", m.Point)
+	case m.Propagation == v1.PropagationSlave:
+		r.warn(subject, "mount it with mountPropagation: Bidirectional as deploy/ does (needs the node's mount shared: mount --make-rshared "+m.Point+" on "+p.Spec.Node+"), then: "+restart,
+			"%s is a slave mount in the driver's container (HostToContainer): the driver sees the node's mounts there, but not as deploy/ installs it", m.Point)
+	default:
+		r.fail(subject, "on node "+p.Spec.Node+", as root: mount --make-rshared "+m.Point+"; give the driver's data-dir volumeMount mountPropagation: Bidirectional as deploy/ does; then: "+restart,
+			"%s is a %s mount in the driver's container: a disk the node mounts, unmounts or replaces there after the driver started stays invisible to it (it would keep using the old disk)", m.Point, m.Propagation)
+	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "version unknown"
+	}
+	return s
+}
+
 // checkCapacity: csi-provisioner publishes a CSIStorageCapacity per node
 // and dhpp StorageClass; without them the scheduler ignores free space.
-func checkCapacity(ctx context.Context, env Env, r *report, running map[string]bool) {
+func checkCapacity(ctx context.Context, env Env, r *report, running map[string]*corev1.Pod) {
 	scs, err := env.Kube.StorageV1().StorageClasses().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		r.fail("StorageClasses", "check your access", "cannot list: %v", err)

@@ -48,6 +48,7 @@ func healthyCluster() *cluster {
 			Trash: v1.Trash{Entries: 1, Bytes: gib, Size: "1Gi", Items: []v1.TrashEntry{{Entry: "pvc-old@1764403200000000000",
 				VolumeID: "n1/default/pvc-old", PV: "pvc-old", Namespace: "db", Claim: "data-db-2", SizeBytes: gib,
 				DeletedAt: mt(-5 * time.Minute), PurgeAt: mt(10 * time.Minute)}}},
+			Mount:         &v1.Mount{Point: "/var/lib/dhpp", Propagation: v1.PropagationShared},
 			DriverVersion: "v0.2.0", UpdatedAt: mt(-20 * time.Second)}}
 	n2 := &v1.DhppPool{ObjectMeta: metav1.ObjectMeta{Name: "n2.default", Labels: map[string]string{v1.LabelNode: "n2", v1.LabelPool: "default"}},
 		Spec: v1.DhppPoolSpec{Node: "n2", Pool: "default"},
@@ -55,6 +56,7 @@ func healthyCluster() *cluster {
 			Capacity: "20Gi", Provisioned: "1Gi", Used: "2Gi", Free: "18Gi", Available: "17Gi", Volumes: 1,
 			Health:        v1.Health{State: "Healthy", ProbeLatency: "900µs"},
 			RAID:          v1.RAID{Degraded: false},
+			Mount:         &v1.Mount{Point: "/var/lib/dhpp", Propagation: v1.PropagationShared},
 			DriverVersion: "v0.2.0", UpdatedAt: mt(-10 * time.Second)}}
 	labels := map[string]string{"app": "dhpp-node"}
 	ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "dhpp-node", Namespace: "dhpp-system"},
@@ -261,6 +263,8 @@ func TestDoctor(t *testing.T) {
 			"OK    DaemonSet dhpp-system/dhpp-node: 2/2 pods ready and up to date (dhpp-driver=dhpp-driver:v0.2.0, csi-provisioner=csi-provisioner:v6.3.0)",
 			"OK    node n1: pod dhpp-node-n1: all 2 containers ready",
 			"OK    pool n1/default: Healthy, 18.5Gi free of 20Gi, 2 volumes, probe 2ms",
+			"OK    data directory n1/default: /var/lib/dhpp is a shared mount in the driver's container",
+			"OK    data directory n2/default: /var/lib/dhpp is a shared mount in the driver's container",
 			"OK    versions: every driver runs v0.2.0",
 			"OK    CSIStorageCapacity: published for every node with a running driver (2 nodes, classes dhpp)",
 		}},
@@ -297,6 +301,33 @@ func TestDoctor(t *testing.T) {
 		}, true, []string{
 			"FAIL  node n2: no DhppPool published",
 			"FAIL  CSIStorageCapacity: none for node(s) n2",
+		}},
+		{"data directory private in the driver's container", func(c *cluster) {
+			c.pools[1].Status.Mount.Propagation = v1.PropagationPrivate
+		}, true, []string{
+			"FAIL  data directory n2/default: /var/lib/dhpp is a private mount in the driver's container: a disk the node mounts, unmounts or replaces there after the driver started stays invisible to it",
+			"      fix: on node n2, as root: mount --make-rshared /var/lib/dhpp; give the driver's data-dir volumeMount mountPropagation: Bidirectional as deploy/ does; then: kubectl -n dhpp-system delete pod dhpp-node-n2",
+		}},
+		{"a driver too old to report the mount", func(c *cluster) {
+			c.pools[1].Status.Mount = nil
+			c.pools[1].Status.DriverVersion = "v0.1.0"
+		}, true, []string{
+			"FAIL  data directory n2/default: the driver on n2 (v0.1.0) does not report the mount propagation of /var/lib/dhpp/default: too old for this check",
+			"      fix: upgrade dhpp to this plugin's version",
+		}},
+		{"the runtime refuses the driver: the node's data directory is not shared", func(c *cluster) {
+			c.objects[4].(*appsv1.DaemonSet).Status.NumberReady = 1
+			c.objects[6].(*corev1.Pod).Status.ContainerStatuses[0] = corev1.ContainerStatus{Name: "dhpp-driver", State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{
+				Reason:  "CreateContainerError",
+				Message: `failed to generate container "1f2e" spec: failed to generate spec: path "/mnt/dhpp-data" is mounted on "/mnt/dhpp-data" but it is not a shared mount`}}}
+		}, true, []string{
+			`FAIL  node n2: pod dhpp-node-n2: container dhpp-driver CreateContainerError (failed to generate container "1f2e" spec: failed to generate spec: path "/mnt/dhpp-data" is mounted on "/mnt/dhpp-data" but it is not a shared mount)`,
+			"      fix: on node n2, as root: mount --make-rshared /mnt/dhpp-data (the container runtime starts a container with a Bidirectional mount only from a shared mount; make it last: see the README, Install on your cluster); then: kubectl -n dhpp-system delete pod dhpp-node-n2",
+		}},
+		{"data directory a slave mount: a warning", func(c *cluster) {
+			c.pools[0].Status.Mount.Propagation = v1.PropagationSlave
+		}, false, []string{
+			"WARN  data directory n1/default: /var/lib/dhpp is a slave mount in the driver's container (HostToContainer)",
 		}},
 		{"RAID degraded and versions differ: warnings only", func(c *cluster) {
 			c.pools[1].Status.RAID = v1.RAID{Degraded: true, Detail: "md0: 1 of 2 members failed (sdb)"}

@@ -24,6 +24,7 @@ import (
 
 	v1 "github.com/dhpp-io/dhpp/pkg/apis/dhpp/v1alpha1"
 	"github.com/dhpp-io/dhpp/pkg/health"
+	"github.com/dhpp-io/dhpp/pkg/node/mountinfo"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -34,6 +35,7 @@ import (
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
 )
 
 // Defaults of Config.
@@ -66,6 +68,10 @@ type Config struct {
 	Trash func(pi PoolInfo) (v1.Trash, error)
 	// Restore carries out spec.restores (nil: every request fails).
 	Restore RestoreFunc
+	// MountTable reads the driver's mount table, where each pool's mount
+	// and its propagation are looked up (default mountinfo.Read of
+	// /proc/self/mountinfo).
+	MountTable func() ([]mount.MountInfo, error)
 	// Changed receives a token after any change of the pools' volumes,
 	// snapshots or trash (node.Manager.Changed); nil: only Period, health
 	// and object changes cause a round.
@@ -105,6 +111,9 @@ func New(cfg Config) (*Publisher, error) {
 	}
 	if cfg.Degraded == nil {
 		cfg.Degraded = func(string) (bool, string) { return false, "" }
+	}
+	if cfg.MountTable == nil {
+		cfg.MountTable = func() ([]mount.MountInfo, error) { return mountinfo.Read("") }
 	}
 	if cfg.Trash == nil {
 		cfg.Trash = func(PoolInfo) (v1.Trash, error) { return v1.Trash{}, nil }
@@ -331,6 +340,13 @@ func (p *Publisher) status(pi PoolInfo) (v1.DhppPoolStatus, error) {
 		return v1.DhppPoolStatus{}, fmt.Errorf("no health state (pool not probed)")
 	}
 	degraded, detail := p.cfg.Degraded(pi.Name)
+	if pi.Mount == nil {
+		infos, err := p.cfg.MountTable()
+		if err != nil {
+			klog.V(2).InfoS("Pool status: mount table unreadable", "pool", pi.Name, "err", err)
+		}
+		pi.Mount = MountOf(infos, pi.Path)
+	}
 	var trash v1.Trash
 	if pi.Missing == nil {
 		t, err := p.cfg.Trash(pi)

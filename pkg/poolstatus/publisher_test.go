@@ -3,6 +3,7 @@ package poolstatus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
 	"strconv"
 	"strings"
@@ -13,12 +14,14 @@ import (
 	v1 "github.com/dhpp-io/dhpp/pkg/apis/dhpp/v1alpha1"
 	"github.com/dhpp-io/dhpp/pkg/health"
 	"github.com/dhpp-io/dhpp/pkg/node"
+	"github.com/dhpp-io/dhpp/pkg/node/mountinfo"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynfake "k8s.io/client-go/dynamic/fake"
 	k8stesting "k8s.io/client-go/testing"
+	mount "k8s.io/mount-utils"
 )
 
 // fakeHealth is a health monitor whose states the test sets.
@@ -88,15 +91,26 @@ func newFake(t *testing.T) (*dynfake.FakeDynamicClient, *fakeHealth, *Publisher,
 			return []PoolInfo{{Name: "default", Path: "/var/lib/dhpp/default", Backend: "btrfs", Volumes: 3,
 				Capacity: node.Capacity{Total: 10 * gib, Free: 6 * gib, Provisioned: 3 * gib, Available: 5 * gib}}}
 		},
-		Health:  h,
-		Version: "v-test",
-		Now:     func() time.Time { return now },
+		Health:     h,
+		MountTable: func() ([]mount.MountInfo, error) { return fakeMounts(mountinfo.Shared), nil },
+		Version:    "v-test",
+		Now:        func() time.Time { return now },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.uid = "uid-a"
 	return client, h, p, &now
+}
+
+// fakeMounts is a driver's mount table: the root, and the data disk at
+// /var/lib/dhpp with the given propagation.
+func fakeMounts(propagation string) []mount.MountInfo {
+	fields := map[string][]string{mountinfo.Shared: {"shared:5"}, mountinfo.Slave: {"master:5"}, mountinfo.Private: nil}[propagation]
+	return []mount.MountInfo{
+		{ID: 22, MountPoint: "/", Root: "/", OptionalFields: []string{"shared:1"}},
+		{ID: 30, ParentID: 22, MountPoint: "/var/lib/dhpp", Root: "/", OptionalFields: fields},
+	}
 }
 
 func writes(c *dynfake.FakeDynamicClient) []string {
@@ -145,6 +159,7 @@ func TestSyncCreatesObjectOwnedByNode(t *testing.T) {
 		{"state", st.Health.State, "Healthy"},
 		{"latency", st.Health.ProbeLatency, "2ms"},
 		{"version", st.DriverVersion, "v-test"},
+		{"mount", fmt.Sprintf("%+v", st.Mount), "&{Point:/var/lib/dhpp Propagation:shared}"},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -175,6 +190,12 @@ func TestSyncWritesOnlyOnChangeOrRefresh(t *testing.T) {
 			h.set("default", health.Status{Pool: "default", State: health.Fenced, Reason: health.ReasonIOError, LastError: "EIO", Since: since, LastDuration: 2 * time.Millisecond})
 		}, []string{"update/status"}},
 		{"refresh age reached: written though unchanged", func() { *now = now.Add(DefaultRefresh) }, []string{"update/status"}},
+		{"data disk made private: written", func() {
+			p.cfg.MountTable = func() ([]mount.MountInfo, error) { return fakeMounts(mountinfo.Private), nil }
+		}, []string{"update/status"}},
+		{"mount table unreadable: no mount published, written", func() {
+			p.cfg.MountTable = func() ([]mount.MountInfo, error) { return nil, errors.New("EACCES") }
+		}, []string{"update/status"}},
 	}
 	for _, s := range steps {
 		before := len(writes(client))
@@ -189,6 +210,9 @@ func TestSyncWritesOnlyOnChangeOrRefresh(t *testing.T) {
 		}
 	}
 	published := get(t, client, "node-a.default").Status
+	if published.Mount != nil {
+		t.Errorf("mount %+v published from an unreadable mount table, want none", published.Mount)
+	}
 	if st := published.Health; st.State != "Fenced" || st.Reason != "io_error" || st.Message != "EIO" {
 		t.Errorf("health = %+v", st)
 	}
@@ -370,6 +394,26 @@ func TestBuildStatus(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			c.check(t, buildStatus(c.pi, health.Status{State: health.Healthy}, false, "", v1.Trash{}, ""))
 		})
+	}
+}
+
+func TestMountOf(t *testing.T) {
+	cases := []struct {
+		path, propagation string
+		want              string
+	}{
+		{"/var/lib/dhpp/default", mountinfo.Shared, "&{Point:/var/lib/dhpp Propagation:shared}"},
+		{"/var/lib/dhpp/default/", mountinfo.Slave, "&{Point:/var/lib/dhpp Propagation:slave}"},
+		{"/var/lib/dhpp", mountinfo.Private, "&{Point:/var/lib/dhpp Propagation:private}"},
+		{"/var/lib/dhppx", mountinfo.Private, "&{Point:/ Propagation:shared}"}, // not below the disk's mount
+	}
+	for _, c := range cases {
+		if got := fmt.Sprintf("%+v", MountOf(fakeMounts(c.propagation), c.path)); got != c.want {
+			t.Errorf("MountOf(%s, %s) = %s, want %s", c.path, c.propagation, got, c.want)
+		}
+	}
+	if got := MountOf(nil, "/var/lib/dhpp/default"); got != nil {
+		t.Errorf("MountOf of an empty table = %+v, want nil", got)
 	}
 }
 

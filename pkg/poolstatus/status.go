@@ -3,14 +3,17 @@ package poolstatus
 import (
 	"fmt"
 	"math"
+	"path/filepath"
 	"time"
 
 	v1 "github.com/dhpp-io/dhpp/pkg/apis/dhpp/v1alpha1"
 	"github.com/dhpp-io/dhpp/pkg/health"
 	"github.com/dhpp-io/dhpp/pkg/node"
+	"github.com/dhpp-io/dhpp/pkg/node/mountinfo"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
 )
 
 const mib = 1 << 20
@@ -25,6 +28,19 @@ type PoolInfo struct {
 	CapacityErr error
 	Volumes     int
 	Quarantined int
+	// Mount holds Path in the driver's mount namespace (MountOf); nil
+	// when the mount table was unreadable.
+	Mount *v1.Mount
+}
+
+// MountOf is the mount that holds path in a mount table (mountinfo.Read):
+// its mount point and propagation; nil if no mount holds it.
+func MountOf(infos []mount.MountInfo, path string) *v1.Mount {
+	mi, _, ok := mountinfo.Holder(infos, filepath.Clean(path))
+	if !ok {
+		return nil
+	}
+	return &v1.Mount{Point: mi.MountPoint, Propagation: mountinfo.Propagation(mi)}
 }
 
 // FromPool reads p's figures.
@@ -49,6 +65,7 @@ func buildStatus(pi PoolInfo, hs health.Status, degraded bool, raidDetail string
 		Trash:         trash,
 		RAID:          v1.RAID{Degraded: degraded, Detail: raidDetail},
 		DriverVersion: version,
+		Mount:         pi.Mount,
 	}
 	st.QuarantinedVolumes = pi.Quarantined
 	switch {

@@ -124,6 +124,10 @@ type DhppPoolStatus struct {
 	SizeEnforced bool `json:"sizeEnforced"`
 	// Missing says the pool directory is missing (an unmounted disk?).
 	Missing string `json:"missing,omitempty"`
+	// Mount is the mount that holds the pool directory as the driver's
+	// container sees it; nil from a driver older than the field, or when
+	// the mount table was unreadable.
+	Mount *Mount `json:"mount,omitempty"`
 
 	// Bytes, rounded down to MiB so that small writes do not cause a write
 	// to the API. Capacity is the filesystem's size, Used = Capacity − Free,
@@ -177,6 +181,26 @@ type Health struct {
 	// a write at every probe.
 	ProbeLatency       string `json:"probeLatency,omitempty"`
 	ProbeLatencyMicros int64  `json:"probeLatencyMicros,omitempty"`
+}
+
+// Propagation values of Mount (findmnt's names).
+const (
+	PropagationShared     = "shared"
+	PropagationSlave      = "slave"
+	PropagationPrivate    = "private"
+	PropagationUnbindable = "unbindable"
+)
+
+// Mount is a pool's data directory mount in the driver's container.
+type Mount struct {
+	// Point is the mount point (deploy/ mounts the node's data directory
+	// at the same path).
+	Point string `json:"point"`
+	// Propagation is shared, slave, private or unbindable: deploy/'s
+	// Bidirectional mount is shared; slave is HostToContainer; private
+	// means the driver never sees what the node mounts there after it
+	// started (a disk replaced, a pool's disk mounted late).
+	Propagation string `json:"propagation"`
 }
 
 // RAID is the md degradation under the pool (pkg/raid; never fences).
@@ -295,6 +319,10 @@ func (p *DhppPool) DeepCopy() *DhppPool {
 	if p.Spec.Fence != nil {
 		f := *p.Spec.Fence
 		c.Spec.Fence = &f
+	}
+	if p.Status.Mount != nil {
+		m := *p.Status.Mount
+		c.Status.Mount = &m
 	}
 	c.Status.Trash.Items = append([]TrashEntry(nil), p.Status.Trash.Items...)
 	c.Spec.Restores = append([]RestoreRequest(nil), p.Spec.Restores...)

@@ -18,7 +18,7 @@ func full() *DhppPool {
 		ObjectMeta: metav1.ObjectMeta{Name: Name("n1", "default")},
 		Spec: DhppPoolSpec{Node: "n1", Pool: "default", Fence: &Fence{Reason: "disk swap", RequestedAt: now},
 			Restores: []RestoreRequest{{Entry: "e@1", Claim: "ns/c", PV: "pv", RequestedAt: now}}},
-		Status: DhppPoolStatus{Path: "/p", Backend: "btrfs", SizeEnforced: true, Missing: "m",
+		Status: DhppPoolStatus{Path: "/p", Backend: "btrfs", SizeEnforced: true, Missing: "m", Mount: &Mount{Point: "/mnt", Propagation: PropagationShared},
 			CapacityBytes: 1, ProvisionedBytes: 1, UsedBytes: 1, FreeBytes: 1, AvailableBytes: 1,
 			Capacity: "1", Provisioned: "1", Used: "1", Free: "1", Available: "1", Volumes: 1, QuarantinedVolumes: 1,
 			Health: Health{State: "Fenced", Reason: "manual", Message: "m", Manual: true, Since: now, ProbeLatency: "2ms", ProbeLatencyMicros: 2000},
