@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -292,7 +293,7 @@ func (b *loopBackend) Stage(ctx context.Context, dir volumeDir, v *Volume, stagi
 	dev := f.Name()
 	err = b.growOffline(ctx, dir, dev, v.FsType)
 	if err == nil {
-		err = b.st.mounter.Mount(dev, stagingPath, v.FsType, mountFlags)
+		err = b.st.mounter.Mount(dev, stagingPath, v.FsType, imageMountOptions(v.FsType, mountFlags))
 	}
 	f.Close()
 	if err != nil {
@@ -305,6 +306,21 @@ func (b *loopBackend) Stage(ctx context.Context, dir volumeDir, v *Volume, stagi
 		return b.growFs(dev, stagingPath, v.FsType)
 	}
 	return nil
+}
+
+// imageMountOptions are the options a volume's image filesystem is mounted
+// with: the request's, plus "nouuid" for XFS. A restore or clone is a copy
+// (or reflink) of its source's image, superblock UUID included, and XFS
+// refuses to mount a second filesystem whose UUID is already mounted on the
+// host ("Filesystem has duplicate UUID", seen with the upstream suite's
+// "volume and its clone from pods on the same node"). Cloud CSI drivers
+// mount XFS volumes restored from snapshots the same way. ext4 has no such
+// check.
+func imageMountOptions(fsType string, flags []string) []string {
+	if fsType != "xfs" || slices.Contains(flags, "nouuid") {
+		return flags
+	}
+	return append(slices.Clip(flags), "nouuid")
 }
 
 // loopReleaseTimeout bounds how long Unstage and Stage wait for a detached
