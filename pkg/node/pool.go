@@ -631,17 +631,61 @@ func (r *reservation) release() {
 	r.pool.mu.Unlock()
 }
 
-// create carves a new volume. The volume is built in .dhpp/tmp and renamed
-// into volumes/ only when complete, so a crash at any point leaves either no
-// volume (recovery trashes the remains) or a complete one.
+// create carves a new, empty volume (see build).
 func (p *Pool) create(ctx context.Context, v *Volume) error {
 	b, err := p.backendFor(v.Backend) // the native one, or loop for an image volume
 	if err != nil {
 		return err
 	}
-	r, err := p.admit(v.CapacityBytes, v.CapacityBytes)
-	if errors.Is(err, ErrOutOfRange) {
+	return p.build(ctx, v, b, buildSpec{
+		what: fmt.Sprintf("create volume %q", v.Name),
+		fill: func(dir volumeDir) error { return b.Create(ctx, dir, v) },
 		// Larger than this pool: a larger one on another node may take it.
+		tooLargeElsewhere: true,
+		// A new volume's storage is durable with its record's fsync (which
+		// commits the mkdirs before it on every journaling filesystem), or
+		// made so by the backend (a loop image's mkfs).
+		syncData: false,
+		cleanup: func(dir volumeDir) {
+			if err := b.Destroy(ctx, dir); err != nil {
+				return // its remains stay in tmp: recovery trashes them
+			}
+			if err := p.root.RemoveAll(dir.rel); err != nil {
+				klog.ErrorS(err, "Cleaning up a failed volume creation; recovery will trash it", "pool", p.Name, "dir", dir.rel)
+			}
+		},
+	})
+}
+
+// buildSpec is what differs between the builds of a new empty volume
+// (create) and of one filled from a snapshot or a volume (createFrom).
+type buildSpec struct {
+	what string // "create volume ...", for errors
+	// fill makes the volume's storage in dir, a fresh directory in tmp.
+	fill func(dir volumeDir) error
+	// tooLargeElsewhere turns a size larger than the pool into ErrElsewhere
+	// (another node's larger pool may take it). Only for a new empty
+	// volume: a restore or clone can be served by the source's node alone.
+	tooLargeElsewhere bool
+	// syncData flushes the pool's filesystem (syncfs) before the record is
+	// written: copied data and reflinks must be on disk before a record
+	// says the volume is complete.
+	syncData bool
+	// cleanup removes a failed build's directory from tmp; what it leaves,
+	// recovery moves to the trash at the next start.
+	cleanup func(dir volumeDir)
+}
+
+// build makes volume v (phase Creating) with backend b in .dhpp/tmp and
+// publishes it by rename into volumes/ only when it is complete, so a
+// crash at any point leaves either no volume (recovery trashes the
+// remains) or a complete one. The steps: admit its size, make the
+// directory, fill it, (syncfs,) write the record, rename, count it, fsync
+// volumes/. Two fsyncs (three with syncData) make it durable: the
+// record's, and volumes/'s after the rename that publishes the volume.
+func (p *Pool) build(ctx context.Context, v *Volume, b backend, spec buildSpec) error {
+	r, err := p.admit(v.CapacityBytes, v.CapacityBytes)
+	if spec.tooLargeElsewhere && errors.Is(err, ErrOutOfRange) {
 		return fmt.Errorf("%w: %w", ErrElsewhere, err)
 	}
 	if err != nil {
@@ -653,38 +697,41 @@ func (p *Pool) create(ctx context.Context, v *Volume) error {
 		return fmt.Errorf("pool %q: %w", p.Name, err)
 	}
 	dir := volumeDir{st: p.st, rel: tmp}
-	fail := func(err error) error {
-		if derr := b.Destroy(ctx, dir); derr == nil {
-			derr = p.root.RemoveAll(tmp)
-			if derr != nil {
-				klog.ErrorS(derr, "Cleaning up a failed volume creation; recovery will trash it", "pool", p.Name, "dir", tmp)
-			}
-		}
-		return err
-	}
-	if err := b.Create(ctx, dir, v); err != nil {
-		return fail(fmt.Errorf("pool %q: create volume %q: %w", p.Name, v.Name, err))
-	}
-	if n, err := b.Allocated(dir, v); err == nil {
-		r.written = n
-	}
-	if err := Transition(PhaseCreating, PhaseReady); err != nil {
-		return fail(err)
-	}
-	v.Phase = PhaseReady
-	// Two fsyncs make a create durable: the record's (which on every
-	// journaling filesystem also commits the mkdirs before it), and the
-	// volumes/ directory's after the rename that publishes the volume.
-	if err := writeNewRecord(p.root, tmp, v); err != nil {
-		return fail(err)
-	}
-	if err := p.root.Rename(tmp, path.Join(dirVolumes, v.Name)); err != nil {
-		return fail(fmt.Errorf("pool %q: publish volume %q: %w", p.Name, v.Name, err))
+	if err := p.fillAndRecord(v, b, dir, spec, r); err != nil {
+		spec.cleanup(dir)
+		return fmt.Errorf("pool %q: %s: %w", p.Name, spec.what, err)
 	}
 	// The volume is in volumes/ now, so it counts even if the fsync
 	// fails: a retried CreateVolume then finds it.
 	p.put(v, r)
 	return syncDir(p.root, dirVolumes)
+}
+
+// fillAndRecord is build's part that leaves remains in tmp if it fails:
+// it fills dir, records v there as Ready and renames dir into volumes/.
+func (p *Pool) fillAndRecord(v *Volume, b backend, dir volumeDir, spec buildSpec, r *reservation) error {
+	if err := spec.fill(dir); err != nil {
+		return err
+	}
+	if n, err := b.Allocated(dir, v); err == nil {
+		r.written = n // what filling wrote is on disk already: not promised
+	}
+	if spec.syncData {
+		if err := p.syncfs(); err != nil {
+			return err
+		}
+	}
+	if err := Transition(v.Phase, PhaseReady); err != nil {
+		return err
+	}
+	v.Phase = PhaseReady
+	if err := writeNewRecord(p.root, dir.rel, v); err != nil {
+		return err
+	}
+	if err := p.root.Rename(dir.rel, path.Join(dirVolumes, v.Name)); err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	return nil
 }
 
 // remove moves a volume to the trash. The data stays on disk until the

@@ -177,44 +177,28 @@ func (p *Pool) removeSnapshot(s *Snapshot) error {
 
 // createFrom carves volume v filled from src (a snapshot's or a volume's
 // directory holding data of srcVol's form); release gives up the source's
-// lock. Like create, it builds in .dhpp/tmp and publishes by rename once
-// the data is durable and the record written.
+// lock. See build, and buildSpec for how it differs from create.
 func (p *Pool) createFrom(ctx context.Context, v *Volume, src volumeDir, srcVol *Volume, release func()) error {
 	b, err := p.backendFor(v.Backend)
 	if err != nil {
 		return err
 	}
-	r, err := p.admit(v.CapacityBytes, v.CapacityBytes)
-	if err != nil {
-		return err
-	}
-	defer r.release()
-	tmp := path.Join(dirTmp, v.Name+"."+nonce())
-	if err := p.root.Mkdir(tmp, 0o711); err != nil {
-		return fmt.Errorf("pool %q: %w", p.Name, err)
-	}
-	dir := volumeDir{st: p.st, rel: tmp}
-	method, err := b.CreateFrom(ctx, dir, v, src, srcVol, release)
-	if err == nil {
-		klog.InfoS("Volume filled from its source", "volume", v.ID, "source", src.rel, "method", method)
-		if n, aerr := b.Allocated(dir, v); aerr == nil {
-			r.written = n
-		}
-		err = p.syncfs()
-	}
-	if err == nil {
-		v.Phase = PhaseReady
-		err = writeNewRecord(p.root, tmp, v)
-	}
-	if err == nil {
-		err = p.root.Rename(tmp, path.Join(dirVolumes, v.Name))
-	}
-	if err != nil {
-		p.discard(ctx, b, dir)
-		return fmt.Errorf("pool %q: create volume %q from %s: %w", p.Name, v.Name, src.rel, err)
-	}
-	p.put(v, r)
-	return syncDir(p.root, dirVolumes)
+	return p.build(ctx, v, b, buildSpec{
+		what: fmt.Sprintf("create volume %q from %s", v.Name, src.rel),
+		fill: func(dir volumeDir) error {
+			method, err := b.CreateFrom(ctx, dir, v, src, srcVol, release)
+			if err == nil {
+				klog.InfoS("Volume filled from its source", "volume", v.ID, "source", src.rel, "method", method)
+			}
+			return err
+		},
+		// Too large for this pool stays ErrOutOfRange: no other node has
+		// the source, so the provisioner must not try elsewhere.
+		tooLargeElsewhere: false,
+		syncData:          true,
+		// discard also thaws a filesystem left frozen in dir.
+		cleanup: func(dir volumeDir) { p.discard(ctx, b, dir) },
+	})
 }
 
 // sortSnapshots orders snapshots by ID (the order paging relies on).
