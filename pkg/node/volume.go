@@ -123,7 +123,7 @@ func writeRecord(root *os.Root, dir string, v *Volume) error {
 // writeNewRecord stores the first record of a volume that is still being
 // built in .dhpp/tmp, where nobody reads it: no temporary file and rename
 // are needed, only the fsync that makes it durable before the volume's
-// directory is renamed into volumes/ (pool.create fsyncs that rename).
+// directory is renamed into volumes/ (Pool.build fsyncs that rename).
 func writeNewRecord(root *os.Root, dir string, v *Volume) error {
 	return writeRecordFile(root, path.Join(dir, recordFile), v, os.O_EXCL)
 }
