@@ -166,3 +166,59 @@ func TopVerbs(byVerb map[string]int, n int) string {
 	}
 	return strings.Join(parts, ", ")
 }
+
+// LeaseRates are one leader-electing component's Lease requests over a
+// window: the leader GETs and UPDATEs the Lease every retry period, every
+// other instance only GETs it, once per retry period times client-go's
+// jitter (1 to 2.2).
+type LeaseRates struct {
+	Leaders, Others int
+	// LeaderPerSec is the leader's Lease requests per second (get and
+	// update); OtherGetPerSec the GETs per second of one non-leader, mean
+	// over them.
+	LeaderPerSec, OtherGetPerSec float64
+}
+
+// leaseRates tells the leader from the others by its Lease updates (an
+// instance that updated the Lease in the window led for part of it).
+func leaseRates(counts map[ReqKey]int, component string, seconds float64) LeaseRates {
+	type node struct{ get, update int }
+	nodes := map[string]*node{}
+	for k, n := range counts {
+		if k.Component != component || k.Resource != "leases" {
+			continue
+		}
+		nd := nodes[k.Node]
+		if nd == nil {
+			nd = &node{}
+			nodes[k.Node] = nd
+		}
+		switch k.Verb {
+		case "get":
+			nd.get += n
+		case "update":
+			nd.update += n
+		}
+	}
+	var r LeaseRates
+	var leader, others int
+	for _, nd := range nodes {
+		if nd.update > 0 {
+			r.Leaders++
+			leader += nd.get + nd.update
+		} else {
+			r.Others++
+			others += nd.get
+		}
+	}
+	if seconds <= 0 {
+		return r
+	}
+	if r.Leaders > 0 {
+		r.LeaderPerSec = float64(leader) / float64(r.Leaders) / seconds
+	}
+	if r.Others > 0 {
+		r.OtherGetPerSec = float64(others) / float64(r.Others) / seconds
+	}
+	return r
+}

@@ -11,7 +11,7 @@ import (
 
 // Components are the per-node containers of dhpp's DaemonSet, by the name
 // of their executable, and the cluster-side controller.
-var Components = []string{"dhpp-driver", "csi-provisioner", "csi-resizer", "dhpp-controller"}
+var Components = []string{"dhpp-driver", "csi-provisioner", "csi-resizer", "csi-snapshotter", "dhpp-controller"}
 
 // sampleProcs samples every process of the components that runs on a node
 // of the cluster. Other processes of the same name on this machine (a

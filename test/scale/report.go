@@ -8,15 +8,16 @@ import (
 
 // perNode are the components that run once per node; dhpp-controller runs
 // once per cluster.
-var perNode = map[string]bool{"dhpp-driver": true, "csi-provisioner": true, "csi-resizer": true}
+var perNode = map[string]bool{"dhpp-driver": true, "csi-provisioner": true, "csi-resizer": true, "csi-snapshotter": true}
 
 func mib(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
 
 // Markdown writes the report's tables.
 func Markdown(w io.Writer, r *Report) {
-	fmt.Fprintf(w, "Scale run of %s, %d nodes, %s; took %s.\n\n", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Nodes, r.Machine, r.Duration.Round(1e9))
+	fmt.Fprintf(w, "Scale run of %s, %d nodes, %s, load average %s before the cluster came up and %s at the end; measured for %s.\n\n",
+		r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Nodes, r.Machine, r.LoadBefore, r.LoadAfter, r.Duration.Round(1e9))
 	fmt.Fprintf(w, "Command: `%s`\n\n", r.Command)
-	for _, name := range []string{"csi-provisioner", "csi-resizer"} {
+	for _, name := range []string{"dhpp-driver", "csi-provisioner", "csi-resizer", "csi-snapshotter"} {
 		fmt.Fprintf(w, "- %s args: `%s`\n", name, strings.Join(r.DaemonSetArgs[name], " "))
 	}
 	fmt.Fprintln(w)
@@ -44,7 +45,7 @@ func Markdown(w io.Writer, r *Report) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Adding the objects (the churn every PVC/PV watcher receives):")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| to PVCs / PVs | took | events to one PVC+PV watcher | KiB to one watcher | bytes/event | apiserver watch events sent, PVC+PV (all watchers) | PVC / PV watchers | list of all PVCs+PVs KiB | CPU mcores mean: driver / provisioner / resizer |")
+	fmt.Fprintln(w, "| to PVCs / PVs | took: create / bound / quiet | events to one PVC+PV watcher | KiB to one watcher | bytes/event | apiserver watch events sent, PVC+PV (all watchers) | PVC / PV watchers | list of all PVCs+PVs KiB | CPU mcores mean: driver / provisioner / resizer |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---|---:|---|")
 	for _, lv := range r.Levels {
 		g := lv.Grow
@@ -59,8 +60,8 @@ func Markdown(w io.Writer, r *Report) {
 		for _, p := range g.Procs {
 			cpu[p.Component] = p.CPUMean
 		}
-		fmt.Fprintf(w, "| %d / %d | %s | %d | %d | %d | %.0f | %.0f / %.0f | %d | %.0f / %.0f / %.0f |\n",
-			lv.Claims, lv.PVs, g.Duration.Round(1e9), ev, by>>10, per, pvc.Events+pv.Events,
+		fmt.Fprintf(w, "| %d / %d | %s / %s / +%s | %d | %d | %d | %.0f | %.0f / %.0f | %d | %.0f / %.0f / %.0f |\n",
+			lv.Claims, lv.PVs, g.Create.Round(1e9), g.Duration.Round(1e9), lv.Settled.Round(1e9), ev, by>>10, per, pvc.Events+pv.Events,
 			pvc.Watchers, pv.Watchers, lv.ListBytes>>10, cpu["dhpp-driver"], cpu["csi-provisioner"], cpu["csi-resizer"])
 	}
 	fmt.Fprintln(w)
@@ -83,7 +84,35 @@ func Markdown(w io.Writer, r *Report) {
 			cell("persistentvolumes"), cell("csistoragecapacities"), cell("leases"), cell("events"))
 	}
 	fmt.Fprintln(w)
+	runTable(w, r)
 	projection(w, r)
+}
+
+// runTable writes the requests of the whole measurement, per instance, and
+// the Lease polling it contains.
+func runTable(w io.Writer, r *Report) {
+	rw := r.Run
+	if rw.Seconds <= 0 {
+		return
+	}
+	fmt.Fprintf(w, "The whole measurement (%.0f s, all levels, from the end of the install's rollout): requests per instance:\n\n", rw.Seconds)
+	fmt.Fprintln(w, "| component | instances | req/s per instance mean / max | requests, all instances |")
+	fmt.Fprintln(w, "|---|---:|---:|---|")
+	for _, q := range rw.Requests {
+		if !perNode[q.Component] && q.Component != "dhpp-controller" {
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %d | %.3f / %.3f | %s |\n", q.Component, q.Nodes,
+			float64(q.Total)/float64(max(q.Nodes, 1))/rw.Seconds, float64(q.PerNodeMax)/rw.Seconds, TopVerbs(q.ByVerb, 6))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| Lease requests | leaders | others | per leader /s (get+update) | GETs per non-leader /s |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|")
+	for _, comp := range []string{"csi-resizer", "dhpp-controller"} {
+		l := rw.Leases[comp]
+		fmt.Fprintf(w, "| %s | %d | %d | %.3f | %.3f |\n", comp, l.Leaders, l.Others, l.LeaderPerSec, l.OtherGetPerSec)
+	}
+	fmt.Fprintln(w)
 }
 
 // projection scales the last level's per-node figures to 100 and 1,000

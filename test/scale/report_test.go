@@ -22,7 +22,14 @@ func TestMarkdownProjection(t *testing.T) {
 				{Component: "dhpp-driver", Nodes: 4, Total: 20, PerNodeMax: 5},                                            // 0.05/s
 				{Component: "dhpp-controller", Nodes: 1, Total: 1000, PerNodeMax: 1000},
 			}},
-	}}}
+	}},
+		Run: RunWindow{Seconds: 500,
+			Requests: []ComponentRequests{
+				{Component: "csi-resizer", Nodes: 4, Total: 100, PerNodeMax: 40, ByVerb: map[string]int{"get leases": 80, "update leases": 20}},
+				{Component: "kubectl", Nodes: 1, Total: 7}, // not dhpp's: left out
+			},
+			Leases: map[string]LeaseRates{"csi-resizer": {Leaders: 1, Others: 3, LeaderPerSec: 0.08, OtherGetPerSec: 0.04}}},
+	}
 	var b strings.Builder
 	Markdown(&b, rep)
 	md := b.String()
@@ -31,9 +38,14 @@ func TestMarkdownProjection(t *testing.T) {
 		"| 100 | 15.0 | 8.8 GiB | 98 KiB/s |",
 		"| 1000 | 150.0 | 87.9 GiB | 977 KiB/s |",
 		"| 1000 / 900 | csi-resizer | 4 | 20.0 / 0.0 | 0.0 / 0.0 | 0.100 / 0.100 | get leases ×40 |",
+		"| csi-resizer | 4 | 0.050 / 0.080 | get leases ×80, update leases ×20 |",
+		"| csi-resizer | 1 | 3 | 0.080 | 0.040 |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
+	}
+	if strings.Contains(md, "| kubectl |") {
+		t.Error("the run table lists a client that is not dhpp's")
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -26,8 +28,12 @@ type Options struct {
 	Levels []int
 	// PendingEvery leaves every n-th claim Pending (no PV); 0: none.
 	PendingEvery int
-	// Settle is the wait after the objects are bound, before the window.
-	Settle time.Duration
+	// Settle bounds the wait after the objects are bound, before the
+	// window: it ends earlier once the PVC and PV watch streams are quiet
+	// (at most QuietEvents events in the last Quiet).
+	Settle      time.Duration
+	Quiet       time.Duration
+	QuietEvents int64
 	// Window is how long each level's steady state is sampled.
 	Window   time.Duration
 	Parallel int
@@ -37,8 +43,10 @@ type Options struct {
 
 // Growth is what adding a level's objects cost.
 type Growth struct {
-	Created  int
-	Duration time.Duration
+	Created int
+	// Duration is from the first create to all claims bound; Create is
+	// the part until the last create returned.
+	Duration, Create time.Duration
 	// PVC and PV are what one watcher of each received.
 	PVC, PV TallyValue
 	// APIServer is the watch traffic to all watchers, by kind.
@@ -64,7 +72,21 @@ type Level struct {
 	// provisioner (and the resizer leader) downloads when it starts.
 	ListBytes int64
 	Grow      Growth
-	Steady    Steady
+	// Settled is how long the watch streams took to fall quiet after the
+	// last claim was bound.
+	Settled time.Duration
+	Steady  Steady
+}
+
+// RunWindow is the whole measurement, from the end of the install's
+// rollout to the end of the last level: long enough to count the slow
+// periodic requests (Lease polls every ~30 s, the orphan check every 10
+// min) that one level's window catches only a few of.
+type RunWindow struct {
+	Seconds  float64
+	Requests []ComponentRequests
+	// Leases are the Lease requests of each leader-electing component.
+	Leases map[string]LeaseRates
 }
 
 // Report is one invocation.
@@ -74,54 +96,73 @@ type Report struct {
 	Machine  string
 	Command  string
 	Nodes    int
-	// DaemonSetArgs are the sidecars' arguments as deployed.
+	// DaemonSetArgs are the node DaemonSet's arguments as deployed.
 	DaemonSetArgs map[string][]string
-	Levels        []Level
+	// LoadBefore and LoadAfter are /proc/loadavg at the start and the end:
+	// the machine is shared, and CPU figures depend on it.
+	LoadBefore, LoadAfter string
+	Levels                []Level
+	Run                   RunWindow
 }
 
-// Run measures every level on the local cluster, bringing it up with the
-// audit log if it is down, and deletes its objects at the end.
+// Run measures every level on the local cluster with dhpp installed as
+// users install it (writeShippedOverlay). A cluster it brings up (with the
+// audit log) it takes down at the end, which is faster than deleting
+// thousands of objects one by one; in a cluster it found running it
+// deletes its objects and re-installs the local overlay the e2e tests
+// expect.
 func Run(ctx context.Context, opt Options, out io.Writer) (*Report, error) {
 	cfg, err := cluster.DefaultConfig()
 	if err != nil {
 		return nil, err
 	}
-	cfg.InstallDHPP, cfg.Audit = true, true
-	if err := cluster.Up(ctx, cfg, out); err != nil && !errors.Is(err, cluster.ErrAlreadyRunning) {
-		return nil, fmt.Errorf("cluster up: %w", err)
+	cfg.InstallDHPP, cfg.Audit, cfg.Overlay = true, true, filepath.Join(cfg.RepoRoot, ShippedDir)
+	if err := writeShippedOverlay(cfg.RepoRoot, cfg.Overlay); err != nil {
+		return nil, fmt.Errorf("write the shipped overlay: %w", err)
 	}
-	// Apply this checkout's manifests: the run measures its flags.
-	if err := cluster.InstallDHPP(ctx, cfg, out); err != nil {
-		return nil, fmt.Errorf("install dhpp: %w", err)
+	loadBefore := loadavg()
+	err = cluster.Up(ctx, cfg, out)
+	startedHere := err == nil
+	switch {
+	case errors.Is(err, cluster.ErrAlreadyRunning):
+		// Apply this checkout's manifests: the run measures its flags.
+		if err := cluster.InstallDHPP(ctx, cfg, out); err != nil {
+			return nil, fmt.Errorf("install dhpp: %w", err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("cluster up: %w", err)
 	}
 	c, err := newClient(cfg.KubeconfigPath())
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		// Not ctx: an interrupted run still cleans up.
+		cctx, cancel := context.WithTimeout(context.Background(), opt.Timeout)
+		defer cancel()
+		if err := leaveCluster(cctx, cfg, c, opt, startedHere, out); err != nil {
+			fmt.Fprintf(out, "cleanup: %v\n", err)
+		}
+	}()
 	if err := checkAudit(ctx, c, cfg.AuditLogPath()); err != nil {
-		return nil, err
-	}
-	if err := useShippedArgs(ctx, cfg, c, out); err != nil {
 		return nil, err
 	}
 	if err := checkProcs(opt.ProcRoot, len(cfg.Nodes)); err != nil {
 		return nil, err
 	}
-	rep := &Report{Started: time.Now(), Machine: machine(), Nodes: len(cfg.Nodes)}
+	runFrom, err := fileSize(cfg.AuditLogPath())
+	if err != nil {
+		return nil, err
+	}
+	rep := &Report{Started: time.Now(), Machine: machine(), Nodes: len(cfg.Nodes), LoadBefore: loadBefore}
 	if rep.DaemonSetArgs, err = daemonSetArgs(ctx, c); err != nil {
 		return nil, err
 	}
-	if err := cleanupAndWait(ctx, c, opt); err != nil {
-		return nil, fmt.Errorf("leftovers of an earlier run: %w", err)
-	}
-	defer func() {
-		fmt.Fprintln(out, "deleting the benchmark's objects")
-		cctx, cancel := context.WithTimeout(context.Background(), opt.Timeout)
-		defer cancel()
-		if err := cleanupAndWait(cctx, c, opt); err != nil {
-			fmt.Fprintf(out, "cleanup: %v\n", err)
+	if !startedHere {
+		if err := cleanupAndWait(ctx, c, opt); err != nil {
+			return nil, fmt.Errorf("leftovers of an earlier run: %w", err)
 		}
-	}()
+	}
 	if err := setup(ctx, c); err != nil {
 		return rep, err
 	}
@@ -141,8 +182,33 @@ func Run(ctx context.Context, opt Options, out io.Writer) (*Report, error) {
 		}
 		have = n
 	}
-	rep.Duration = time.Since(rep.Started)
+	end := time.Now()
+	rep.Duration, rep.LoadAfter = end.Sub(rep.Started), loadavg()
+	counts, _, err := countAudit(cfg.AuditLogPath(), runFrom, rep.Started, end)
+	if err != nil {
+		return rep, err
+	}
+	secs := end.Sub(rep.Started).Seconds()
+	rep.Run = RunWindow{Seconds: secs, Requests: ByComponent(counts), Leases: map[string]LeaseRates{}}
+	for _, comp := range []string{"csi-resizer", "dhpp-controller"} {
+		rep.Run.Leases[comp] = leaseRates(counts, comp, secs)
+	}
 	return rep, nil
+}
+
+// leaveCluster takes down a cluster the run brought up, or else deletes the
+// run's objects and puts the local overlay back.
+func leaveCluster(ctx context.Context, cfg cluster.Config, c kubernetes.Interface, opt Options, startedHere bool, out io.Writer) error {
+	if startedHere {
+		fmt.Fprintln(out, "taking the cluster down (the run brought it up)")
+		return cluster.Down(ctx, cfg, out)
+	}
+	fmt.Fprintln(out, "deleting the benchmark's objects and re-installing the local overlay")
+	if err := cleanupAndWait(ctx, c, opt); err != nil {
+		return err
+	}
+	cfg.Overlay = ""
+	return cluster.InstallDHPP(ctx, cfg, out)
 }
 
 func runLevel(ctx context.Context, c kubernetes.Interface, cfg cluster.Config, opt Options, have, n int, pvcT, pvT *Tally, out io.Writer) (Level, error) {
@@ -159,6 +225,7 @@ func runLevel(ctx context.Context, c kubernetes.Interface, cfg cluster.Config, o
 	if err := grow(ctx, c, pop, have, opt.Parallel); err != nil {
 		return lv, err
 	}
+	created := time.Now()
 	if err := waitBound(ctx, c, lv.Bound, opt.Timeout); err != nil {
 		return lv, err
 	}
@@ -166,17 +233,17 @@ func runLevel(ctx context.Context, c kubernetes.Interface, cfg cluster.Config, o
 	if err != nil {
 		return lv, err
 	}
-	lv.Grow = Growth{Created: n - have, Duration: g1.at.Sub(g0.at), PVC: g1.pvc.Sub(g0.pvc), PV: g1.pv.Sub(g0.pv),
+	lv.Grow = Growth{Created: n - have, Duration: g1.at.Sub(g0.at), Create: created.Sub(g0.at), PVC: g1.pvc.Sub(g0.pvc), PV: g1.pv.Sub(g0.pv),
 		APIServer: subStats(g1.api, g0.api), Procs: procWindow(g0.procs, g1.procs, g1.at.Sub(g0.at).Seconds())}
-	fmt.Fprintf(out, "level %d: bound after %s; settling %s\n", n, lv.Grow.Duration.Round(time.Second), opt.Settle)
+	fmt.Fprintf(out, "level %d: created in %s, bound after %s; settling\n", n, lv.Grow.Create.Round(time.Second), lv.Grow.Duration.Round(time.Second))
 	if lv.ListBytes, err = listBytes(ctx, c); err != nil {
 		return lv, err
 	}
-	if err := sleep(ctx, opt.Settle); err != nil {
+	if lv.Settled, err = settle(ctx, pvcT, pvT, opt); err != nil {
 		return lv, err
 	}
 
-	fmt.Fprintf(out, "level %d: sampling %s\n", n, opt.Window)
+	fmt.Fprintf(out, "level %d: quiet after %s; sampling %s\n", n, lv.Settled.Round(time.Second), opt.Window)
 	auditFrom, err := fileSize(cfg.AuditLogPath())
 	if err != nil {
 		return lv, err
@@ -383,12 +450,17 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// machine describes the host and its load.
+// machine describes the host.
 func machine() string {
+	return fmt.Sprintf("%d CPUs", runtime.NumCPU())
+}
+
+// loadavg is the 1, 5 and 15 min load averages.
+func loadavg() string {
 	load, _ := os.ReadFile("/proc/loadavg")
 	f := strings.Fields(string(load))
 	if len(f) >= 3 {
-		return fmt.Sprintf("load average %s %s %s at the start", f[0], f[1], f[2])
+		return strings.Join(f[:3], " ")
 	}
 	return ""
 }

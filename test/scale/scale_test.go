@@ -95,49 +95,6 @@ func TestPopulation(t *testing.T) {
 	}
 }
 
-func TestBaseArgs(t *testing.T) {
-	y := `apiVersion: v1
-kind: Namespace
-metadata:
-  name: dhpp-system
----
-apiVersion: apps/v1
-kind: DaemonSet
-metadata:
-  name: other
-spec:
-  template:
-    spec:
-      containers:
-        - name: x
-          args: ["--no"]
----
-apiVersion: apps/v1
-kind: DaemonSet
-metadata:
-  name: dhpp-node
-  namespace: dhpp-system
-spec:
-  template:
-    spec:
-      containers:
-        - name: dhpp-driver
-          args: ["--orphan-check-period=10m", "--v=2"]
-        - name: csi-resizer
-          args: ["--leader-election"]
-`
-	got, err := baseArgs(strings.NewReader(y))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Join(got["dhpp-driver"], " ") != "--orphan-check-period=10m --v=2" || len(got["csi-resizer"]) != 1 || len(got) != 2 {
-		t.Errorf("args %v", got)
-	}
-	if _, err := baseArgs(strings.NewReader("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n")); err == nil {
-		t.Error("no DaemonSet: no error")
-	}
-}
-
 func TestNodeOfCgroup(t *testing.T) {
 	for _, tc := range []struct{ cgroup, want string }{
 		{"12:memory:/dhpp-node-2/kubepods/burstable/pod1234/abcd\n11:cpu,cpuacct:/dhpp-node-2/kubepods/burstable/pod1234/abcd\n", "dhpp-node-2"},

@@ -1,83 +1,80 @@
 package scale
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
+	"os"
 	"path/filepath"
-	"strings"
 
-	appsv1 "k8s.io/api/apps/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
 
-	"github.com/dhpp-io/dhpp/test/e2e/bench"
 	"github.com/dhpp-io/dhpp/test/e2e/cluster"
 )
 
-// BaseDir is the kustomization whose DaemonSet arguments are what dhpp
-// ships. The local overlay the cluster installs shortens the orphan check
-// to 5 s (and more) for the e2e scenarios; a cost measurement needs the
-// shipped values.
+// BaseDir is dhpp's production install: what users apply, and so what the
+// benchmark measures.
 const BaseDir = "deploy/kustomize/base"
 
-// baseArgs returns the arguments of each container of the node DaemonSet in
-// the kustomize output read from r.
-func baseArgs(r io.Reader) (map[string][]string, error) {
-	d := utilyaml.NewYAMLOrJSONDecoder(r, 4096)
-	for {
-		var ds appsv1.DaemonSet
-		err := d.Decode(&ds)
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("no DaemonSet dhpp-node in the base")
-		}
-		if err != nil {
-			return nil, fmt.Errorf("decode the base: %w", err)
-		}
-		if ds.Kind != "DaemonSet" || ds.Name != "dhpp-node" {
-			continue
-		}
-		out := map[string][]string{}
-		for _, c := range ds.Spec.Template.Spec.Containers {
-			out[c.Name] = c.Args
-		}
-		return out, nil
-	}
+// ShippedDir is where Run writes the overlay it installs, under the
+// repository: the base with only the local cluster's necessities changed.
+const ShippedDir = "_output/scale/shipped"
+
+// pullNever is the local overlay's patch that keeps the kubelets from
+// pulling the images: they exist only in the nodes' image stores.
+const pullNever = "pull-never.yaml"
+
+// localImages is the part of the local overlay's kustomization the shipped
+// install keeps: its image renames (to the images built on this machine).
+type localImages struct {
+	Images []map[string]any `json:"images"`
 }
 
-// useShippedArgs sets the running node DaemonSet's container arguments to
-// the base's, keeping the local overlay's images, and waits for the rollout.
-func useShippedArgs(ctx context.Context, cfg cluster.Config, c kubernetes.Interface, out io.Writer) error {
-	y, err := cfg.Kubectl(ctx, "kustomize", filepath.Join(cfg.RepoRoot, BaseDir))
-	if err != nil {
-		return fmt.Errorf("kustomize the base: %w", err)
-	}
-	args, err := baseArgs(strings.NewReader(y))
+// writeShippedOverlay writes into dir a kustomization of BaseDir that
+// differs from it in the two things this cluster cannot do without: the
+// images are the locally built ones, renamed exactly as the local overlay
+// renames them, and never pulled (no registry), with the local overlay's
+// own patch. Every argument stays the base's: the 10 min orphan check, the
+// trash retention and orphan grace, the csi-resizer's leader election, the
+// controller's grace periods. (The local overlay shortens these for the e2e
+// scenarios; a cost measured with them is not what users pay.)
+func writeShippedOverlay(repoRoot, dir string) error {
+	local := filepath.Join(repoRoot, cluster.LocalOverlay)
+	raw, err := os.ReadFile(filepath.Join(local, "kustomization.yaml"))
 	if err != nil {
 		return err
 	}
-	ds, err := c.AppsV1().DaemonSets(bench.DHPPNamespace).Get(ctx, "dhpp-node", metav1.GetOptions{})
+	var li localImages
+	if err := yaml.Unmarshal(raw, &li); err != nil {
+		return fmt.Errorf("%s: %w", cluster.LocalOverlay, err)
+	}
+	if len(li.Images) == 0 {
+		return fmt.Errorf("%s renames no images: nothing says which local images to run", cluster.LocalOverlay)
+	}
+	patch, err := os.ReadFile(filepath.Join(local, pullNever))
 	if err != nil {
-		return fmt.Errorf("dhpp-node DaemonSet: %w", err)
+		return err
 	}
-	changed := false
-	for i, ct := range ds.Spec.Template.Spec.Containers {
-		if a, ok := args[ct.Name]; ok && strings.Join(a, "\x00") != strings.Join(ct.Args, "\x00") {
-			ds.Spec.Template.Spec.Containers[i].Args = a
-			changed = true
-		}
+	base, err := filepath.Rel(dir, filepath.Join(repoRoot, BaseDir))
+	if err != nil {
+		return err
 	}
-	if !changed {
-		return nil
+	k := map[string]any{
+		"apiVersion": "kustomize.config.k8s.io/v1beta1",
+		"kind":       "Kustomization",
+		"resources":  []string{base},
+		"images":     li.Images,
+		"patches":    []map[string]string{{"path": pullNever}},
 	}
-	fmt.Fprintln(out, "setting the node DaemonSet's arguments to the shipped ones ("+BaseDir+")")
-	if _, err := c.AppsV1().DaemonSets(bench.DHPPNamespace).Update(ctx, ds, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("update dhpp-node: %w", err)
+	out, err := yaml.Marshal(k)
+	if err != nil {
+		return err
 	}
-	if _, err := cfg.Kubectl(ctx, "-n", bench.DHPPNamespace, "rollout", "status", "daemonset/dhpp-node", "--timeout=5m"); err != nil {
-		return fmt.Errorf("rollout of the shipped arguments: %w", err)
+	head := "# Written by test/scale (make bench-scale): " + BaseDir + " with the local\n" +
+		"# overlay's images and " + pullNever + ", nothing else.\n"
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
 	}
-	return nil
+	if err := os.WriteFile(filepath.Join(dir, pullNever), patch, 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "kustomization.yaml"), append([]byte(head), out...), 0o644)
 }

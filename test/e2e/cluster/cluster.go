@@ -400,12 +400,23 @@ func waitNodesReady(ctx context.Context, cfg Config, want int, timeout time.Dura
 // built images.
 const LocalOverlay = "deploy/kustomize/overlays/local"
 
-// InstallDHPP applies the local overlay and waits for its DaemonSets and
-// for the dhpp-controller Deployment.
+// overlayDir is the directory of the kustomization InstallDHPP applies.
+func (c Config) overlayDir() string {
+	switch {
+	case c.Overlay == "":
+		return filepath.Join(c.RepoRoot, LocalOverlay)
+	case filepath.IsAbs(c.Overlay):
+		return c.Overlay
+	}
+	return filepath.Join(c.RepoRoot, c.Overlay)
+}
+
+// InstallDHPP applies cfg's overlay (the local one unless set) and waits
+// for its DaemonSets and for the dhpp-controller Deployment.
 func InstallDHPP(ctx context.Context, cfg Config, out io.Writer) error {
-	dir := filepath.Join(cfg.RepoRoot, LocalOverlay)
+	dir := cfg.overlayDir()
 	if _, err := os.Stat(filepath.Join(dir, "kustomization.yaml")); err != nil {
-		fmt.Fprintf(out, "    %s does not exist yet: dhpp not installed\n", LocalOverlay)
+		fmt.Fprintf(out, "    %s does not exist yet: dhpp not installed\n", dir)
 		return nil
 	}
 	if _, err := os.Stat(filepath.Join(cfg.imagesDir(), "dhpp-driver.tar")); err != nil {

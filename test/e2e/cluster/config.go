@@ -168,8 +168,11 @@ type Config struct {
 	// KubernetesVersion is the release the cluster runs (one of
 	// KubernetesVersions).
 	KubernetesVersion string
-	// InstallDHPP applies deploy/kustomize/overlays/local after bring-up.
+	// InstallDHPP applies Overlay after bring-up.
 	InstallDHPP bool
+	// Overlay is the kustomization InstallDHPP applies: a directory
+	// relative to RepoRoot, or absolute; "" is LocalOverlay.
+	Overlay string
 	// SkipPackages skips the apt-get step (the packages are known present).
 	SkipPackages bool
 	// Audit turns on the apiserver's audit log (Metadata level, at

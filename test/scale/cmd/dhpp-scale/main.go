@@ -31,8 +31,10 @@ func main() {
 	var (
 		levels   = flag.String("levels", "0,1000,5000", "comma-separated claim counts, ascending; about as many static PVs")
 		pending  = flag.Int("pending-every", 10, "leave every n-th claim Pending (0: none)")
-		settle   = flag.Duration("settle", 30*time.Second, "wait after the objects are bound")
-		window   = flag.Duration("window", 90*time.Second, "steady-state sampling time per level")
+		settle   = flag.Duration("settle", 30*time.Second, "longest wait after the objects are bound, before sampling")
+		quiet    = flag.Duration("quiet", 10*time.Second, "the wait ends once the PVC+PV watch streams had at most --quiet-events events in this long")
+		quietN   = flag.Int64("quiet-events", 3, "see --quiet")
+		window   = flag.Duration("window", 60*time.Second, "steady-state sampling time per level")
 		parallel = flag.Int("parallel", 30, "create calls in flight")
 		timeout  = flag.Duration("timeout", 5*time.Minute, "bound on binding and on cleanup")
 		mdOut    = flag.String("markdown", "_output/scale/results.md", "markdown to write (empty: none; always printed)")
@@ -43,7 +45,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "dhpp-scale: must run as root (the cluster harness and /proc of the node processes need it)")
 		os.Exit(2)
 	}
-	opt := scale.Options{PendingEvery: *pending, Settle: *settle, Window: *window, Parallel: *parallel, Timeout: *timeout, ProcRoot: "/proc"}
+	opt := scale.Options{PendingEvery: *pending, Settle: *settle, Quiet: *quiet, QuietEvents: *quietN, Window: *window, Parallel: *parallel, Timeout: *timeout, ProcRoot: "/proc"}
 	prev := -1
 	for _, s := range strings.Split(*levels, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
