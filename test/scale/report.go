@@ -14,8 +14,8 @@ func mib(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
 
 // Markdown writes the report's tables.
 func Markdown(w io.Writer, r *Report) {
-	fmt.Fprintf(w, "Scale run of %s, %d nodes, %s, load average %s before the cluster came up and %s at the end; measured for %s.\n\n",
-		r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Nodes, r.Machine, r.LoadBefore, r.LoadAfter, r.Duration.Round(1e9))
+	fmt.Fprintf(w, "Scale run of %s, %d nodes, %s, load average %s before the cluster came up and %s at the end; measured for %s, %s in all (cluster up, install and down included).\n\n",
+		r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Nodes, r.Machine, r.LoadBefore, r.LoadAfter, r.Duration.Round(1e9), r.Total.Round(1e9))
 	fmt.Fprintf(w, "Command: `%s`\n\n", r.Command)
 	for _, name := range []string{"dhpp-driver", "csi-provisioner", "csi-resizer", "csi-snapshotter"} {
 		fmt.Fprintf(w, "- %s args: `%s`\n", name, strings.Join(r.DaemonSetArgs[name], " "))

@@ -93,9 +93,11 @@ type RunWindow struct {
 type Report struct {
 	Started  time.Time
 	Duration time.Duration
-	Machine  string
-	Command  string
-	Nodes    int
+	// Total is the whole invocation: cluster up, install, levels, down.
+	Total   time.Duration
+	Machine string
+	Command string
+	Nodes   int
 	// DaemonSetArgs are the node DaemonSet's arguments as deployed.
 	DaemonSetArgs map[string][]string
 	// LoadBefore and LoadAfter are /proc/loadavg at the start and the end:
@@ -130,6 +132,10 @@ func Run(ctx context.Context, opt Options, out io.Writer) (*Report, error) {
 			return nil, fmt.Errorf("install dhpp: %w", err)
 		}
 	case err != nil:
+		// Up leaves a failed bring-up's state for Down to clean.
+		if derr := cluster.Down(context.Background(), cfg, out); derr != nil {
+			fmt.Fprintf(out, "down after the failed up: %v\n", derr)
+		}
 		return nil, fmt.Errorf("cluster up: %w", err)
 	}
 	c, err := newClient(cfg.KubeconfigPath())

@@ -57,9 +57,10 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	start := time.Now()
 	rep, err := scale.Run(ctx, opt, os.Stderr)
 	if rep != nil {
-		rep.Command = strings.Join(os.Args, " ")
+		rep.Command, rep.Total = strings.Join(os.Args, " "), time.Since(start)
 		var md strings.Builder
 		scale.Markdown(&md, rep)
 		fmt.Print(md.String())
