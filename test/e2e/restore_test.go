@@ -13,6 +13,7 @@ import (
 
 	"github.com/dhpp-io/dhpp/internal/kubectl"
 	v1 "github.com/dhpp-io/dhpp/pkg/apis/dhpp/v1alpha1"
+	"github.com/dhpp-io/dhpp/test/e2e/cluster"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -67,7 +68,7 @@ func TestRestoreFromTrash(t *testing.T) {
 		for _, it := range l.Items {
 			if it.PV == pv.Name {
 				entry = it.Entry
-				return it.Namespace == ns && it.Claim == "data", fmt.Sprintf("%+v", it), nil
+				return it.Namespace == ns && it.Claim == "data" && it.Kind == v1.TrashKindVolume, fmt.Sprintf("%+v", it), nil
 			}
 		}
 		return false, fmt.Sprintf("%d entries, none of PV %s", len(l.Items), pv.Name), nil
@@ -218,4 +219,80 @@ func exitCode(err error) int {
 		return ee.ExitCode()
 	}
 	return -1
+}
+
+// TestDoctorDataDirNotShared: a node whose data directory is a private
+// mount (made so inside the node's mount namespace) gets no driver once
+// its driver pod restarts: the container runtime refuses the Bidirectional
+// mount. `kubectl dhpp doctor` names the node, the directory and the fix,
+// and exits 1; made shared again and the pod restarted, doctor passes and
+// reports each pool's data directory shared as the driver sees it.
+func TestDoctorDataDirNotShared(t *testing.T) {
+	e := dhppCluster(t)
+	ctx := testCtx(t, 15*time.Minute)
+	dhpp := kubectlDhpp(t, ctx, e)
+	node := nodeNames()[len(nodeNames())-1]
+	sharedOK := fmt.Sprintf("OK    data directory %s/%s: %s is a shared mount in the driver's container", node, defaultPool, cluster.DataMount)
+
+	out, err := dhpp("doctor")
+	t.Logf("kubectl dhpp doctor before: %v\n%s", err, out)
+	if err != nil || !strings.Contains(out, sharedOK) {
+		t.Fatalf("doctor on the healthy install: %v; want a pass with %q", err, sharedOK)
+	}
+
+	restart := func() {
+		t.Helper()
+		p, err := e.driverPod(ctx, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.cs.CoreV1().Pods(dhppNamespace).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+		if err := poll(ctx, 3*time.Minute, time.Second, "a new driver pod on "+node, func() (bool, string, error) {
+			n, err := e.driverPod(ctx, node)
+			return err == nil && n.UID != p.UID, fmt.Sprintf("%v", err), nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shared := false
+	heal := func() {
+		if shared {
+			return
+		}
+		shared = true
+		if _, err := cluster.NodeExec(ctx, e.cfg, node, "mount", "--make-shared", cluster.DataMount); err != nil {
+			t.Errorf("make %s shared again on %s: %v", cluster.DataMount, node, err)
+		}
+	}
+	t.Cleanup(func() {
+		if !shared {
+			heal()
+			restart()
+		}
+	})
+	e.nodeExec(t, ctx, node, "mount", "--make-private", cluster.DataMount)
+	t.Logf("on %s: %s", node, e.nodeExec(t, ctx, node, "findmnt", "-n", "-o", "TARGET,PROPAGATION", cluster.DataMount))
+	restart()
+
+	fix := "fix: on node " + node + ", as root: mount --make-rshared " + cluster.DataMount
+	if err := poll(ctx, 4*time.Minute, 3*time.Second, "doctor naming "+node+"'s data directory", func() (bool, string, error) {
+		out, err = dhpp("doctor")
+		return exitCode(err) == 1 && strings.Contains(out, "FAIL  node "+node+": pod ") &&
+			strings.Contains(out, "not a shared mount") && strings.Contains(out, fix), out, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kubectl dhpp doctor with %s private on %s: exit 1\n%s", cluster.DataMount, node, out)
+
+	heal()
+	restart()
+	if err := poll(ctx, 5*time.Minute, 3*time.Second, "doctor passing with the data directory shared again", func() (bool, string, error) {
+		out, err = dhpp("doctor")
+		return err == nil && strings.Contains(out, sharedOK), out, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kubectl dhpp doctor healed:\n%s", out)
 }
