@@ -140,10 +140,12 @@ bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./pkg/node/ ./pkg/driver/
 
 ## bench-io: the data path, fio in a plain directory vs in dhpp volumes of
-## every host backend, on loop-backed disks (root; ~13 min; writes
-## docs/benchmarks-io.md and .png, see docs/benchmarks.md).
+## every host backend, on loop-backed disks, then the xfs and ext4
+## project-quota backends in the vmtest VM (root; ~13 min + the VM; writes
+## docs/benchmarks-io{,-vm}.{md,json,png}, see docs/benchmarks.md).
 bench-io: deps
 	CGO_ENABLED=0 $(GO) test -count=1 -run '^$$' -bench '^BenchmarkIO$$' -benchtime 1x -timeout 30m ./test/benchio/ -args -benchio.out $(CURDIR)/docs
+	CGO_ENABLED=0 nice $(GO) test -count=1 -run '^TestIOVM$$' -timeout 45m ./test/benchio/ -args -benchio.vm -benchio.out $(CURDIR)/docs
 
 ## bench-scale: dhpp's per-node cost (RSS, CPU, API requests, watch traffic)
 ## with 0, 1,000 and 5,000 PVCs/PVs that are not dhpp's, on the local cluster

@@ -48,6 +48,13 @@
 //	-drive file=diskN.img,format=raw,if=virtio,cache=unsafe ...
 //
 // and the guest runs `<binary> -test.run '^<t.Name()>$' -test.v` as root.
+// Config.Tools adds host programs the image lacks (fio for test/benchio):
+// linked into the share with the libraries ldd names that the initramfs
+// does not have, on the guest's PATH and LD_LIBRARY_PATH, so they cost
+// nothing to the VM tests that do not ask for them. Config.DiskCache
+// replaces cache=unsafe (a benchmark uses "none": O_DIRECT on the image,
+// guest flushes become fdatasync on the host), and Config.OutDir shares a
+// host directory read-write at its own path (a benchmark's report).
 // Every console line is passed to t.Log; the host test fails if the guest
 // exits non-zero, leaves no exit code (panic, crash), never ran the test, or
 // outlives Config.Timeout (qemu is killed). The guest's own -test.timeout is

@@ -124,7 +124,7 @@ func TestMissingPrerequisite(t *testing.T) {
 }
 
 func TestRunScript(t *testing.T) {
-	s := runScript("TestX/it's", "/src dir", time.Minute, map[string]string{"FOO": "a b", "HOME": "/h"})
+	s := runScript("TestX/it's", "/src dir", "/out dir", true, time.Minute, map[string]string{"FOO": "a b", "HOME": "/h"})
 	if out, err := exec.Command("/bin/sh", "-n", "-c", s).CombinedOutput(); err != nil {
 		t.Fatalf("the run script is not valid sh: %v: %s\n%s", err, out, s)
 	}
@@ -136,9 +136,29 @@ func TestRunScript(t *testing.T) {
 		`-test.run '^TestX$/^it'\''s$'`,
 		"-test.timeout 45s",
 		"cd '/src dir'",
+		"msize=262144 out '/out dir' || exit 97",
+		"cp -a /work/tools /run/vmtest-tools || exit 97",
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("run script lacks %q:\n%s", want, s)
+		}
+	}
+}
+
+// TestWithTools: a test that asks for tools finds them first on PATH and
+// their libraries through LD_LIBRARY_PATH, and its own Env adds to both.
+func TestWithTools(t *testing.T) {
+	if env := withTools(Config{Env: map[string]string{"A": "1"}}); len(env) != 1 || env["A"] != "1" {
+		t.Errorf("no tools: env %v, want Config.Env unchanged", env)
+	}
+	env := withTools(Config{Tools: []string{"fio"}, Env: map[string]string{"A": "1", "PATH": "/x"}})
+	for k, want := range map[string]string{
+		"A":               "1",
+		"PATH":            "/run/vmtest-tools/bin:/usr/sbin:/usr/bin:/sbin:/bin:/x",
+		"LD_LIBRARY_PATH": "/run/vmtest-tools/lib",
+	} {
+		if env[k] != want {
+			t.Errorf("%s = %q, want %q", k, env[k], want)
 		}
 	}
 }

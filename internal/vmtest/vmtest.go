@@ -32,6 +32,22 @@ type Config struct {
 	Timeout time.Duration
 	// Env is added to the environment of the test binary in the guest.
 	Env map[string]string
+	// Tools are host programs the test needs beyond the image's (e.g.
+	// "fio"): each is linked into the share with the libraries ldd names
+	// that the image lacks, and is on the guest's PATH. They stay out of
+	// the initramfs, which every VM test boots: fio alone brings 84 MB
+	// of libraries.
+	Tools []string
+	// DiskCache is qemu's cache= mode of the disks; empty means "unsafe"
+	// (writes land in the host's page cache, flushes are ignored: fast,
+	// and nothing on the disks outlives the test). A benchmark uses
+	// "none": O_DIRECT on the image, and a guest flush is an fdatasync
+	// of the image on the host, so the guest's fsyncs cost what a disk's do.
+	DiskCache string
+	// OutDir, if set, is a host directory shared read-write at the same
+	// path in the guest: where a guest test writes results the host
+	// keeps (reports, samples).
+	OutDir string
 }
 
 const (
@@ -297,7 +313,7 @@ func shellQuote(s string) string {
 func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // runScript is the script the guest's /init runs for one test.
-func runScript(name, srcDir string, timeout time.Duration, env map[string]string) string {
+func runScript(name, srcDir, outDir string, tools bool, timeout time.Duration, env map[string]string) string {
 	var b strings.Builder
 	b.WriteString("# written by vmtest on the host for one test\n")
 	vars := map[string]string{
@@ -325,6 +341,12 @@ func runScript(name, srcDir string, timeout time.Duration, env map[string]string
 	// test's relative paths (testdata/...) mean the same in the guest.
 	if srcDir != "" {
 		fmt.Fprintf(&b, "mkdir -p %[1]s && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro src %[1]s && cd %[1]s || cd /tmp\n", shellQuote(srcDir))
+	}
+	if tools {
+		fmt.Fprintf(&b, "cp -a /work/tools %s || exit 97\n", guestToolsDir)
+	}
+	if outDir != "" {
+		fmt.Fprintf(&b, "mkdir -p %[1]s && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out %[1]s || exit 97\n", shellQuote(outDir))
 	}
 	// The guest test times out (and dumps its goroutines) before the host
 	// kills qemu, so a hang shows where it hangs.
@@ -358,6 +380,9 @@ func boot(t *testing.T, s *hostSetup, exe string, cfg Config) (*result, error) {
 	if err := linkOrCopy(exe, filepath.Join(share, guestBinary)); err != nil {
 		return nil, err
 	}
+	if err := s.shareTools(share, cfg.Tools); err != nil {
+		return nil, err
+	}
 	timeout := cfg.Timeout
 	if timeout <= 0 {
 		timeout = defaultTimeout
@@ -371,7 +396,7 @@ func boot(t *testing.T, s *hostSetup, exe string, cfg Config) (*result, error) {
 		return nil, fmt.Errorf("no time left before the go test deadline")
 	}
 	src, _ := os.Getwd()
-	if err := os.WriteFile(filepath.Join(share, "vmtest-run.sh"), []byte(runScript(t.Name(), src, timeout, cfg.Env)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(share, "vmtest-run.sh"), []byte(runScript(t.Name(), src, cfg.OutDir, len(cfg.Tools) > 0, timeout, withTools(cfg))), 0o644); err != nil {
 		return nil, fmt.Errorf("run script: %w", err)
 	}
 	mem := cfg.MemoryMiB
@@ -394,12 +419,19 @@ func boot(t *testing.T, s *hostSetup, exe string, cfg Config) (*result, error) {
 	if src != "" {
 		args = append(args, "-virtfs", "local,path="+qemuEscape(src)+",mount_tag=src,security_model=none,readonly=on")
 	}
+	if cfg.OutDir != "" {
+		args = append(args, "-virtfs", "local,path="+qemuEscape(cfg.OutDir)+",mount_tag=out,security_model=none")
+	}
+	cache := cfg.DiskCache
+	if cache == "" {
+		cache = "unsafe"
+	}
 	for i, size := range cfg.Disks {
 		p := filepath.Join(dir, fmt.Sprintf("disk%d.img", i))
 		if err := sparseFile(p, size); err != nil {
 			return nil, err
 		}
-		args = append(args, "-drive", "file="+qemuEscape(p)+",format=raw,if=virtio,cache=unsafe")
+		args = append(args, "-drive", "file="+qemuEscape(p)+",format=raw,if=virtio,cache="+cache)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -462,7 +494,7 @@ func boot(t *testing.T, s *hostSetup, exe string, cfg Config) (*result, error) {
 	return res, nil
 }
 
-// linkOrCopy puts the test binary into the share: a hard link when both are
+// linkOrCopy puts a file (the test binary, a tool) into the share: a hard link when both are
 // on one filesystem, a copy otherwise.
 func linkOrCopy(src, dst string) error {
 	if err := os.Link(src, dst); err == nil {
@@ -470,19 +502,19 @@ func linkOrCopy(src, dst string) error {
 	}
 	in, err := os.Open(src)
 	if err != nil {
-		return fmt.Errorf("copy test binary: %w", err)
+		return fmt.Errorf("copy %s: %w", src, err)
 	}
 	defer in.Close()
 	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
 	if err != nil {
-		return fmt.Errorf("copy test binary: %w", err)
+		return fmt.Errorf("copy %s: %w", src, err)
 	}
 	if _, err := io.Copy(out, in); err != nil {
 		out.Close()
-		return fmt.Errorf("copy test binary: %w", err)
+		return fmt.Errorf("copy %s: %w", src, err)
 	}
 	if err := out.Close(); err != nil {
-		return fmt.Errorf("copy test binary: %w", err)
+		return fmt.Errorf("copy %s: %w", src, err)
 	}
 	return nil
 }

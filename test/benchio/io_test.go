@@ -38,21 +38,28 @@ func BenchmarkIO(b *testing.B) {
 	b.Logf("set-up took %s", time.Since(start).Round(time.Second))
 	rep := run(b, bn, Workloads, p, *flagRounds)
 	b.Logf("runs took %s\n%s", time.Since(start).Round(time.Second), rep.markdown)
-	if *flagOut == "" {
+	writeReport(b, *flagOut, "benchmarks-io", rep)
+}
+
+// writeReport writes rep as <name>.md, .png and .json (the samples) into
+// dir; an empty dir writes nothing.
+func writeReport(tb testing.TB, dir, name string, rep report) {
+	tb.Helper()
+	if dir == "" {
 		return
 	}
-	if err := os.WriteFile(filepath.Join(*flagOut, "benchmarks-io.md"), rep.markdown, 0o644); err != nil {
-		b.Fatal(err)
+	if err := os.WriteFile(filepath.Join(dir, name+".md"), rep.markdown, 0o644); err != nil {
+		tb.Fatal(err)
 	}
-	if err := WriteChart(filepath.Join(*flagOut, "benchmarks-io.png"), rep.rows); err != nil {
-		b.Fatal(err)
+	if err := WriteChart(filepath.Join(dir, name+".png"), rep.rows); err != nil {
+		tb.Fatal(err)
 	}
 	js, err := json.MarshalIndent(rep.samples, "", " ")
 	if err == nil {
-		err = os.WriteFile(filepath.Join(*flagOut, "benchmarks-io.json"), js, 0o644)
+		err = os.WriteFile(filepath.Join(dir, name+".json"), js, 0o644)
 	}
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 }
 

@@ -67,11 +67,11 @@ func setup(tb testing.TB, l layout) *bench {
 	// quota set-up has its own disk of the same size.
 	plain := disk(tb, b, "btrfs", diskSize)
 	b.add(Spec{Name: btrfsPlain}, Target{Path: mkdir(tb, plain.Dir, "plain")})
-	m := manager(tb, disk(tb, b, "btrfs", diskSize), node.BackendBtrfs)
+	m := manager(tb, disk(tb, b, "btrfs", diskSize).Dir, node.BackendBtrfs)
 	b.add(Spec{Name: "btrfs qgroup", Baseline: btrfsPlain, Tolerance: TolQuota},
 		b.volume(tb, m, "btrfs-qgroup", node.CreateRequest{RequiredBytes: l.volSize}))
 	if l.subvols > 0 {
-		m := manager(tb, disk(tb, b, "btrfs", diskSize), node.BackendBtrfs)
+		m := manager(tb, disk(tb, b, "btrfs", diskSize).Dir, node.BackendBtrfs)
 		populate(tb, m, l.subvols)
 		b.add(Spec{Name: fmt.Sprintf("btrfs qgroup, %d subvols", l.subvols), Baseline: btrfsPlain, Tolerance: TolQuota},
 			b.volume(tb, m, "btrfs-many", node.CreateRequest{RequiredBytes: l.volSize}))
@@ -80,7 +80,7 @@ func setup(tb testing.TB, l layout) *bench {
 	if err := enableSimpleQuota(sq.Dir); err != nil {
 		tb.Fatalf("enable btrfs simple quota: %v", err)
 	}
-	m = manager(tb, sq, node.BackendBtrfs)
+	m = manager(tb, sq.Dir, node.BackendBtrfs)
 	populate(tb, m, l.subvols)
 	b.add(Spec{Name: fmt.Sprintf("btrfs squota, %d subvols", l.subvols), Baseline: btrfsPlain, Tolerance: TolQuota},
 		b.volume(tb, m, "btrfs-squota", node.CreateRequest{RequiredBytes: l.volSize}))
@@ -88,7 +88,7 @@ func setup(tb testing.TB, l layout) *bench {
 	// xfs: the plain directory and the dir and loop pools share a disk.
 	x := disk(tb, b, "xfs", 5*l.volSize+2<<30)
 	b.add(Spec{Name: xfsPlain}, Target{Path: mkdir(tb, x.Dir, "plain")})
-	m = manager(tb, x, node.BackendDir, node.BackendLoop)
+	m = manager(tb, x.Dir, node.BackendDir, node.BackendLoop)
 	b.add(Spec{Name: "dir", Baseline: xfsPlain, Tolerance: TolQuota},
 		b.volume(tb, m, "dir", node.CreateRequest{Pool: "dir", RequiredBytes: l.volSize}))
 	for _, fs := range []string{"ext4", "xfs"} {
@@ -140,12 +140,12 @@ func disk(tb testing.TB, b *bench, fs string, size int64) *testdisk.Disk {
 }
 
 // manager opens a Manager with one pool per backend kind (named after it)
-// in directories of d.
-func manager(tb testing.TB, d *testdisk.Disk, kinds ...node.BackendKind) *node.Manager {
+// in directories of the filesystem mounted at dir.
+func manager(tb testing.TB, dir string, kinds ...node.BackendKind) *node.Manager {
 	tb.Helper()
 	var pools []node.PoolConfig
 	for _, k := range kinds {
-		pools = append(pools, node.PoolConfig{Name: string(k), Path: mkdir(tb, d.Dir, "dhpp-"+string(k)), Backend: k})
+		pools = append(pools, node.PoolConfig{Name: string(k), Path: mkdir(tb, dir, "dhpp-"+string(k)), Backend: k})
 	}
 	m, err := node.New(node.Config{NodeID: "bench-node", Pools: pools})
 	if err != nil {

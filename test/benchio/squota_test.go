@@ -29,7 +29,7 @@ func TestBtrfsSimpleQuotaLimit(t *testing.T) {
 		t.Fatalf("enable btrfs simple quota (kernel 6.7+): %v", err)
 	}
 	b := newBench(t)
-	m := manager(t, d, node.BackendBtrfs)
+	m := manager(t, d.Dir, node.BackendBtrfs)
 	// The pool is open: the mode must still be simple quotas.
 	out, err := osexec.Command("blkid", "-s", "UUID", "-o", "value", d.Device).Output()
 	if err != nil {
