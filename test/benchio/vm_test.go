@@ -45,8 +45,8 @@ func vmDisks(volSize int64) []int64 {
 }
 
 // vmBench boots the VM (on the host; returns false there) or, in the
-// guest, runs the workloads of r and returns the report.
-func vmBench(t *testing.T, r vmRun, timeout time.Duration) (report, bool) {
+// guest, reads r from the host, runs its workloads and returns the report.
+func vmBench(t *testing.T, r *vmRun, timeout time.Duration) (report, bool) {
 	t.Helper()
 	js, err := json.Marshal(r)
 	if err != nil {
@@ -62,7 +62,7 @@ func vmBench(t *testing.T, r vmRun, timeout time.Duration) (report, bool) {
 	}) {
 		return report{}, false
 	}
-	if err := json.Unmarshal([]byte(os.Getenv(vmRunEnv)), &r); err != nil {
+	if err := json.Unmarshal([]byte(os.Getenv(vmRunEnv)), r); err != nil {
 		t.Fatalf("%s: %v", vmRunEnv, err)
 	}
 	var wls []Workload
@@ -92,7 +92,7 @@ func TestIOVM(t *testing.T) {
 	for _, w := range Workloads {
 		r.Workloads = append(r.Workloads, w.Name)
 	}
-	rep, inVM := vmBench(t, r, 40*time.Minute)
+	rep, inVM := vmBench(t, &r, 40*time.Minute)
 	if !inVM {
 		return
 	}
@@ -112,12 +112,12 @@ func TestSmokeVM(t *testing.T) {
 		t.Skip("needs root, qemu and fio")
 	}
 	r := vmRun{Params: Params{FileSize: 8 << 20, Runtime: 300 * time.Millisecond}, Rounds: 1, Workloads: []string{"rand-write-qd1"}}
-	rep, inVM := vmBench(t, r, 4*time.Minute)
+	rep, inVM := vmBench(t, &r, 4*time.Minute)
 	if !inVM {
 		return
 	}
-	if len(rep.rows) != 2 {
-		t.Fatalf("%d rows, want xfs and ext4 project quota:\n%s", len(rep.rows), rep.markdown)
+	if len(rep.rows) != 3 {
+		t.Fatalf("%d rows, want xfs and ext4 project quota and the dir control:\n%s", len(rep.rows), rep.markdown)
 	}
 	for _, r := range rep.rows {
 		if r.Cand.IOPS <= 0 || r.Base.IOPS <= 0 || r.Cand.P50 <= 0 || r.IOPS <= 0 || r.P99 <= 0 {
@@ -135,7 +135,8 @@ const (
 // setupVM makes, in the guest, an xfs on /dev/vda and an ext4 with the
 // quota and project features on /dev/vdb, both mounted with prjquota, and
 // on each a plain directory and a project-quota volume made through the
-// Manager, both on the same disk.
+// Manager, both on the same disk; on the xfs also a dir-backend volume,
+// the control.
 func setupVM(tb testing.TB, volSize int64) *bench {
 	tb.Helper()
 	b := newBench(tb)
@@ -164,9 +165,15 @@ func setupVM(tb testing.TB, volSize int64) *bench {
 		})
 		b.notes = append(b.notes, fmt.Sprintf("%s: %s on the VM's virtio disk %s (qemu cache=none on a sparse file on the host's disk), mounted prjquota", d.plain, d.fs, strings.TrimPrefix(d.dev, "/dev/")))
 		b.add(Spec{Name: d.plain}, Target{Path: mkdir(tb, mnt, "plain")})
-		m := manager(tb, mnt, d.kind)
+		m := manager(tb, mnt, d.kind, node.BackendDir)
 		b.add(Spec{Name: "vm " + d.fs + " project quota", Baseline: d.plain, Tolerance: TolQuota},
-			b.volume(tb, m, d.fs+"-projquota", node.CreateRequest{RequiredBytes: volSize}))
+			b.volume(tb, m, d.fs+"-projquota", node.CreateRequest{Pool: string(d.kind), RequiredBytes: volSize}))
+		if d.fs == "xfs" {
+			// The control, as on the host: the dir backend's path is
+			// the plain directory's, so its ratios are the VM's noise.
+			b.add(Spec{Name: "vm dir (control)", Baseline: d.plain, Tolerance: TolQuota},
+				b.volume(tb, m, "dir", node.CreateRequest{Pool: string(node.BackendDir), RequiredBytes: volSize}))
+		}
 	}
 	return b
 }
