@@ -98,6 +98,9 @@ func TestSmoke(t *testing.T) {
 	if !bytes.Contains(rep.markdown, []byte("| loop block | rand-write-qd1 |")) {
 		t.Errorf("report lacks the loop block row:\n%s", rep.markdown)
 	}
+	if !bytes.Contains(rep.markdown, []byte("(the control: dir)")) {
+		t.Errorf("report lacks the verdicts against the dir control:\n%s", rep.markdown)
+	}
 	if _, err := Chart(rep.rows); err != nil {
 		t.Error(err)
 	}

@@ -48,6 +48,7 @@ func Markdown(w io.Writer, meta Meta, specs []Spec, rows []Row) {
 		}
 		fmt.Fprintf(w, "| %s | %s |\n", wl, strings.Join(cells, " | "))
 	}
+	verdicts(w, specs, rows)
 	fmt.Fprintf(w, "\n## Every figure (medians)\n\n")
 	fmt.Fprintf(w, "The syncfs columns are the time a syncfs of the target's filesystem took right after each job (what the job left for the next commit).\n\n")
 	fmt.Fprintf(w, "| target | workload | baseline IOPS | baseline MB/s | baseline p50 | baseline p99 | IOPS ratio | p50 ratio | p99 ratio | syncfs baseline / target | target |\n")
@@ -103,4 +104,50 @@ func index(rows []Row) map[[2]string]Row {
 		m[[2]string{r.Target, r.Workload}] = r
 	}
 	return m
+}
+
+// verdicts writes, when a control ran, each candidate's Verdict per
+// workload against the control's rounds on that workload.
+func verdicts(w io.Writer, specs []Spec, rows []Row) {
+	control := ""
+	for _, s := range specs {
+		if s.Control {
+			control = s.Name
+		}
+	}
+	if control == "" {
+		return
+	}
+	var cands []string
+	for _, c := range candidates(specs) {
+		if c != control {
+			cands = append(cands, c)
+		}
+	}
+	fmt.Fprintf(w, "\n## Verdicts against the noise floor (the control: %s)\n\n", control)
+	fmt.Fprintf(w, "The control's I/O path is its baseline's, so the spread of its per-round IOPS ratios is the method's noise. ")
+	fmt.Fprintf(w, "Missed: every round below the target and below the control's lowest round; met: every round within the target and the control within it too; in noise: the median within the target or the control's range.\n\n")
+	fmt.Fprintf(w, "| workload | control's rounds | %s |\n|---|---|%s\n", strings.Join(cands, " | "), strings.Repeat("---|", len(cands)))
+	idx := index(rows)
+	for _, wl := range workloadsIn(rows) {
+		ctl := idx[[2]string{control, wl}].IOPSRounds
+		rng := "—"
+		if len(ctl) > 0 {
+			rng = fmt.Sprintf("%.2f–%.2f", ctl[0], ctl[len(ctl)-1])
+		}
+		cells := make([]string, len(cands))
+		for i, c := range cands {
+			r, ok := idx[[2]string{c, wl}]
+			if !ok {
+				cells[i] = "—"
+				continue
+			}
+			v := Verdict(r, ctl)
+			if v == VerdictMissed {
+				v = "**" + v + "**"
+			}
+			cells[i] = fmt.Sprintf("%s (%.2f)", v, r.IOPS)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s |\n", wl, rng, strings.Join(cells, " | "))
+	}
 }

@@ -89,7 +89,7 @@ func setup(tb testing.TB, l layout) *bench {
 	x := disk(tb, b, "xfs", 5*l.volSize+2<<30)
 	b.add(Spec{Name: xfsPlain}, Target{Path: mkdir(tb, x.Dir, "plain")})
 	m = manager(tb, x.Dir, node.BackendDir, node.BackendLoop)
-	b.add(Spec{Name: "dir", Baseline: xfsPlain, Tolerance: TolQuota},
+	b.add(Spec{Name: "dir", Baseline: xfsPlain, Tolerance: TolQuota, Control: true},
 		b.volume(tb, m, "dir", node.CreateRequest{Pool: "dir", RequiredBytes: l.volSize}))
 	for _, fs := range []string{"ext4", "xfs"} {
 		b.add(Spec{Name: "loop " + fs, Baseline: xfsPlain, Tolerance: TolLoop},

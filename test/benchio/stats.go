@@ -23,6 +23,10 @@ type Spec struct {
 	Baseline string
 	// Tolerance is the allowed relative cost (TolQuota, TolLoop).
 	Tolerance float64
+	// Control marks a candidate whose I/O path is its baseline's (the
+	// dir backend: a directory and a bind mount): the spread of its
+	// ratios is the method's noise, against which the others are judged.
+	Control bool
 }
 
 // Sample is one job's figures in one round.
@@ -50,6 +54,8 @@ type Row struct {
 	// is faster, latency above 1 slower. (Throughput has the IOPS ratio:
 	// the block size is the same.)
 	IOPS, P50, P99 float64
+	// IOPSRounds are the per-round IOPS ratios, sorted.
+	IOPSRounds []float64
 }
 
 // Met says whether the row is within its tolerance: IOPS no more than the
@@ -109,6 +115,8 @@ func Ratios(specs []Spec, workloads []Workload, samples []Sample) ([]Row, error)
 			row.Rounds = len(cand)
 			row.Base, row.Cand = medianFigures(base), medianFigures(cand)
 			row.IOPS, row.P50, row.P99 = Median(iops), Median(p50), Median(p99)
+			slices.Sort(iops)
+			row.IOPSRounds = iops
 			rows = append(rows, row)
 		}
 	}
@@ -153,4 +161,36 @@ func medianFigures(fs []Figures) Figures {
 func FirstWriteOf(w Workload) Workload {
 	w.Name, w.Title = "first-write", w.Title+", into a never-written file"
 	return w
+}
+
+// Verdicts of a row against its target, given the control's rounds.
+const (
+	VerdictMet     = "met"
+	VerdictMissed  = "missed"
+	VerdictNoise   = "in noise"
+	VerdictUnknown = "not decidable"
+	VerdictOne     = "one sample"
+)
+
+// Verdict judges r's IOPS against its target with the noise floor the
+// control's per-round ratios on the same workload show. Missed: every
+// round below both the target and the control's lowest round. Met: every
+// round within the target and the control itself within it (else a met
+// target could be noise). In noise: the median within the target or the
+// control's range. Otherwise not decidable.
+func Verdict(r Row, control []float64) string {
+	if len(r.IOPSRounds) < 2 || len(control) < 2 {
+		return VerdictOne
+	}
+	lo, hi := slices.Min(control), slices.Max(control)
+	floor := 1 - r.Tolerance
+	switch {
+	case r.IOPSRounds[len(r.IOPSRounds)-1] < min(floor, lo):
+		return VerdictMissed
+	case lo >= floor && hi <= 1+r.Tolerance && r.IOPSRounds[0] >= floor:
+		return VerdictMet
+	case r.IOPS >= floor || r.IOPS >= lo:
+		return VerdictNoise
+	}
+	return VerdictUnknown
 }

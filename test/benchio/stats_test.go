@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"image/color"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -135,7 +136,12 @@ func TestMarkdownAndChart(t *testing.T) {
 			Base: fig(200, 2*time.Millisecond, 9*time.Millisecond), Cand: fig(100, 4*time.Millisecond, 9*time.Millisecond), IOPS: 0.5, P50: 2, P99: 1},
 	}
 	var buf bytes.Buffer
-	Markdown(&buf, Meta{Date: "d", Rounds: 3, Notes: []string{"disk note"}}, testSpecs, rows)
+	specs := append(slices.Clone(testSpecs), Spec{Name: "ctl", Baseline: "plain", Tolerance: TolQuota, Control: true})
+	rows[1].IOPSRounds = []float64{0.4, 0.5, 0.6}
+	rows = append(rows, Row{Target: "ctl", Baseline: "plain", Workload: "translog", Tolerance: TolQuota, Rounds: 3,
+		Base: fig(200, 2*time.Millisecond, 9*time.Millisecond), Cand: fig(200, 2*time.Millisecond, 9*time.Millisecond), IOPS: 1, P50: 1, P99: 1,
+		IOPSRounds: []float64{0.9, 1, 1.1}})
+	Markdown(&buf, Meta{Date: "d", Rounds: 3, Notes: []string{"disk note"}}, specs, rows)
 	md := buf.String()
 	for _, want := range []string{
 		"| workload | quota | loop |",
@@ -143,6 +149,8 @@ func TestMarkdownAndChart(t *testing.T) {
 		"| quota | translog | 200 | 0.8 | 2 ms | 9 ms | 0.980 | 1.010 | 1.200 | 0 µs / 0 µs | ±3 %: met |",
 		"±10 %: **missed**",
 		"- disk note",
+		"(the control: ctl)",
+		"| translog | 0.90–1.10 | one sample (0.98) | **missed** (0.50) |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
@@ -165,5 +173,34 @@ func TestMarkdownAndChart(t *testing.T) {
 	}
 	if _, err := Chart(nil); err == nil {
 		t.Error("Chart(nil) succeeded")
+	}
+}
+
+// TestVerdict: a target is judged against the control's spread, never
+// against 1.0 alone.
+func TestVerdict(t *testing.T) {
+	quiet := []float64{0.99, 1.0, 1.02}  // a control within 3 %
+	noisy := []float64{0.80, 0.95, 1.20} // a control spread ±20 %
+	row := func(tol float64, rounds ...float64) Row {
+		return Row{Tolerance: tol, IOPS: Median(rounds), IOPSRounds: rounds}
+	}
+	for _, tc := range []struct {
+		name    string
+		r       Row
+		control []float64
+		want    string
+	}{
+		{"within target, quiet control", row(TolQuota, 0.98, 0.99, 1.01), quiet, VerdictMet},
+		{"within target, noisy control", row(TolQuota, 0.98, 0.99, 1.01), noisy, VerdictNoise},
+		{"far below target and control", row(TolLoop, 0.30, 0.35, 0.60), noisy, VerdictMissed},
+		{"below target, inside control's range", row(TolLoop, 0.82, 0.85, 0.88), noisy, VerdictNoise},
+		{"one round inside the control's range", row(TolLoop, 0.60, 0.70, 0.85), noisy, VerdictUnknown},
+		{"below a quiet control in every round", row(TolQuota, 0.90, 0.92, 0.95), quiet, VerdictMissed},
+		{"one sample", row(TolQuota, 0.5), quiet, VerdictOne},
+		{"no control", row(TolQuota, 0.5, 0.5), nil, VerdictOne},
+	} {
+		if got := Verdict(tc.r, tc.control); got != tc.want {
+			t.Errorf("%s: Verdict = %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }

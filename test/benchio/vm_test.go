@@ -171,7 +171,7 @@ func setupVM(tb testing.TB, volSize int64) *bench {
 		if d.fs == "xfs" {
 			// The control, as on the host: the dir backend's path is
 			// the plain directory's, so its ratios are the VM's noise.
-			b.add(Spec{Name: "vm dir (control)", Baseline: d.plain, Tolerance: TolQuota},
+			b.add(Spec{Name: "vm dir (control)", Baseline: d.plain, Tolerance: TolQuota, Control: true},
 				b.volume(tb, m, "dir", node.CreateRequest{Pool: string(node.BackendDir), RequiredBytes: volSize}))
 		}
 	}
