@@ -475,7 +475,9 @@ var required = []permission{
 // controllerRequired is what dhpp-controller does (pkg/controller).
 var controllerRequired = []permission{
 	{"dhpp-controller", "", "", "persistentvolumes", []string{"get", "list", "watch", "patch", "delete"}},
-	{"dhpp-controller", "", "", "persistentvolumeclaims", []string{"get", "list", "watch", "delete"}},
+	{"dhpp-controller", "", "", "persistentvolumeclaims", []string{"get", "list", "watch", "patch", "delete"}},
+	{"dhpp-controller", "", "snapshot.storage.k8s.io", "volumesnapshots", []string{"get", "list", "watch"}},
+	{"dhpp-controller", "", "snapshot.storage.k8s.io", "volumesnapshotcontents", []string{"get", "list", "watch", "patch"}},
 	{"dhpp-controller", "", "", "nodes", []string{"get", "list", "watch"}},
 	{"dhpp-controller", "", "", "pods", []string{"list"}},
 	{"dhpp-controller", "", "", "pods/eviction", []string{"create"}},
@@ -485,12 +487,16 @@ var controllerRequired = []permission{
 }
 
 // controllerForbidden: pods leave only through the Eviction API, Nodes are
-// never changed, claims and PVs are never created or rewritten.
+// never changed, claims and PVs are never created or rewritten (a claim is
+// only patched: the selected-node annotation), snapshots never written,
+// contents only labelled.
 var controllerForbidden = []permission{
 	{"nobody", "", "", "secrets", []string{"get", "list"}},
 	{"nobody", "", "", "pods", []string{"delete", "watch"}},
 	{"nobody", "", "", "nodes", []string{"patch", "update", "delete"}},
-	{"nobody", "", "", "persistentvolumeclaims", []string{"create", "update", "patch"}},
+	{"nobody", "", "", "persistentvolumeclaims", []string{"create", "update"}},
+	{"nobody", "", "snapshot.storage.k8s.io", "volumesnapshots", []string{"create", "update", "patch", "delete"}},
+	{"nobody", "", "snapshot.storage.k8s.io", "volumesnapshotcontents", []string{"create", "update", "delete"}},
 	{"nobody", "", "", "persistentvolumes", []string{"create", "update"}},
 	{"nobody", "", "coordination.k8s.io", "leases", []string{"get", "update"}},
 }

@@ -204,8 +204,13 @@ func (c *Controller) dryRun(pv *corev1.PersistentVolume, vol volume, sig signal,
 }
 
 func (c *Controller) dryRunOnce(pv *corev1.PersistentVolume, action, msg string, kv ...any) {
+	c.dryRunOnceKey(string(pv.UID)+"/"+action, action, msg, kv...)
+}
+
+// dryRunOnceKey logs and counts a would-be action once per key.
+func (c *Controller) dryRunOnceKey(key, action, msg string, kv ...any) {
 	c.mu.Lock()
-	key := "dry/" + string(pv.UID) + "/" + action
+	key = "dry/" + key
 	_, done := c.seen[key]
 	c.seen[key] = c.now()
 	c.mu.Unlock()

@@ -1,13 +1,18 @@
-// Package controller is dhpp's cluster-side half: it decides when a claim
-// whose volume's node or disk is lost may be released, so a StatefulSet
-// replica comes back, empty, on a healthy node. It has one job and acts only
-// when a claim's policy says so (see Policy); everything it knows it
-// re-derives from the API server, so a restart or a new leader continues
-// where the last one stopped and never repeats an action.
+// Package controller is dhpp's cluster-side half. Its main job: decide when
+// a claim whose volume's node or disk is lost may be released, so a
+// StatefulSet replica comes back, empty, on a healthy node; it acts only
+// when a claim's policy says so (see Policy). Two smaller jobs make
+// snapshots work with per-node sidecars: it points a WaitForFirstConsumer
+// restore or clone at the node holding its source (placement.go), and it
+// hands pre-provisioned VolumeSnapshotContents to their node's
+// csi-snapshotter (contents.go). Everything it knows it re-derives from the
+// API server, so a restart or a new leader continues where the last one
+// stopped and never repeats an action.
 //
 // Files: policy.go (keep/recreate and where it comes from), signal.go (node
 // deleted, out-of-service taint, fenced pool), sync.go (the decision for
-// one PV), actions.go (deletes, evictions, Events), metrics.go, run.go
+// one PV), actions.go (deletes, evictions, Events), placement.go,
+// contents.go, snapapi.go (the optional snapshot CRDs), metrics.go, run.go
 // (flags, leader election, HTTP).
 package controller
 
@@ -18,6 +23,8 @@ import (
 	"sync"
 	"time"
 
+	snapshotv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -87,6 +94,14 @@ type Controller struct {
 	synced  []cache.InformerSynced
 	queue   workqueue.TypedRateLimitingInterface[string]
 
+	// snaps serves the snapshot jobs; side is their queue (claims to place,
+	// contents to label), apart from the PV queue so neither delays the
+	// other's keys.
+	snaps *snapshotAPI
+	// lookupSnapshotAPI reports whether the snapshot CRDs are installed.
+	lookupSnapshotAPI func() (bool, error)
+	side              workqueue.TypedRateLimitingInterface[sideKey]
+
 	mu sync.Mutex
 	// seen holds, in --dry-run only, when this process first saw a signal
 	// for a PV (no annotation can be written) and which would-be actions
@@ -94,8 +109,20 @@ type Controller struct {
 	seen map[string]time.Time
 }
 
-// New builds a Controller on client; metrics may be nil.
-func New(client kubernetes.Interface, opts Options, metrics *Metrics) (*Controller, error) {
+// sideKey is an item of the snapshot jobs' queue.
+type sideKey struct {
+	kind string // sideClaim or sideContent
+	key  string // namespace/name of a claim, name of a content
+}
+
+const (
+	sideClaim   = "claim"
+	sideContent = "content"
+)
+
+// New builds a Controller on client; snaps (the snapshot API) may be nil,
+// which turns the snapshot jobs off; metrics may be nil.
+func New(client kubernetes.Interface, snaps snapclient.Interface, opts Options, metrics *Metrics) (*Controller, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
@@ -109,8 +136,13 @@ func New(client kubernetes.Interface, opts Options, metrics *Metrics) (*Controll
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, 5*time.Minute),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "dhpp-controller"}),
-		seen: map[string]time.Time{},
+		seen:  map[string]time.Time{},
+		snaps: &snapshotAPI{client: snaps, resync: opts.Resync, every: min(opts.Resync, time.Minute)},
+		side: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[sideKey](time.Second, 5*time.Minute),
+			workqueue.TypedRateLimitingQueueConfig[sideKey]{Name: "dhpp-controller-snapshots"}),
 	}
+	c.lookupSnapshotAPI = func() (bool, error) { return installed(client.Discovery()) }
 	nodeInf := f.Core().V1().Nodes().Informer()
 	claimInf := f.Core().V1().PersistentVolumeClaims().Informer()
 	classInf := f.Storage().V1().StorageClasses().Informer()
@@ -126,9 +158,11 @@ func New(client kubernetes.Interface, opts Options, metrics *Metrics) (*Controll
 		UpdateFunc: func(_, n any) { c.enqueueNode(n) },
 		DeleteFunc: c.enqueueNode,
 	})
-	// A claim that goes away lets the release of its PV continue.
+	// A claim that goes away lets the release of its PV continue; a new
+	// or changed claim may be a restore or clone to place.
 	_, e3 := claimInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		UpdateFunc: func(_, n any) { c.enqueueClaim(n) },
+		AddFunc:    c.enqueuePending,
+		UpdateFunc: func(_, n any) { c.enqueueClaim(n); c.enqueuePending(n) },
 		DeleteFunc: c.enqueueClaim,
 	})
 	if err := errors.Join(err, e1, e2, e3); err != nil {
@@ -196,26 +230,78 @@ func (c *Controller) enqueueClaim(obj any) {
 	}
 }
 
-// Run starts the informers and works the queue until ctx is done. Only the
-// leader calls it.
+// enqueuePending queues a claim that may be a restore or clone waiting for
+// a node (the full check is placeClaim's).
+func (c *Controller) enqueuePending(obj any) {
+	pvc, ok := unwrap(obj).(*corev1.PersistentVolumeClaim)
+	if ok && pvc.Spec.VolumeName == "" && dataSource(pvc) != nil {
+		c.side.Add(sideKey{kind: sideClaim, key: pvc.Namespace + "/" + pvc.Name})
+	}
+}
+
+func (c *Controller) enqueueContent(obj any) {
+	if content, ok := unwrap(obj).(*snapshotv1.VolumeSnapshotContent); ok {
+		if _, ok := preProvisioned(content); ok {
+			c.side.Add(sideKey{kind: sideContent, key: content.Name})
+		}
+	}
+}
+
+// Run starts the informers and works the queues until ctx is done. Only
+// the leader calls it. The snapshot API is waited for apart: the node-loss
+// work never depends on it.
 func (c *Controller) Run(ctx context.Context, workers int) error {
 	defer c.queue.ShutDown()
+	defer c.side.ShutDown()
 	c.factory.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return ctx.Err()
 	}
 	klog.InfoS("dhpp-controller acting on lost nodes and fenced pools", "gracePeriod", c.opts.Grace,
 		"fencedPoolLimit", c.opts.FenceLimit, "dryRun", c.opts.DryRun)
-	go func() { <-ctx.Done(); c.queue.ShutDown() }()
+	go func() { <-ctx.Done(); c.queue.ShutDown(); c.side.ShutDown() }()
 	var wg sync.WaitGroup
+	wg.Go(func() { c.snaps.run(ctx, c.lookupSnapshotAPI, c.enqueueContent) })
 	for range workers {
 		wg.Go(func() {
 			for c.processNext(ctx) {
 			}
 		})
 	}
+	wg.Go(func() {
+		for c.processSide(ctx) {
+		}
+	})
 	wg.Wait()
 	return nil
+}
+
+// processSide works one item of the snapshot jobs' queue.
+func (c *Controller) processSide(ctx context.Context) bool {
+	item, quit := c.side.Get()
+	if quit {
+		return false
+	}
+	defer c.side.Done(item)
+	var after time.Duration
+	var err error
+	switch item.kind {
+	case sideClaim:
+		after, err = c.placeClaim(ctx, item.key)
+	case sideContent:
+		after, err = c.labelContent(ctx, item.key)
+	}
+	switch {
+	case err != nil && ctx.Err() == nil:
+		klog.ErrorS(err, "Snapshot placement or labelling failed; retrying", item.kind, item.key)
+		c.side.AddRateLimited(item)
+	case after > 0:
+		c.side.Forget(item)
+		c.side.AddAfter(item, after)
+	default:
+		c.side.Forget(item)
+	}
+	return true
 }
 
 func (c *Controller) processNext(ctx context.Context) bool {

@@ -282,7 +282,7 @@ type harness struct {
 func (w *world) controller(opts Options) *harness {
 	w.t.Helper()
 	h := &harness{world: w, reg: prometheus.NewRegistry(), clock: t0}
-	c, err := New(w.cs, opts, NewMetrics(h.reg))
+	c, err := New(w.cs, nil, opts, NewMetrics(h.reg))
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -671,7 +671,7 @@ func TestRunWorksQueue(t *testing.T) {
 	w := newWorld(t, objs...)
 	opts := testOptions()
 	opts.Grace = 0
-	c, err := New(w.cs, opts, nil)
+	c, err := New(w.cs, nil, opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,11 @@ const (
 	ActionEvictPod     = "evict_pod"
 	ActionDeleteVolume = "delete_volume"
 	ActionWarnKeep     = "warn_keep"
+	// ActionSelectNode: a restore or clone pointed at its source's node.
+	ActionSelectNode = "select_node"
+	// ActionLabelContent: a pre-provisioned VolumeSnapshotContent handed
+	// to its node's csi-snapshotter.
+	ActionLabelContent = "label_content"
 
 	ResultSuccess = "success"
 	ResultError   = "error"
@@ -31,7 +36,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "dhpp_controller_actions_total",
-			Help: "Actions taken on lost volumes, by kind (delete_claim, evict_pod, delete_volume, warn_keep) and result (success, error, blocked by a PodDisruptionBudget, dry_run).",
+			Help: "Actions taken, by kind (on lost volumes: delete_claim, evict_pod, delete_volume, warn_keep; on snapshots: select_node for a restore or clone, label_content for a pre-provisioned content) and result (success, error, blocked by a PodDisruptionBudget, dry_run).",
 		}, []string{"action", "result"}),
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "dhpp_controller_leader",

@@ -15,6 +15,7 @@ import (
 
 	"github.com/dhpp-io/dhpp/internal/cli"
 	"github.com/dhpp-io/dhpp/pkg/dhpp"
+	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -119,7 +120,11 @@ func Run(ctx context.Context, c Config) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := NewMetrics(reg)
-	ctrl, err := New(client, c.Options, metrics)
+	snaps, err := snapclient.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("snapshot client: %w", err)
+	}
+	ctrl, err := New(client, snaps, c.Options, metrics)
 	if err != nil {
 		return err
 	}
