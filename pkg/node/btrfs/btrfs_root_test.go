@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -459,4 +461,51 @@ func TestQuotaStatusAndRescan(t *testing.T) {
 		t.Fatalf("StartRescan while one may run: %v", err)
 	}
 	waitRescan(t, f)
+}
+
+// TestQuotaModes: EnableSimpleQuota turns simple quotas on where quotas are
+// off, and keeps full qgroups found on; Mode agrees with the kernel's own
+// account of the mode (/sys/fs/btrfs/<fsid>/qgroups/mode).
+func TestQuotaModes(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		before func(*os.File) error
+		want   QuotaMode
+		sysfs  string
+	}{
+		{"off: simple quotas enabled", nil, QuotaSimple, "squota"},
+		{"full qgroups on: kept", EnableQuota, QuotaQgroup, "qgroup"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := testdisk.New(t, "btrfs", diskSize)
+			root := open(t, d.Dir)
+			if m, err := Mode(root); m != QuotaOff || err != nil {
+				t.Fatalf("Mode of a fresh filesystem = %q, %v; want off", m, err)
+			}
+			if tc.before != nil {
+				if err := tc.before(root); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := range 2 { // idempotent
+				if m, err := EnableSimpleQuota(root); m != tc.want || err != nil {
+					t.Fatalf("EnableSimpleQuota #%d = %q, %v; want %q", i+1, m, err, tc.want)
+				}
+			}
+			if m, err := Mode(root); m != tc.want || err != nil {
+				t.Fatalf("Mode = %q, %v; want %q", m, err, tc.want)
+			}
+			if on, err := QuotaEnabled(root); !on || err != nil {
+				t.Errorf("QuotaEnabled = %v, %v; want true", on, err)
+			}
+			out, err := exec.Command("blkid", "-s", "UUID", "-o", "value", d.Device).Output()
+			if err != nil {
+				t.Fatalf("blkid %s: %v", d.Device, err)
+			}
+			mode, err := os.ReadFile(filepath.Join("/sys/fs/btrfs", strings.TrimSpace(string(out)), "qgroups", "mode"))
+			if err != nil || strings.TrimSpace(string(mode)) != tc.sysfs {
+				t.Errorf("kernel's quota mode = %q, %v; want %q", mode, err, tc.sysfs)
+			}
+		})
+	}
 }

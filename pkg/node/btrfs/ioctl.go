@@ -138,10 +138,12 @@ const (
 	qgroupInfoKey   = 242 // BTRFS_QGROUP_INFO_KEY
 	qgroupLimitKey  = 244 // BTRFS_QGROUP_LIMIT_KEY
 
-	qgroupStatusFlagOn = 1 << 0 // BTRFS_QGROUP_STATUS_FLAG_ON
-	qgroupLimitMaxRfer = 1 << 0 // BTRFS_QGROUP_LIMIT_MAX_RFER
+	qgroupStatusFlagOn     = 1 << 0 // BTRFS_QGROUP_STATUS_FLAG_ON
+	qgroupStatusFlagSimple = 1 << 3 // BTRFS_QGROUP_STATUS_FLAG_SIMPLE_MODE
+	qgroupLimitMaxRfer     = 1 << 0 // BTRFS_QGROUP_LIMIT_MAX_RFER
 
-	quotaCtlEnable = 1 // BTRFS_QUOTA_CTL_ENABLE
+	quotaCtlEnable       = 1 // BTRFS_QUOTA_CTL_ENABLE
+	quotaCtlEnableSimple = 4 // BTRFS_QUOTA_CTL_ENABLE_SIMPLE_QUOTA (kernel 6.7+)
 
 	// limitClear as a max_rfer value tells the kernel to drop the limit
 	// (CLEAR_VALUE in fs/btrfs/qgroup.c).
