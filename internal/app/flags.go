@@ -79,8 +79,9 @@ func (f poolFlag) Set(v string) error {
 	return nil
 }
 
-// ParsePool parses "name=path[,backend=auto|btrfs|xfs|ext4|loop|dir][,fs=ext4|xfs]";
-// fs is the default filesystem of loop volumes.
+// ParsePool parses "name=path[,backend=auto|btrfs|xfs|ext4|loop|dir][,fs=ext4|xfs][,btrfs-quota=qgroup|simple]";
+// fs is the default filesystem of loop volumes, btrfs-quota how a btrfs
+// pool whose quotas are off gets them (node.PoolConfig.BtrfsQuota).
 func ParsePool(v string) (node.PoolConfig, error) {
 	parts := strings.Split(v, ",")
 	name, path, ok := strings.Cut(parts[0], "=")
@@ -108,8 +109,13 @@ func ParsePool(v string) (node.PoolConfig, error) {
 				return node.PoolConfig{}, fmt.Errorf("pool %q: %v", v, err)
 			}
 			pc.FsType = val
+		case "btrfs-quota":
+			if val != node.BtrfsQuotaQgroup && val != node.BtrfsQuotaSimple {
+				return node.PoolConfig{}, fmt.Errorf("pool %q: btrfs-quota=%q: want %s or %s", v, val, node.BtrfsQuotaQgroup, node.BtrfsQuotaSimple)
+			}
+			pc.BtrfsQuota = val
 		default:
-			return node.PoolConfig{}, fmt.Errorf("pool %q: unknown option %q (want backend=... or fs=...)", v, k)
+			return node.PoolConfig{}, fmt.Errorf("pool %q: unknown option %q (want backend=..., fs=... or btrfs-quota=...)", v, k)
 		}
 	}
 	return pc, nil

@@ -34,10 +34,10 @@ func TestParse(t *testing.T) {
 		},
 		{
 			name: "flags win over env, several pools, quantities",
-			args: []string{"--node-id=n2", "--pool=a=/x,backend=btrfs", "--pool=b=/y,backend=loop,fs=xfs", "--default-volume-size=2Gi", "--trash-retention=30s"},
+			args: []string{"--node-id=n2", "--pool=a=/x,backend=btrfs", "--pool=b=/y,backend=loop,fs=xfs", "--pool=c=/z,backend=btrfs,btrfs-quota=simple", "--default-volume-size=2Gi", "--trash-retention=30s"},
 			env:  map[string]string{"NODE_NAME": "ignored"},
 			check: func(t *testing.T, c Config) {
-				if c.NodeID != "n2" || len(c.Pools) != 2 || c.Pools[1].Backend != node.BackendLoop || c.Pools[1].FsType != "xfs" || c.DefaultVolumeSize != 2<<30 || c.TrashRetention != 30*time.Second {
+				if c.NodeID != "n2" || len(c.Pools) != 3 || c.Pools[1].Backend != node.BackendLoop || c.Pools[1].FsType != "xfs" || c.Pools[2].BtrfsQuota != node.BtrfsQuotaSimple || c.DefaultVolumeSize != 2<<30 || c.TrashRetention != 30*time.Second {
 					t.Fatalf("config %+v", c)
 				}
 			},
@@ -47,6 +47,7 @@ func TestParse(t *testing.T) {
 		{name: "relative pool path", args: []string{"--node-id=n", "--pool=d=data"}, wantErr: "must be absolute"},
 		{name: "bad backend", args: []string{"--node-id=n", "--pool=d=/x,backend=zfs"}, wantErr: `unknown backend "zfs"`},
 		{name: "bad pool option", args: []string{"--node-id=n", "--pool=d=/x,quota=1"}, wantErr: `unknown option "quota"`},
+		{name: "bad btrfs quota mode", args: []string{"--node-id=n", "--pool=d=/x,btrfs-quota=squota"}, wantErr: `btrfs-quota="squota": want qgroup or simple`},
 		{name: "bad loop fs", args: []string{"--node-id=n", "--pool=d=/x,fs=zfs"}, wantErr: `fsType "zfs" is not supported`},
 		{name: "bad pool name", args: []string{"--node-id=n", "--pool=D_1=/x"}, wantErr: "DNS label"},
 		{name: "zero retention", args: []string{"--node-id=n", "--pool=d=/x", "--trash-retention=0s"}, wantErr: "must be positive"},

@@ -16,10 +16,13 @@ import (
 // from the qgroup (one ioctl), so stats cost the same for 1 or 10,000 volumes.
 type btrfsBackend struct {
 	dirStyle
-	st *store
+	st    *store
+	quota string // PoolConfig.BtrfsQuota
 }
 
-func newBtrfsBackend(st *store, _ PoolConfig) backend { return &btrfsBackend{st: st} }
+func newBtrfsBackend(st *store, cfg PoolConfig) backend {
+	return &btrfsBackend{st: st, quota: cfg.BtrfsQuota}
+}
 
 func (*btrfsBackend) Kind() BackendKind { return BackendBtrfs }
 func (*btrfsBackend) Enforced() bool    { return true }
@@ -34,8 +37,8 @@ func (b *btrfsBackend) Open() error {
 	if !ok {
 		return fmt.Errorf("%w: %s is not on a btrfs filesystem", ErrUnsupported, b.st.path)
 	}
-	if err := btrfs.EnableQuota(b.st.rootFile); err != nil {
-		return fmt.Errorf("enable btrfs quota on %s: %w", b.st.path, err)
+	if err := b.enableQuota(); err != nil {
+		return err
 	}
 	b.Maintain()
 	return nil
@@ -143,4 +146,25 @@ func (b *btrfsBackend) Maintain() {
 			klog.ErrorS(err, "Starting a btrfs quota rescan", "pool", b.st.name)
 		}
 	}
+}
+
+// enableQuota turns quotas on in the configured mode if they are off, and
+// keeps the mode found if they are on (changing it means disabling quotas,
+// which would drop every volume's limit).
+func (b *btrfsBackend) enableQuota() error {
+	if b.quota != BtrfsQuotaSimple {
+		if err := btrfs.EnableQuota(b.st.rootFile); err != nil {
+			return fmt.Errorf("enable btrfs quota on %s: %w", b.st.path, err)
+		}
+		return nil
+	}
+	mode, err := btrfs.EnableSimpleQuota(b.st.rootFile)
+	if err != nil {
+		return fmt.Errorf("%w: pool %q asks for btrfs simple quotas, which this kernel refuses (they need Linux 6.7 or later; "+
+			"drop the setting to use full qgroups): %v", ErrUnsupported, b.st.name, err)
+	}
+	if mode != btrfs.QuotaSimple {
+		klog.InfoS("btrfs quotas were already on in another mode; kept (switching would drop every limit)", "pool", b.st.name, "mode", mode, "asked", BtrfsQuotaSimple)
+	}
+	return nil
 }

@@ -45,7 +45,18 @@ type PoolConfig struct {
 	// names none (ext4 if empty). ext4 grows online only with
 	// CAP_SYS_RESOURCE; xfs needs only CAP_SYS_ADMIN but is at least 300 MiB.
 	FsType string
+	// BtrfsQuota is how a btrfs pool whose quotas are off gets them:
+	// "" (or BtrfsQuotaQgroup) full qgroups, BtrfsQuotaSimple simple quotas
+	// (Linux 6.7+; refused where the kernel lacks them). Quotas already on
+	// keep the mode they are in.
+	BtrfsQuota string
 }
+
+// Values of PoolConfig.BtrfsQuota.
+const (
+	BtrfsQuotaQgroup = "qgroup"
+	BtrfsQuotaSimple = "simple"
+)
 
 // Pool is a directory on a node's data disk from which volumes are carved.
 type Pool struct {
@@ -119,6 +130,9 @@ func openPool(cfg PoolConfig, e *env) (*Pool, error) {
 		if err := ValidateLoopFsType(cfg.FsType); err != nil {
 			return nil, fmt.Errorf("pool %q: %w", cfg.Name, err)
 		}
+	}
+	if cfg.BtrfsQuota != "" && cfg.BtrfsQuota != BtrfsQuotaQgroup && cfg.BtrfsQuota != BtrfsQuotaSimple {
+		return nil, fmt.Errorf("%w: pool %q: btrfs quota mode %q (want %q or %q)", ErrInvalid, cfg.Name, cfg.BtrfsQuota, BtrfsQuotaQgroup, BtrfsQuotaSimple)
 	}
 	p := &Pool{Name: cfg.Name, Path: filepath.Clean(cfg.Path), fsType: cfg.FsType, env: e, cfg: cfg,
 		volumes: map[string]*Volume{}, quarantined: map[string]Quarantine{}}
