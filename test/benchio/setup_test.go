@@ -9,12 +9,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/pkg/node"
+	"github.com/dhpp-io/dhpp/pkg/node/btrfs"
 )
 
 // layout sizes the disks and volumes of a run.
@@ -257,20 +257,19 @@ func describeDevice(path string, block bool) string {
 
 // enableSimpleQuota turns on btrfs simple quotas (kernel 6.7+) on the
 // filesystem of dir, as `btrfs quota enable --simple` of btrfs-progs 6.7+
-// does (Debian 12 ships 6.2, which lacks the flag): BTRFS_IOC_QUOTA_CTL
-// with BTRFS_QUOTA_CTL_ENABLE_SIMPLE_QUOTA.
+// does (Debian 12 ships 6.2, which lacks the flag), with the driver's own
+// ioctl (btrfs.EnableSimpleQuota, what `--pool ...,btrfs-quota=simple` uses).
 func enableSimpleQuota(dir string) error {
 	f, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	const iocQuotaCtl, enableSimple = 0xc0109428, 4
-	args := struct{ cmd, status uint64 }{cmd: enableSimple}
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), iocQuotaCtl, uintptr(unsafe.Pointer(&args))); e != 0 {
-		return fmt.Errorf("BTRFS_IOC_QUOTA_CTL(ENABLE_SIMPLE_QUOTA): %w", e)
+	mode, err := btrfs.EnableSimpleQuota(f)
+	if err == nil && mode != btrfs.QuotaSimple {
+		err = fmt.Errorf("quotas on %s were already on in mode %s", dir, mode)
 	}
-	return nil
+	return err
 }
 
 func mkdir(tb testing.TB, parent, name string) string {
