@@ -296,3 +296,65 @@ func TestDoctorDataDirNotShared(t *testing.T) {
 	}
 	t.Logf("kubectl dhpp doctor healed:\n%s", out)
 }
+
+// TestTrashListsDeletedSnapshot: a deleted VolumeSnapshot's data waits in
+// the trash like a volume's; `kubectl dhpp trash` lists it as a Snapshot
+// named by its VolumeSnapshot (csi-snapshotter's --extra-create-metadata),
+// content and source volume, and `kubectl dhpp restore` refuses it with
+// exit 1, saying what it is and what to do instead.
+func TestTrashListsDeletedSnapshot(t *testing.T) {
+	e := dhppCluster(t)
+	ctx := testCtx(t, 10*time.Minute)
+	dhpp := kubectlDhpp(t, ctx, e)
+	sc := e.snapshots(t)
+	ns := e.namespace(t, "snaptrash")
+	node := nodeNames()[0]
+
+	e.applyYAML(t, ctx, pvcYAML(ns, "data", "64Mi", false))
+	e.applyYAML(t, ctx, podWithClaimYAML(ns, "writer", "data", podOpts{node: node}))
+	e.waitPodReady(t, ctx, ns, "writer", "", 3*time.Minute)
+	_, pv := e.waitPVCBound(t, ctx, ns, "data", time.Minute)
+	e.applyYAML(t, ctx, volumeSnapshotYAML(ns, "nightly", "data"))
+	_, content := waitSnapshotReady(t, ctx, sc, e, ns, "nightly")
+	if err := sc.SnapshotV1().VolumeSnapshots(ns).Delete(ctx, "nightly", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+
+	// The local cluster purges after 30 s: the entry is looked for at once.
+	var item kubectl.TrashItem
+	if err := poll(ctx, 25*time.Second, time.Second, "the deleted snapshot in kubectl dhpp trash", func() (bool, string, error) {
+		out, err := dhpp("trash", node, "-o", "json")
+		if err != nil {
+			return false, out, nil
+		}
+		var l struct{ Items []kubectl.TrashItem }
+		if err := json.Unmarshal([]byte(out), &l); err != nil {
+			return false, "", fmt.Errorf("trash -o json: %w\n%s", err, out)
+		}
+		for _, it := range l.Items {
+			if it.Kind == v1.TrashKindSnapshot && it.SnapshotContent == content.Name {
+				item = it
+				return true, "", nil
+			}
+		}
+		return false, fmt.Sprintf("%d entries, no snapshot of content %s", len(l.Items), content.Name), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := dhpp("trash", node, "-o", "wide")
+	t.Logf("listed %s after %s; kubectl dhpp trash %s -o wide:\n%s", item.Entry, time.Since(deleted).Round(time.Second), node, out)
+	if item.Namespace != ns || item.VolumeSnapshot != "nightly" || item.SourceVolumeID != pv.Spec.CSI.VolumeHandle || item.SizeBytes != 64<<20 {
+		t.Errorf("trash item %+v: want VolumeSnapshot %s/nightly of volume %s, 64Mi", item, ns, pv.Spec.CSI.VolumeHandle)
+	}
+
+	out, err := dhpp("restore", item.Entry, "--to", ns+"/from-snapshot")
+	t.Logf("kubectl dhpp restore %s: %v\n%s", item.Entry, err, out)
+	want := fmt.Sprintf("is a deleted snapshot (VolumeSnapshot %s/nightly, taken of volume %s), not a volume", ns, pv.Spec.CSI.VolumeHandle)
+	if code := exitCode(err); code != 1 || !strings.Contains(out, want) || !strings.Contains(out, "take a new VolumeSnapshot") {
+		t.Errorf("restore of a snapshot entry: exit %d; want 1 and %q with what to do instead", code, want)
+	}
+	if _, err := e.cs.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "from-snapshot", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the refused restore left a claim behind: %v", err)
+	}
+}
