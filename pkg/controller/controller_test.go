@@ -502,6 +502,26 @@ func TestDryRunCounts(t *testing.T) {
 	}
 }
 
+// TestForgetClearsDryRunRecords: once a PV is fine again, its dry-run
+// actions are forgotten, so a later loss is logged and counted again.
+func TestForgetClearsDryRunRecords(t *testing.T) {
+	w := newWorld(t, append(replica("web-0", lostNode, nil), class("recreate"))...)
+	opts := testOptions()
+	opts.DryRun = true
+	h := w.controller(opts)
+	pv := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-a", UID: "uid-a"}}
+	other := &corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-b", UID: "uid-b"}}
+	for _, p := range []*corev1.PersistentVolume{pv, other} {
+		h.c.dryRunOnce(p, ActionDeleteClaim, "test")
+	}
+	h.c.forget(pv)
+	h.c.dryRunOnce(pv, ActionDeleteClaim, "test")
+	h.c.dryRunOnce(other, ActionDeleteClaim, "test")
+	if n := h.count(ActionDeleteClaim, ResultDryRun); n != 3 {
+		t.Errorf("delete_claim dry_run = %d, want 3 (pv-a twice: forgotten in between; pv-b once)", n)
+	}
+}
+
 // TestEvictionBlockedByPDB: a 429 from the Eviction API is counted and
 // retried after the retry period; once the budget allows, the pod goes.
 func TestEvictionBlockedByPDB(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -277,11 +278,18 @@ func (c *Controller) remember(pv *corev1.PersistentVolume, since time.Time) time
 	return since
 }
 
+// forget drops what was recorded about a PV's loss: when it was first seen
+// lost, and the dry-run actions already logged for it (keyed
+// "dry/<uid>/<action>"), so that a later loss is logged and counted again.
 func (c *Controller) forget(pv *corev1.PersistentVolume) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, k := range []string{"since/", "dry/"} {
-		delete(c.seen, k+string(pv.UID))
+	delete(c.seen, "since/"+string(pv.UID))
+	dry := "dry/" + string(pv.UID) + "/"
+	for k := range c.seen {
+		if strings.HasPrefix(k, dry) {
+			delete(c.seen, k)
+		}
 	}
 }
 
