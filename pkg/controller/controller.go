@@ -291,15 +291,8 @@ func (c *Controller) processSide(ctx context.Context) bool {
 	case sideContent:
 		after, err = c.labelContent(ctx, item.key)
 	}
-	switch {
-	case err != nil && ctx.Err() == nil:
+	if requeue(ctx, c.side, item, after, err) {
 		klog.ErrorS(err, "Snapshot placement or labelling failed; retrying", item.kind, item.key)
-		c.side.AddRateLimited(item)
-	case after > 0:
-		c.side.Forget(item)
-		c.side.AddAfter(item, after)
-	default:
-		c.side.Forget(item)
 	}
 	return true
 }
@@ -311,15 +304,26 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	}
 	defer c.queue.Done(name)
 	after, err := c.sync(ctx, name)
-	switch {
-	case err != nil && ctx.Err() == nil:
+	if requeue(ctx, c.queue, name, after, err) {
 		klog.ErrorS(err, "Handling a dhpp volume failed; retrying", "pv", name)
-		c.queue.AddRateLimited(name)
-	case after > 0:
-		c.queue.Forget(name)
-		c.queue.AddAfter(name, after)
-	default:
-		c.queue.Forget(name)
 	}
 	return true
+}
+
+// requeue files a worked item: after a failure (unless shutting down) it
+// comes back with the queue's backoff, and it reports true so the caller
+// logs the error; an item that asked to be looked at again comes back
+// after that delay; otherwise its backoff is forgotten.
+func requeue[T comparable](ctx context.Context, q workqueue.TypedRateLimitingInterface[T], item T, after time.Duration, err error) bool {
+	switch {
+	case err != nil && ctx.Err() == nil:
+		q.AddRateLimited(item)
+		return true
+	case after > 0:
+		q.Forget(item)
+		q.AddAfter(item, after)
+	default:
+		q.Forget(item)
+	}
+	return false
 }
