@@ -63,30 +63,6 @@ spec:
 `, name, ns, snapshotClass, claim)
 }
 
-// restorePVCYAML is a claim on the restore class whose dataSource is a
-// VolumeSnapshot (kind "VolumeSnapshot") or a claim (kind
-// "PersistentVolumeClaim", a clone).
-func restorePVCYAML(ns, name, size, kind, source string) string {
-	group := ""
-	if kind == "VolumeSnapshot" {
-		group = "\n    apiGroup: snapshot.storage.k8s.io"
-	}
-	return fmt.Sprintf(`apiVersion: v1
-kind: PersistentVolumeClaim
-metadata:
-  name: %s
-  namespace: %s
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: %s
-  resources:
-    requests: {storage: %s}
-  dataSource:
-    kind: %s
-    name: %s%s
-`, name, ns, restoreClass, size, kind, source, group)
-}
-
 // waitSnapshotReady waits until a VolumeSnapshot is readyToUse and returns
 // it with its content.
 func waitSnapshotReady(t *testing.T, ctx context.Context, sc snapclient.Interface, e *env, ns, name string) (*snapshotv1.VolumeSnapshot, *snapshotv1.VolumeSnapshotContent) {
@@ -129,7 +105,7 @@ func waitSnapshotReady(t *testing.T, ctx context.Context, sc snapclient.Interfac
 func restoreOnSourceNode(t *testing.T, ctx context.Context, e *env, ns, claim, size, kind, source, node string) (string, time.Duration) {
 	t.Helper()
 	start := time.Now()
-	e.applyYAML(t, ctx, restorePVCYAML(ns, claim, size, kind, source))
+	e.applyYAML(t, ctx, sourcedPVCYAML(ns, claim, restoreClass, size, kind, source))
 	_, pv := e.waitPVCBound(t, ctx, ns, claim, 5*time.Minute)
 	bind := time.Since(start)
 	got, err := pvNode(pv)
