@@ -37,12 +37,7 @@ func TestParseParameters(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := ParseParameters(tt.in)
 			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
-				}
-				if !errors.Is(err, node.ErrInvalid) {
-					t.Fatalf("err %v does not wrap ErrInvalid (it must become InvalidArgument)", err)
-				}
+				wantInvalid(t, err, tt.wantErr)
 				return
 			}
 			if err != nil || !reflect.DeepEqual(got, tt.want) {
@@ -102,17 +97,24 @@ func TestParseSnapshotParameters(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := ParseSnapshotParameters(tt.in)
 			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
-				}
-				if !errors.Is(err, node.ErrInvalid) {
-					t.Fatalf("err %v does not wrap ErrInvalid (it must become InvalidArgument)", err)
-				}
+				wantInvalid(t, err, tt.wantErr)
 				return
 			}
 			if err != nil || !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("got %v, %v; want %v", got, err, tt.want)
 			}
 		})
+	}
+}
+
+// wantInvalid fails the test unless err contains want and wraps
+// node.ErrInvalid (what errors.go turns into InvalidArgument).
+func wantInvalid(t *testing.T, err error, want string) {
+	t.Helper()
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("err = %v, want one containing %q", err, want)
+	}
+	if !errors.Is(err, node.ErrInvalid) {
+		t.Fatalf("err %v does not wrap ErrInvalid (it must become InvalidArgument)", err)
 	}
 }

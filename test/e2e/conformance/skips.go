@@ -82,16 +82,6 @@ var Skips = []Skip{
 		Reason:  "the spec restores with the source's request, the suite's minimum (16Mi), but an xfs volume is at least 300 MiB (mkfs.xfs's minimum), so the snapshot's restoreSize is 300 MiB and csi-provisioner refuses the smaller claim before calling the driver: \"requested volume size 16777216 is less than the size 314572800 for the source snapshot\" (v1.37.2). A 300Mi minimum would cost every spec 300 MiB on the 4 GiB data disks; the xfs clone twin of this spec runs",
 	},
 	{
-		Pattern: `\[Testpattern: (Dynamic|Ephemeral) Snapshot \((delete|retain) policy\)\] snapshottable.*should check snapshot fields|provisioning should provision storage with snapshot data source|provisioning should provision correct filesystem size when restoring snapshot to larger size pvc`,
-		Reason:  "a restore through the suite's copy of the WaitForFirstConsumer class whose pod is not pinned (these specs leave ClientNodeSelection empty; only the clone specs pin with ensureTopologyRequirements): the scheduler picks the node knowing nothing of the snapshot's node, the wrong node answers ResourceExhausted and the scheduler picks again with no memory of it (v1.37.2: 15 refusals from dhpp-node-2 in 2.5 min for a snapshot on dhpp-node-3). dhpp documents this (README, Snapshots and clones: restores use the Immediate class hostpath-dynamic-restore or a pod pinned to the source's node); the pinned restore and clone specs run",
-		Issue:   "dhpp: bind WaitForFirstConsumer restores and clones without pinning (dhpp-controller sets volume.kubernetes.io/selected-node to the source's node)",
-	},
-	{
-		Pattern: `\[Testpattern: Pre-provisioned Snapshot \((delete|retain) policy\)\]`,
-		Reason:  "with distributed snapshotting (snapshot-controller --enable-distributed-snapshotting, csi-snapshotter --node-deployment) a csi-snapshotter serves only VolumeSnapshotContents labelled with its node; the suite's pre-provisioned content has only a snapshotHandle, so no sidecar ever checks it: it stays without status (READYTOUSE unset) and the spec times out (v1.37.2: pre-provisioned-snapcontent-4b6e512d-... unchanged after 10 min)",
-		Issue:   "dhpp: label pre-provisioned VolumeSnapshotContents with the node their snapshot handle names",
-	},
-	{
 		Pattern: `should not mount / map unused volumes in a pod`,
 		Reason:  "one-machine cluster artefact: the spec runs nsenter into PID 1's mount namespace (the host's, not the namespaced node's), where the node's /var/lib/kubelet is not visible",
 	},
