@@ -82,6 +82,10 @@ var Skips = []Skip{
 		Reason:  "the spec restores with the source's request, the suite's minimum (16Mi), but an xfs volume is at least 300 MiB (mkfs.xfs's minimum), so the snapshot's restoreSize is 300 MiB and csi-provisioner refuses the smaller claim before calling the driver: \"requested volume size 16777216 is less than the size 314572800 for the source snapshot\" (v1.37.2). A 300Mi minimum would cost every spec 300 MiB on the 4 GiB data disks; the xfs clone twin of this spec runs",
 	},
 	{
+		Pattern: `provisioning should provision correct filesystem size when restoring snapshot to larger size pvc`,
+		Reason:  "the spec compares the filesystem size a pod sees (statfs) before and after the restore; on a btrfs pool (dhpp-node-1, 2 and 4) a volume is a subvolume whose qgroup limit statfs does not show, so both report the pool's whole filesystem (4294967296 bytes on v1.37.2, restore placed on the source's node dhpp-node-4 by dhpp-controller); the larger limit itself is enforced (pkg/node TestSnapshotRestoreClone). It passes only when the snapshot is on the loop node dhpp-node-3 (README, Backends: statfs column)",
+	},
+	{
 		Pattern: `should not mount / map unused volumes in a pod`,
 		Reason:  "one-machine cluster artefact: the spec runs nsenter into PID 1's mount namespace (the host's, not the namespaced node's), where the node's /var/lib/kubelet is not visible",
 	},
