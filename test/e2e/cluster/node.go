@@ -493,7 +493,11 @@ func cniConfig(cfg Config, node, cidr string) string {
 func startKubeProxy(cfg Config, pki *PKI, st *State, ns *NodeState) error {
 	n := ns.Spec
 	d := cfg.nodeDir(n.Name)
-	kc := filepath.Join(cfg.OutputDir, "kube-proxy.kubeconfig")
+	// Each node its own copy: nodes start in parallel, and a kube-proxy
+	// that read a shared file while another node rewrote it found it
+	// empty ("no configuration has been provided") and exited, leaving its
+	// node's pods without Service routing (seen in CI on 2026-11-29).
+	kc := filepath.Join(d, "kube-proxy.kubeconfig")
 	if err := pki.WriteKubeconfig(kc, "kube-proxy"); err != nil {
 		return err
 	}

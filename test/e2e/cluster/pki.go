@@ -200,8 +200,31 @@ contexts:
     user: %s
 current-context: dhpp-e2e
 `, p.CA(), BridgeIP, APIServerPort, name, p.Cert(name), p.Key(name), name)
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+	if err := writeFileAtomic(path, []byte(text), 0o600); err != nil {
 		return fmt.Errorf("write kubeconfig %s: %w", path, err)
 	}
 	return nil
+}
+
+// writeFileAtomic replaces path with data through a temporary file and a
+// rename, so a daemon starting meanwhile reads the old file or the new
+// one, never a truncated one.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name()) // after a successful rename: already gone
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }
