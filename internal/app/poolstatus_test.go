@@ -30,14 +30,7 @@ import (
 // volumes and trash, and that spec.fence fences the pool through the
 // health monitor (CreateVolume refused, Node labelled as for any fence).
 func TestPoolStatusPublished(t *testing.T) {
-	kc := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "uid-n1"}})
-	dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
-		map[schema.GroupVersionResource]string{v1.GroupVersionResource: v1.Kind + "List"})
-	cfg := Config{
-		Endpoint: "unix://" + filepath.Join(t.TempDir(), "csi.sock"), NodeID: "n1", TrashRetention: time.Hour,
-		Pools:             []node.PoolConfig{{Name: "default", Path: t.TempDir(), Backend: node.BackendDir}},
-		DefaultVolumeSize: 64 << 20, MetricsAddress: "127.0.0.1:0", Health: health.DefaultConfig(),
-	}
+	kc, dyn, cfg := poolStatusSetup(t)
 	d := startDriverHooks(t, cfg, hooks{kubeClient: kubetest.FakeAPI{C: kc}, dynamicClient: dyn, poolStatusPeriod: 50 * time.Millisecond})
 	ctx := context.Background()
 	pool := func() *v1.DhppPool {
@@ -110,14 +103,7 @@ func TestPoolStatusPublished(t *testing.T) {
 // delete into the trash still show within seconds (poolstatus's 2 s
 // coalescing window, plus the informer and a round's work).
 func TestPoolStatusFollowsChanges(t *testing.T) {
-	kc := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "uid-n1"}})
-	dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
-		map[schema.GroupVersionResource]string{v1.GroupVersionResource: v1.Kind + "List"})
-	cfg := Config{
-		Endpoint: "unix://" + filepath.Join(t.TempDir(), "csi.sock"), NodeID: "n1", TrashRetention: time.Hour,
-		Pools:             []node.PoolConfig{{Name: "default", Path: t.TempDir(), Backend: node.BackendDir}},
-		DefaultVolumeSize: 64 << 20, MetricsAddress: "127.0.0.1:0", Health: health.DefaultConfig(),
-	}
+	kc, dyn, cfg := poolStatusSetup(t)
 	d := startDriverHooks(t, cfg, hooks{kubeClient: kubetest.FakeAPI{C: kc}, dynamicClient: dyn, poolStatusPeriod: time.Hour})
 	ctx := context.Background()
 	status := func() v1.DhppPoolStatus {
@@ -152,4 +138,20 @@ func TestPoolStatusFollowsChanges(t *testing.T) {
 	if limit := 2*poolstatus.DefaultMinInterval + time.Second; created > limit || deleted > limit {
 		t.Errorf("status followed the create in %s and the delete in %s, want each within %s", created, deleted, limit)
 	}
+}
+
+// poolStatusSetup is what the DhppPool tests drive the driver with: fake
+// API servers holding node n1 and the DhppPool kind, and a config with one
+// dir pool.
+func poolStatusSetup(t *testing.T) (*fake.Clientset, *dynfake.FakeDynamicClient, Config) {
+	t.Helper()
+	kc := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "uid-n1"}})
+	dyn := dynfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schema.GroupVersionResource]string{v1.GroupVersionResource: v1.Kind + "List"})
+	cfg := Config{
+		Endpoint: "unix://" + filepath.Join(t.TempDir(), "csi.sock"), NodeID: "n1", TrashRetention: time.Hour,
+		Pools:             []node.PoolConfig{{Name: "default", Path: t.TempDir(), Backend: node.BackendDir}},
+		DefaultVolumeSize: 64 << 20, MetricsAddress: "127.0.0.1:0", Health: health.DefaultConfig(),
+	}
+	return kc, dyn, cfg
 }
