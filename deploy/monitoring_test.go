@@ -6,12 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -325,38 +329,51 @@ var grafanaVars = strings.NewReplacer("$__rate_interval", "2m", "$node", ".*", "
 // labelValues matches a label_values(metric, label) variable query.
 var labelValues = regexp.MustCompile(`^label_values\((.+), (\w+)\)$`)
 
-// TestDashboard checks the Grafana dashboard: valid JSON, unique panel ids,
-// every panel placed and on the data source variable, and every query
-// parses and uses only series and labels the code exports.
-func TestDashboard(t *testing.T) {
+// dashboard is the part of dashboard.json the tests read.
+type dashboard struct {
+	UID        string           `json:"uid"`
+	Panels     []dashboardPanel `json:"panels"`
+	Templating struct {
+		List []struct {
+			Name  string `json:"name"`
+			Query any    `json:"query"`
+		} `json:"list"`
+	} `json:"templating"`
+}
+
+type dashboardPanel struct {
+	ID          int    `json:"id"`
+	Type        string `json:"type"`
+	Title       string `json:"title"`
+	Description string `json:"description"`
+	Datasource  *struct {
+		UID string `json:"uid"`
+	} `json:"datasource"`
+	GridPos struct{ X, Y, W, H int } `json:"gridPos"`
+	Targets []struct {
+		Expr         string `json:"expr"`
+		LegendFormat string `json:"legendFormat"`
+	} `json:"targets"`
+}
+
+func readDashboard(t *testing.T) dashboard {
+	t.Helper()
 	b, err := os.ReadFile("monitoring/dashboard.json")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var d struct {
-		UID    string `json:"uid"`
-		Panels []struct {
-			ID         int    `json:"id"`
-			Type       string `json:"type"`
-			Title      string `json:"title"`
-			Datasource *struct {
-				UID string `json:"uid"`
-			} `json:"datasource"`
-			GridPos struct{ X, Y, W, H int } `json:"gridPos"`
-			Targets []struct {
-				Expr string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
-		Templating struct {
-			List []struct {
-				Name  string `json:"name"`
-				Query any    `json:"query"`
-			} `json:"list"`
-		} `json:"templating"`
-	}
+	var d dashboard
 	if err := json.Unmarshal(b, &d); err != nil {
 		t.Fatalf("dashboard.json: %v", err)
 	}
+	return d
+}
+
+// TestDashboard checks the Grafana dashboard: valid JSON, unique panel ids,
+// every panel placed, described and on the data source variable, and every
+// query parses and uses only series and labels the code exports.
+func TestDashboard(t *testing.T) {
+	d := readDashboard(t)
 	if d.UID == "" {
 		t.Error("dashboard has no uid (Grafana would make a new one on every import)")
 	}
@@ -379,6 +396,9 @@ func TestDashboard(t *testing.T) {
 		}
 		if len(p.Targets) == 0 {
 			t.Errorf("panel %q has no query", p.Title)
+		}
+		if strings.TrimSpace(p.Description) == "" {
+			t.Errorf("panel %q has no description (Grafana shows it as the panel's (i) tooltip: say what is counted)", p.Title)
 		}
 		for _, tg := range p.Targets {
 			exprs = append(exprs, grafanaVars.Replace(tg.Expr))
@@ -408,6 +428,127 @@ func TestDashboard(t *testing.T) {
 			t.Errorf("%s: %q: %s", where[i], r.Expr, p)
 		}
 	}
+}
+
+// TestDashboardControllerActions: dhpp_controller_actions_total counts
+// every action dhpp-controller takes, on lost volumes and on snapshots alike
+// (a panel once titled "Actions on lost volumes" plotted both). Every
+// action the code defines is drawn by exactly one query, so none is dropped
+// or counted twice; the legend names action and result, and the panel's
+// description explains every action and result by name.
+func TestDashboardControllerActions(t *testing.T) {
+	actions, results := controllerLabelValues(t)
+	d := readDashboard(t)
+	panels := 0
+	for _, p := range d.Panels {
+		var drawn []string
+		for _, tg := range p.Targets {
+			if !strings.Contains(tg.Expr, "dhpp_controller_actions_total") {
+				continue
+			}
+			if !strings.Contains(tg.LegendFormat, "{{action}}") || !strings.Contains(tg.LegendFormat, "{{result}}") {
+				t.Errorf("panel %q: legend %q does not name {{action}} and {{result}}", p.Title, tg.LegendFormat)
+			}
+			sel, err := actionSelector(tg.Expr)
+			if err != nil {
+				t.Fatalf("panel %q: %v", p.Title, err)
+			}
+			for _, a := range actions {
+				if sel(a) {
+					drawn = append(drawn, a)
+				}
+			}
+		}
+		if drawn == nil {
+			continue
+		}
+		panels++
+		for _, a := range actions {
+			if n := countOf(drawn, a); n != 1 {
+				t.Errorf("panel %q: action %s is drawn by %d queries, want exactly 1", p.Title, a, n)
+			}
+		}
+		for _, v := range append(slices.Clone(actions), results...) {
+			if !strings.Contains(p.Description, v) {
+				t.Errorf("panel %q: description does not explain %s: %q", p.Title, v, p.Description)
+			}
+		}
+	}
+	if panels == 0 {
+		t.Error("no panel draws dhpp_controller_actions_total")
+	}
+}
+
+func countOf(s []string, v string) int {
+	n := 0
+	for _, x := range s {
+		if x == v {
+			n++
+		}
+	}
+	return n
+}
+
+// actionMatcher is the action label matcher of a query on
+// dhpp_controller_actions_total: action="x" or action=~"x|y".
+var actionMatcher = regexp.MustCompile(`dhpp_controller_actions_total\{[^}]*\baction(=~|=)"([^"]*)"`)
+
+// actionSelector says which action values expr selects; without an action
+// matcher it selects every one.
+func actionSelector(expr string) (func(string) bool, error) {
+	m := actionMatcher.FindStringSubmatch(expr)
+	if m == nil {
+		return func(string) bool { return true }, nil
+	}
+	if m[1] == "=" {
+		return func(a string) bool { return a == m[2] }, nil
+	}
+	// PromQL regex matchers are anchored at both ends.
+	re, err := regexp.Compile("^(?:" + m[2] + ")$")
+	if err != nil {
+		return nil, fmt.Errorf("action matcher %q: %w", m[2], err)
+	}
+	return re.MatchString, nil
+}
+
+// controllerLabelValues reads the values of the Action* and Result*
+// constants from pkg/controller/metrics.go, so an action added there must
+// show up on the dashboard without anyone remembering this test.
+func controllerLabelValues(t *testing.T) (actions, results []string) {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), "../pkg/controller/metrics.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, decl := range f.Decls {
+		gd, ok := decl.(*ast.GenDecl)
+		if !ok || gd.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range gd.Specs {
+			vs := spec.(*ast.ValueSpec)
+			for i, name := range vs.Names {
+				lit, ok := vs.Values[i].(*ast.BasicLit)
+				if !ok || lit.Kind != token.STRING {
+					continue
+				}
+				v, err := strconv.Unquote(lit.Value)
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch {
+				case strings.HasPrefix(name.Name, "Action"):
+					actions = append(actions, v)
+				case strings.HasPrefix(name.Name, "Result"):
+					results = append(results, v)
+				}
+			}
+		}
+	}
+	if len(actions) < 6 || len(results) < 4 {
+		t.Fatalf("read %d actions and %d results from pkg/controller/metrics.go; the constants moved?", len(actions), len(results))
+	}
+	return actions, results
 }
 
 // alertReport is what dhpp-promql test prints.
