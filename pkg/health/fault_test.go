@@ -198,10 +198,13 @@ func (h *harness) stayHealthy(n int) {
 	for {
 		s, _ := h.m.Status("p")
 		h.mu.Lock()
-		changed := h.changes[changes:]
+		var changed []string
+		for _, c := range h.changes[changes:] {
+			changed = append(changed, c.old.State.String()+"->"+c.new.State.String())
+		}
 		h.mu.Unlock()
 		if s.State != Healthy || len(changed) > 0 {
-			h.t.Fatalf("pool left Healthy: %+v (changes: %+v)", s, changed)
+			h.t.Fatalf("pool left Healthy (changes %q): %+v", changed, s)
 		}
 		if s.ConsecutiveSuccesses >= n {
 			return
