@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -19,8 +20,9 @@ type auditEvent struct {
 		Username string              `json:"username"`
 		Extra    map[string][]string `json:"extra"`
 	} `json:"user"`
-	SourceIPs []string `json:"sourceIPs"`
-	ObjectRef *struct {
+	SourceIPs  []string `json:"sourceIPs"`
+	RequestURI string   `json:"requestURI"`
+	ObjectRef  *struct {
 		Resource    string `json:"resource"`
 		Subresource string `json:"subresource"`
 	} `json:"objectRef"`
@@ -76,7 +78,21 @@ func (e *auditEvent) key() ReqKey {
 			k.Resource += "/" + e.ObjectRef.Subresource
 		}
 	}
+	if e.Verb == "list" && e.continued() {
+		k.Resource += NextPages
+	}
 	return k
+}
+
+// NextPages marks the resource of a list request that continues a paged
+// listing: "list persistentvolumes" counts listings (their first pages),
+// "list persistentvolumes (next pages)" the rest of their pages.
+const NextPages = " (next pages)"
+
+// continued says whether the request asks for a later page of a listing.
+func (e *auditEvent) continued() bool {
+	u, err := url.Parse(e.RequestURI)
+	return err == nil && u.Query().Get("continue") != ""
 }
 
 // CountRequests reads an audit log (JSON lines) and counts the requests

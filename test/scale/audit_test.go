@@ -28,6 +28,9 @@ const auditLog = `{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metada
 {"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"c","stage":"ResponseComplete","verb":"get","user":{"username":"system:serviceaccount:dhpp-system:dhpp-node"},"sourceIPs":["10.244.2.7"],"userAgent":"csi-resizer/v0.0.0","objectRef":{"resource":"leases","namespace":"dhpp-system","name":"external-resizer-hostpath-dhpp-io"},"requestReceivedTimestamp":"2026-11-29T12:00:12.000000Z"}
 {"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"d","stage":"ResponseComplete","verb":"get","user":{"username":"system:serviceaccount:dhpp-system:dhpp-node"},"sourceIPs":["10.244.3.7"],"userAgent":"csi-resizer/v0.0.0","objectRef":{"resource":"leases"},"requestReceivedTimestamp":"2026-11-29T12:00:13.000000Z"}
 {"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"e","stage":"ResponseComplete","verb":"get","user":{"username":"system:serviceaccount:dhpp-system:dhpp-node"},"sourceIPs":["10.244.3.7"],"userAgent":"csi-resizer/v0.0.0","objectRef":{"resource":"leases"},"requestReceivedTimestamp":"2026-11-29T12:00:14.000000Z"}
+{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"h","stage":"ResponseComplete","requestURI":"/api/v1/persistentvolumes?limit=500\u0026resourceVersion=0","verb":"list","user":{"username":"system:serviceaccount:dhpp-system:dhpp-node","extra":{"authentication.kubernetes.io/node-name":["dhpp-node-2"]}},"userAgent":"dhpp-driver/v0.1.0","objectRef":{"resource":"persistentvolumes"},"requestReceivedTimestamp":"2026-11-29T12:00:15.000000Z"}
+{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"i","stage":"ResponseComplete","requestURI":"/api/v1/persistentvolumes?continue=eyJ2IjoibWV0YSJ9\u0026limit=500","verb":"list","user":{"username":"system:serviceaccount:dhpp-system:dhpp-node","extra":{"authentication.kubernetes.io/node-name":["dhpp-node-2"]}},"userAgent":"dhpp-driver/v0.1.0","objectRef":{"resource":"persistentvolumes"},"requestReceivedTimestamp":"2026-11-29T12:00:15.100000Z"}
+{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"j","stage":"ResponseComplete","requestURI":"/api/v1/persistentvolumes?continue=eyJ2IjoibWV0YTIifQ\u0026limit=500","verb":"list","user":{"username":"system:serviceaccount:dhpp-system:dhpp-node","extra":{"authentication.kubernetes.io/node-name":["dhpp-node-2"]}},"userAgent":"dhpp-driver/v0.1.0","objectRef":{"resource":"persistentvolumes"},"requestReceivedTimestamp":"2026-11-29T12:00:15.200000Z"}
 {"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"f","stage":"ResponseComplete","verb":"update","user":{"username":"x"},"userAgent":"csi-resizer/v0.0.0","objectRef":{"resource":"persistentvolumeclaims","subresource":"status"},"requestReceivedTimestamp":"2026-11-29T12:00:30.000000Z"}
 {"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"g","stage":"ResponseComplete","verb":"get","user":{"username":"x"},"userAgent":"kubectl","requestReceivedTimestamp":"2026-11-29T12:00:09.999000Z"}
 {"kind":"Event","apiVersion":"audit.k8s.
@@ -48,6 +51,9 @@ func TestCountRequests(t *testing.T) {
 		{Component: "csi-provisioner", Node: "dhpp-node-1", Verb: "watch", Resource: "persistentvolumeclaims"}: 1, // once, not per stage
 		{Component: "csi-resizer", Node: "10.244.2.7", Verb: "get", Resource: "leases"}:                        1,
 		{Component: "csi-resizer", Node: "10.244.3.7", Verb: "get", Resource: "leases"}:                        2,
+		// A paged listing: its first page, then the pages that continue it.
+		{Component: "dhpp-driver", Node: "dhpp-node-2", Verb: "list", Resource: "persistentvolumes"}:             1,
+		{Component: "dhpp-driver", Node: "dhpp-node-2", Verb: "list", Resource: "persistentvolumes" + NextPages}: 2,
 	}
 	if len(counts) != len(want) {
 		t.Errorf("got %d keys %v, want %d", len(counts), counts, len(want))
@@ -59,7 +65,7 @@ func TestCountRequests(t *testing.T) {
 	}
 
 	rows := ByComponent(counts)
-	if len(rows) != 2 || rows[0].Component != "csi-provisioner" || rows[1].Component != "csi-resizer" {
+	if len(rows) != 3 || rows[0].Component != "csi-provisioner" || rows[1].Component != "csi-resizer" || rows[2].Component != "dhpp-driver" {
 		t.Fatalf("rows %+v", rows)
 	}
 	if r := rows[1]; r.Nodes != 2 || r.Total != 3 || r.PerNodeMax != 2 || r.ByVerb["get leases"] != 3 {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 )
 
 // perNode are the components that run once per node; dhpp-controller runs
@@ -113,6 +114,29 @@ func runTable(w io.Writer, r *Report) {
 		fmt.Fprintf(w, "| %s | %d | %d | %.3f | %.3f |\n", comp, l.Leaders, l.Others, l.LeaderPerSec, l.OtherGetPerSec)
 	}
 	fmt.Fprintln(w)
+	orphanLine(w, rw)
+}
+
+// orphanLine writes what dhpp-driver's periodic PV listing costs: the
+// listings and their pages in the run, and the rate they make at the
+// configured period (the run holds about one period, so a rate over the
+// run itself would depend on where the listings fell).
+func orphanLine(w io.Writer, rw RunWindow) {
+	var drv ComponentRequests
+	for _, q := range rw.Requests {
+		if q.Component == "dhpp-driver" {
+			drv = q
+		}
+	}
+	lists := drv.ByVerb["list persistentvolumes"]
+	pages := lists + drv.ByVerb["list persistentvolumes"+NextPages]
+	if lists == 0 || rw.OrphanPeriod <= 0 {
+		fmt.Fprintf(w, "dhpp-driver orphan check (every %s): no listing in the run (held %s after the last level).\n\n", rw.OrphanPeriod, rw.Held.Round(time.Second))
+		return
+	}
+	perList := float64(pages) / float64(lists)
+	fmt.Fprintf(w, "dhpp-driver orphan check (every %s, +≤10 %% jitter): %d listings in the run by %d drivers (held %s after the last level), %.1f pages (list calls) each: %.4f list calls/s per node at that period.\n\n",
+		rw.OrphanPeriod, lists, drv.Nodes, rw.Held.Round(time.Second), perList, perList/rw.OrphanPeriod.Seconds())
 }
 
 // projection scales the last level's per-node figures to 100 and 1,000

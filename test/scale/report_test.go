@@ -27,7 +27,10 @@ func TestMarkdownProjection(t *testing.T) {
 			Requests: []ComponentRequests{
 				{Component: "csi-resizer", Nodes: 4, Total: 100, PerNodeMax: 40, ByVerb: map[string]int{"get leases": 80, "update leases": 20}},
 				{Component: "kubectl", Nodes: 1, Total: 7}, // not dhpp's: left out
+				{Component: "dhpp-driver", Nodes: 4, Total: 60, PerNodeMax: 15, ByVerb: map[string]int{
+					"list persistentvolumes": 4, "list persistentvolumes" + NextPages: 32, "update dhpppools/status": 24}},
 			},
+			OrphanPeriod: 10 * time.Minute, Held: 90 * time.Second,
 			Leases: map[string]LeaseRates{"csi-resizer": {Leaders: 1, Others: 3, LeaderPerSec: 0.08, OtherGetPerSec: 0.04}}},
 	}
 	var b strings.Builder
@@ -40,6 +43,8 @@ func TestMarkdownProjection(t *testing.T) {
 		"| 1000 / 900 | csi-resizer | 4 | 20.0 / 0.0 | 0.0 / 0.0 | 0.100 / 0.100 | get leases ×40 |",
 		"| csi-resizer | 4 | 0.050 / 0.080 | get leases ×80, update leases ×20 |",
 		"| csi-resizer | 1 | 3 | 0.080 | 0.040 |",
+		// 36 pages in 4 listings: 9 per listing, every 600 s.
+		"dhpp-driver orphan check (every 10m0s, +≤10 % jitter): 4 listings in the run by 4 drivers (held 1m30s after the last level), 9.0 pages (list calls) each: 0.0150 list calls/s per node at that period.",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
@@ -47,5 +52,14 @@ func TestMarkdownProjection(t *testing.T) {
 	}
 	if strings.Contains(md, "| kubectl |") {
 		t.Error("the run table lists a client that is not dhpp's")
+	}
+}
+
+func TestOrphanLineWithoutListing(t *testing.T) {
+	var b strings.Builder
+	orphanLine(&b, RunWindow{Seconds: 300, OrphanPeriod: 10 * time.Minute, Requests: []ComponentRequests{
+		{Component: "dhpp-driver", Nodes: 4, Total: 8, ByVerb: map[string]int{"update dhpppools/status": 8}}}})
+	if got, want := b.String(), "no listing in the run (held 0s after the last level)"; !strings.Contains(got, want) {
+		t.Errorf("orphanLine = %q, want it to say %q (not a rate of 0 or NaN)", got, want)
 	}
 }

@@ -87,6 +87,10 @@ type RunWindow struct {
 	Requests []ComponentRequests
 	// Leases are the Lease requests of each leader-electing component.
 	Leases map[string]LeaseRates
+	// OrphanPeriod is dhpp-driver's --orphan-check-period; Held is how
+	// long the last level was kept after its window so that every driver's
+	// first periodic listing falls in the run (holdForOrphanCheck).
+	OrphanPeriod, Held time.Duration
 }
 
 // Report is one invocation.
@@ -188,6 +192,12 @@ func Run(ctx context.Context, opt Options, out io.Writer) (*Report, error) {
 		}
 		have = n
 	}
+	held, err := holdForOrphanCheck(ctx, c, rep.DaemonSetArgs["dhpp-driver"], out)
+	if err != nil {
+		rep.Duration = time.Since(rep.Started)
+		return rep, fmt.Errorf("hold for the orphan check: %w", err)
+	}
+	period, _ := orphanPeriod(rep.DaemonSetArgs["dhpp-driver"]) // parsed by the hold
 	end := time.Now()
 	rep.Duration, rep.LoadAfter = end.Sub(rep.Started), loadavg()
 	counts, _, err := countAudit(cfg.AuditLogPath(), runFrom, rep.Started, end)
@@ -195,7 +205,7 @@ func Run(ctx context.Context, opt Options, out io.Writer) (*Report, error) {
 		return rep, err
 	}
 	secs := end.Sub(rep.Started).Seconds()
-	rep.Run = RunWindow{Seconds: secs, Requests: ByComponent(counts), Leases: map[string]LeaseRates{}}
+	rep.Run = RunWindow{Seconds: secs, Requests: ByComponent(counts), Leases: map[string]LeaseRates{}, OrphanPeriod: period, Held: held}
 	for _, comp := range []string{"csi-resizer", "dhpp-controller"} {
 		rep.Run.Leases[comp] = leaseRates(counts, comp, secs)
 	}
