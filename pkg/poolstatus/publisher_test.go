@@ -186,6 +186,21 @@ func TestSyncWritesOnlyOnChangeOrRefresh(t *testing.T) {
 			s.LastDuration = 2400 * time.Microsecond
 			h.set("default", s)
 		}, nil},
+		{"probe latency 2ms -> 9ms, within 10x: no write", func() {
+			s, _ := h.Status("default")
+			s.LastDuration = 9 * time.Millisecond
+			h.set("default", s)
+		}, nil},
+		{"probe latency 2ms -> 300ms, 10x or more: written", func() {
+			s, _ := h.Status("default")
+			s.LastDuration = 300 * time.Millisecond
+			h.set("default", s)
+		}, []string{"update/status"}},
+		{"probe latency back to 2ms: written", func() {
+			s, _ := h.Status("default")
+			s.LastDuration = 2 * time.Millisecond
+			h.set("default", s)
+		}, []string{"update/status"}},
 		{"fenced: written", func() {
 			h.set("default", health.Status{Pool: "default", State: health.Fenced, Reason: health.ReasonIOError, LastError: "EIO", Since: since, LastDuration: 2 * time.Millisecond})
 		}, []string{"update/status"}},
