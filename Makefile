@@ -22,7 +22,7 @@ export GOFLAGS := -trimpath $(filter-out -trimpath,$(shell $(GO) env GOFLAGS))
 # install their own on first use).
 APT_PACKAGES := btrfs-progs xfsprogs e2fsprogs util-linux mount kmod busybox-static gcc libc6-dev fio
 
-.PHONY: all build kubectl-dhpp image demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e conformance unit deps tools snapshot-crds bench bench-io bench-cluster bench-scale vet
+.PHONY: all build kubectl-dhpp image demo demo-down demo-local demo-local-down cluster-up cluster-down test e2e e2e-prebuild conformance unit deps tools snapshot-crds bench bench-io bench-cluster bench-scale vet
 
 # The supported Kubernetes versions, oldest first: the one list lives in
 # test/e2e/cluster (KubernetesVersions).
@@ -84,18 +84,46 @@ cluster-down:
 
 ## test: the README's second command (root): every test, as CI runs it. The
 ## cluster tests run last and alone, as they bring up the local cluster: the
-## scenarios on the newest supported Kubernetes, then the upstream storage
+## scenarios on the newest supported Kubernetes (with the storage suite's
+## tools building behind them, e2e-prebuild), then the upstream storage
 ## suite on every supported one (K8S_VERSIONS).
 test: deps tools vet
 	CI=$${CI:-true} $(GO) test -count=1 -timeout 60m ./...
-	$(MAKE) e2e
+	$(MAKE) e2e-prebuild
 	$(MAKE) conformance
 
 ## e2e: the scenarios on the real local cluster, on the newest supported
 ## Kubernetes unless DHPP_K8S_VERSION picks another (`dhpp-cluster version`
-## prints it); reuses a running cluster of the same version.
+## prints it); reuses a running cluster of the same version. E2E_RUN narrows
+## it (go test -run), e.g. `make e2e E2E_RUN=TestOnlineExpansion`.
+E2E_RUN ?=
 e2e:
-	mkdir -p _output; CI=$${CI:-true} $(GO) test -count=1 -tags e2e -p 1 -v -timeout 60m ./test/e2e/ 2>&1 | tee _output/e2e.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok)|e2e_test|_test.go' ; exit $${PIPESTATUS[0]}
+	mkdir -p _output; CI=$${CI:-true} $(GO) test -count=1 -tags e2e -p 1 -v -timeout 60m $(if $(E2E_RUN),-run '$(E2E_RUN)') ./test/e2e/ 2>&1 | tee _output/e2e.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok)|e2e_test|_test.go' ; exit $${PIPESTATUS[0]}
+
+## e2e-prebuild: make e2e, while the tools make conformance needs beyond the
+## e2e's own (the other versions' server binaries, every version's e2e.test:
+## `dhpp-cluster prebuild`) build in the background, so that a cold machine
+## compiles them while the scenarios mostly wait on the cluster. First the
+## e2e version's tools, in the foreground: the prebuild then finds the shared
+## ones (sidecars) stamped. The prebuild runs in a session of its own whose
+## autogroup nice is 19 (with autogroup scheduling, the kernel shares CPU
+## between sessions first: a plain `nice` would only yield to this make) and
+## at nice 19. Its output goes to PREBUILD_LOG. After the scenarios it is
+## waited for: its failure fails this target, with its log; a failed e2e
+## stops it. Warm, it is seconds of stamp checks. Tool builds lock per tool
+## (test/e2e/cluster), so a later foreground build of the same tool waits.
+PREBUILD_LOG ?= _output/prebuild.log
+e2e-prebuild:
+	$(GO) run ./test/e2e/cmd/dhpp-cluster tools
+	@mkdir -p $(dir $(PREBUILD_LOG)); \
+	setsid bash -c 'echo 19 2>/dev/null >/proc/self/autogroup; exec nice -n 19 "$$@"' prebuild \
+		$(GO) run ./test/e2e/cmd/dhpp-cluster prebuild $(K8S_VERSIONS) >$(PREBUILD_LOG) 2>&1 & pb=$$!; \
+	trap 'kill -- -$$pb 2>/dev/null' EXIT; \
+	echo "building the tools of make conformance in the background (nice 19): $(PREBUILD_LOG)"; \
+	$(MAKE) e2e || exit 1; \
+	echo "waiting for the background build of the conformance tools ($(PREBUILD_LOG))"; \
+	wait $$pb || { echo "background build of the conformance tools FAILED ($(PREBUILD_LOG)):"; cat $(PREBUILD_LOG); exit 1; }; \
+	cat $(PREBUILD_LOG)
 
 ## conformance: the upstream Kubernetes storage e2e suite (External Storage
 ## specs for hostpath.dhpp.io, test/e2e/conformance) on each version in

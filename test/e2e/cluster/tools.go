@@ -137,7 +137,9 @@ func (t Tool) stampKey(repo string) (string, error) {
 
 // Build builds the tool into binDir/<Name>-<Version> unless a stamp with the
 // same key is there. It builds into a temporary directory and renames it, so
-// an interrupted build never looks complete.
+// an interrupted build never looks complete, and under a lock per tool
+// (lockTool), so two processes never build the same tool at once: the second
+// waits and finds the first one's stamp.
 func (t Tool) Build(ctx context.Context, repo, binDir string) (cached bool, err error) {
 	key, err := t.stampKey(repo)
 	if err != nil {
@@ -145,7 +147,24 @@ func (t Tool) Build(ctx context.Context, repo, binDir string) (cached bool, err 
 	}
 	dest := filepath.Join(binDir, t.Name+"-"+t.Version)
 	stamp := filepath.Join(dest, ".stamp")
-	if b, err := os.ReadFile(stamp); err == nil && strings.TrimSpace(string(b)) == key {
+	stamped := func() bool {
+		b, err := os.ReadFile(stamp)
+		return err == nil && strings.TrimSpace(string(b)) == key
+	}
+	if stamped() {
+		return true, nil
+	}
+	// Another process may be building it (make test's prebuild): wait for
+	// it, then look again.
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		return false, fmt.Errorf("create %s: %w", binDir, err)
+	}
+	unlock, err := lockTool(ctx, dest)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	if stamped() {
 		return true, nil
 	}
 	tmp := dest + ".tmp"

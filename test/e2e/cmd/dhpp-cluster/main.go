@@ -8,6 +8,7 @@
 //	go run ./test/e2e/cmd/dhpp-cluster down
 //	go run ./test/e2e/cmd/dhpp-cluster tools    # only build the cached tools
 //	go run ./test/e2e/cmd/dhpp-cluster e2e-tools # only build the upstream e2e suite (test/e2e/conformance)
+//	go run ./test/e2e/cmd/dhpp-cluster prebuild [VERSION...] # what conformance on VERSIONs (default: all) needs beyond `tools`
 //	go run ./test/e2e/cmd/dhpp-cluster versions # the supported Kubernetes versions
 //	go run ./test/e2e/cmd/dhpp-cluster version  # the one the cluster runs ($DHPP_K8S_VERSION or the default)
 //	go run ./test/e2e/cmd/dhpp-cluster lose NODE     # kill its kubelet, containerd and pods (disk kept)
@@ -34,7 +35,7 @@ func main() {
 	skipPkgs := flag.Bool("skip-packages", false, "up: do not check/install the Debian packages")
 	audit := flag.Bool("audit", false, "up: write the apiserver audit log (Metadata level) to _output/cluster/logs/audit.log (also $DHPP_E2E_AUDIT=1)")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: dhpp-cluster [flags] up|down|status|tools|e2e-tools|versions|version|lose NODE|restore NODE\n")
+		fmt.Fprintf(os.Stderr, "usage: dhpp-cluster [flags] up|down|status|tools|e2e-tools|prebuild [VERSION...]|versions|version|lose NODE|restore NODE\n")
 		flag.PrintDefaults()
 	}
 	// Flags may follow the verb: `up --install-dhpp`.
@@ -82,6 +83,16 @@ func main() {
 		err = cluster.BuildTools(ctx, cfg)
 	case "e2e-tools":
 		err = cluster.BuildE2ETool(ctx, cfg)
+	case "prebuild":
+		// make test runs this in the background during the scenario e2e.
+		versions := flag.Args()
+		if len(versions) > 0 && versions[0] == verb {
+			versions = versions[1:]
+		}
+		if len(versions) == 0 {
+			versions = cluster.KubernetesVersions
+		}
+		err = cluster.Prebuild(ctx, cfg, versions, os.Stdout)
 	case "lose", "restore":
 		if flag.NArg() == 0 || node == verb {
 			flag.Usage()
