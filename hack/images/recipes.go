@@ -19,7 +19,7 @@ const (
 	BusyboxTag     = "dhpp.local/busybox:latest"
 	ProvisionerTag = "dhpp.local/csi-provisioner:v6.3.0"
 	ResizerTag     = "dhpp.local/csi-resizer:v2.3.0"
-	// Both from external-snapshotter v8.7.0 (hack/tools/external-snapshotter).
+	// Both from external-snapshotter v8.7.0 (hack/tools/sidecars).
 	SnapshotterTag        = "dhpp.local/csi-snapshotter:v8.7.0"
 	SnapshotControllerTag = "dhpp.local/snapshot-controller:v8.7.0"
 	DriverTag             = "dhpp.local/dhpp-driver:dev"

@@ -2,6 +2,14 @@
 // staging module with replace lines, and replace lines of a dependency are
 // ignored by Go, so this wrapper repeats them (copied from upstream v6.3.0's
 // go.mod). Kept out of the root module so the driver does not inherit them.
+// Not in hack/tools/sidecars with the other sidecars (built there against the
+// root's k8s.io v0.37.2): v6.3.0 does not compile against client-go v0.37.2,
+//   csi-provisioner.go:547:16: cannot use capacity.NewV1beta1InformerBridge(...)
+//   (value of interface type ".../informers/storage/v1".CSIStorageCapacityInformer)
+//   as ".../informers/storage/v1".TypedCSIStorageCapacityInformer value in
+//   assignment: ... (missing method TypedInformer)
+// so it stays at upstream's versions (k8s.io v0.36.1) until a release that
+// is built for v0.37.
 module github.com/dhpp-io/dhpp/hack/tools/csi-provisioner
 
 go 1.26.0

@@ -44,6 +44,17 @@ func versionLdflags(version string) string {
 		" -X k8s.io/component-base/version.gitMajor=" + major + " -X k8s.io/component-base/version.gitMinor=" + minor
 }
 
+// sidecarsModule builds csi-resizer, csi-snapshotter and snapshot-controller,
+// each from upstream's tagged source, against the root module's dependency
+// versions: one compile of client-go, gRPC and the rest for the three
+// binaries, mostly shared with the driver's tests (its go.mod says why and
+// what that changes; csi-provisioner does not compile against client-go
+// v0.37 and keeps a module of its own). The sidecars stay separate Tools so
+// that each keeps its cache directory and its -X main.version stamp; the
+// second build finds every package it shares with the first in the Go
+// build cache.
+const sidecarsModule = "hack/tools/sidecars"
+
 // Tools lists everything the cluster runs that is built from the module
 // proxy, for Kubernetes release k8sVersion.
 func Tools(k8sVersion string) []Tool {
@@ -62,7 +73,7 @@ func Tools(k8sVersion string) []Tool {
 			Binaries: []string{"csi-provisioner"},
 		},
 		{
-			Name: "csi-resizer", Version: ResizerVersion, Module: "hack/tools/csi-resizer",
+			Name: "csi-resizer", Version: ResizerVersion, Module: sidecarsModule,
 			Packages: []string{"github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer"},
 			Ldflags:  "-s -w -X main.version=" + ResizerVersion,
 			Binaries: []string{"csi-resizer"},
@@ -70,7 +81,7 @@ func Tools(k8sVersion string) []Tool {
 		{
 			// One upstream module, two commands: the node sidecar and the
 			// cluster's common controller.
-			Name: "external-snapshotter", Version: SnapshotterVersion, Module: "hack/tools/external-snapshotter",
+			Name: "external-snapshotter", Version: SnapshotterVersion, Module: sidecarsModule,
 			Packages: []string{
 				"github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter",
 				"github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller",
