@@ -164,14 +164,7 @@ func TestToolBuildIsCachedByStamp(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a Go program")
 	}
-	repo := t.TempDir()
-	mod := filepath.Join(repo, "hack/tools/hello")
-	if err := os.MkdirAll(mod, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(mod, "go.mod"), []byte("module hello\n\ngo 1.24\n"), 0o644)
-	os.WriteFile(filepath.Join(mod, "main.go"), []byte("package main\nfunc main(){}\n"), 0o644)
-	tl := Tool{Name: "hello", Version: "v1", Module: "hack/tools/hello", Packages: []string{"."}, Binaries: []string{"hello"}}
+	repo, tl := helloTool(t)
 	bin := filepath.Join(t.TempDir(), "bin")
 	ctx := context.Background()
 	cached, err := tl.Build(ctx, repo, bin)
@@ -193,6 +186,26 @@ func TestToolBuildIsCachedByStamp(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(bin, "hello-v2")); !os.IsNotExist(err) {
 		t.Errorf("failed build left its cache directory: %v", err)
 	}
+}
+
+// helloTool makes a repository with a one-file tool module, hack/tools/hello,
+// and returns it with the Tool that builds it (the tool build tests' fixture).
+func helloTool(t *testing.T) (repo string, tl Tool) {
+	t.Helper()
+	repo = t.TempDir()
+	mod := filepath.Join(repo, "hack/tools/hello")
+	if err := os.MkdirAll(mod, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{
+		"go.mod":  "module hello\n\ngo 1.24\n",
+		"main.go": "package main\nfunc main(){}\n",
+	} {
+		if err := os.WriteFile(filepath.Join(mod, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return repo, Tool{Name: "hello", Version: "v1", Module: "hack/tools/hello", Packages: []string{"."}, Binaries: []string{"hello"}}
 }
 
 func TestPKI(t *testing.T) {

@@ -81,20 +81,7 @@ func TestConcurrentToolBuildsBuildOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a Go program")
 	}
-	repo := t.TempDir()
-	mod := filepath.Join(repo, "hack/tools/hello")
-	if err := os.MkdirAll(mod, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for name, body := range map[string]string{
-		"go.mod":  "module hello\n\ngo 1.24\n",
-		"main.go": "package main\nfunc main(){}\n",
-	} {
-		if err := os.WriteFile(filepath.Join(mod, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tl := Tool{Name: "hello", Version: "v1", Module: "hack/tools/hello", Packages: []string{"."}, Binaries: []string{"hello"}}
+	repo, tl := helloTool(t)
 	bin := filepath.Join(t.TempDir(), "bin")
 	const n = 3
 	var wg sync.WaitGroup
