@@ -77,9 +77,12 @@ func (c Config) Problems(rename func(field string) string) []string {
 	if c.Timeout <= 0 {
 		p = append(p, fmt.Sprintf("%s must be > 0, got %s", name("Timeout"), c.Timeout))
 	} else if c.Period > 0 && c.Timeout > c.Period {
-		// A longer timeout would let the next tick find the previous probe
-		// still running on every slow disk, i.e. a "stuck" failure that the
-		// timeout was meant to allow.
+		// Each pool's probes run one after another (a probe returns within
+		// Timeout, and a tick that comes while one runs is dropped), so a
+		// timeout longer than the period would stretch the probe interval
+		// on a slow disk beyond Period, and with it the promised time to
+		// fence (about Period×FailureThreshold+Timeout). Keeping Timeout <=
+		// Period makes the configured period the real one.
 		p = append(p, fmt.Sprintf("%s %s must not exceed %s %s", name("Timeout"), c.Timeout, name("Period"), c.Period))
 	}
 	for _, t := range []struct {
