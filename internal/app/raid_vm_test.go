@@ -49,21 +49,11 @@ func vmHealthConfig() health.Config {
 	return hc
 }
 
-// vmCmd runs a tool in the guest and fails the test with its output.
-func vmCmd(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
 // vmLoopbackUp brings up lo: the guest's init does not, and the driver's
 // /metrics listens on 127.0.0.1.
 func vmLoopbackUp(t *testing.T) {
 	t.Helper()
-	vmCmd(t, "ip", "link", "set", "lo", "up")
+	testdisk.Run(t, "ip", "link", "set", "lo", "up")
 }
 
 // vmRAID10 builds /dev/md0, RAID10 over /dev/vda..vdd, and stops it at
@@ -72,7 +62,7 @@ func vmRAID10(t *testing.T) string {
 	t.Helper()
 	// --assume-clean: the members are all zeroes; an initial resync
 	// would only burn emulated CPU.
-	vmCmd(t, "mdadm", "--create", "/dev/md0", "--run", "--level=10", "--raid-devices=4", "--assume-clean",
+	testdisk.Run(t, "mdadm", "--create", "/dev/md0", "--run", "--level=10", "--raid-devices=4", "--assume-clean",
 		"/dev/vda", "/dev/vdb", "/dev/vdc", "/dev/vdd")
 	t.Cleanup(func() {
 		if out, err := exec.Command("mdadm", "--stop", "/dev/md0").CombinedOutput(); err != nil {
@@ -91,7 +81,7 @@ func vmRAID10(t *testing.T) string {
 // survives a transient fault. Data writes (the probe's) still fail with EIO.
 func vmPoolFS(t *testing.T, dev string) (mnt, pool string) {
 	t.Helper()
-	vmCmd(t, "mkfs.xfs", "-q", "-f", dev)
+	testdisk.Run(t, "mkfs.xfs", "-q", "-f", dev)
 	mnt, err := os.MkdirTemp("/mnt", "raid")
 	if err != nil {
 		t.Fatal(err)
@@ -235,13 +225,13 @@ func TestRAID10DegradedVM(t *testing.T) {
 
 	failuresBefore := d.probeFailures("default")
 	failAt := time.Now()
-	vmCmd(t, "mdadm", "/dev/md0", "--fail", "/dev/vdb")
+	testdisk.Run(t, "mdadm", "/dev/md0", "--fail", "/dev/vdb")
 	seen := waitLong(t, "dhpp_pool_degraded 1", 10*hc.Period, func() bool {
 		v, _ := d.gauge("dhpp_pool_degraded", pl)
 		return v == 1
 	})
 	t.Logf("mdadm --fail -> dhpp_pool_degraded 1 after %s (watcher period %s)", seen.Round(time.Millisecond), hc.Period)
-	t.Logf("/proc/mdstat:\n%s", vmCmd(t, "cat", "/proc/mdstat"))
+	t.Logf("/proc/mdstat:\n%s", testdisk.Run(t, "cat", "/proc/mdstat"))
 
 	checkDegraded := func(stage, want string) {
 		t.Helper()
@@ -294,12 +284,12 @@ func TestRAID10DegradedVM(t *testing.T) {
 
 	// Replace the disk: remove the failed member, add it back as new. It
 	// stays degraded (rebuilding) until the recovery completes.
-	vmCmd(t, "mdadm", "/dev/md0", "--remove", "/dev/vdb")
-	vmCmd(t, "mdadm", "--zero-superblock", "/dev/vdb")
+	testdisk.Run(t, "mdadm", "/dev/md0", "--remove", "/dev/vdb")
+	testdisk.Run(t, "mdadm", "--zero-superblock", "/dev/vdb")
 	waitLong(t, "the removed member to leave the metrics", 10*hc.Period, func() bool { return members("faulty") == 0 })
 	checkDegraded("member removed", "1 missing")
 	addAt := time.Now()
-	vmCmd(t, "mdadm", "/dev/md0", "--add", "/dev/vdb")
+	testdisk.Run(t, "mdadm", "/dev/md0", "--add", "/dev/vdb")
 	rebuilt := waitLong(t, "the rebuild to finish (dhpp_pool_degraded 0)", 2*time.Minute, func() bool {
 		v, _ := d.gauge("dhpp_pool_degraded", pl)
 		return v == 0
@@ -343,11 +333,11 @@ func TestRAID10WriteEIOVM(t *testing.T) {
 	}
 	vmLoopbackUp(t)
 	md := vmRAID10(t)
-	sectors := strings.TrimSpace(vmCmd(t, "blockdev", "--getsz", md))
+	sectors := strings.TrimSpace(testdisk.Run(t, "blockdev", "--getsz", md))
 	linear := "0 " + sectors + " linear " + md + " 0"
 	// up 0 s, down 3600 s: every write fails from the moment it is loaded.
 	failing := "0 " + sectors + " flakey " + md + " 0 0 3600 1 error_writes"
-	vmCmd(t, "dmsetup", "create", "pool", "--table", linear)
+	testdisk.Run(t, "dmsetup", "create", "pool", "--table", linear)
 	t.Cleanup(func() {
 		if out, err := exec.Command("dmsetup", "remove", "pool").CombinedOutput(); err != nil {
 			t.Errorf("dmsetup remove pool: %v: %s", err, out)
@@ -357,9 +347,9 @@ func TestRAID10WriteEIOVM(t *testing.T) {
 		t.Helper()
 		// --nolockfs: freezing the filesystem would flush it, which
 		// fails (and the suspend with it) while writes fail.
-		vmCmd(t, "dmsetup", "suspend", "--nolockfs", "pool")
-		vmCmd(t, "dmsetup", "reload", "pool", "--table", table)
-		vmCmd(t, "dmsetup", "resume", "pool")
+		testdisk.Run(t, "dmsetup", "suspend", "--nolockfs", "pool")
+		testdisk.Run(t, "dmsetup", "reload", "pool", "--table", table)
+		testdisk.Run(t, "dmsetup", "resume", "pool")
 	}
 	mnt, pool := vmPoolFS(t, "/dev/mapper/pool")
 	hc := vmHealthConfig()
@@ -379,8 +369,8 @@ func TestRAID10WriteEIOVM(t *testing.T) {
 	// Settle the filesystem: freezing XFS writes back everything and
 	// covers its log, so while writes fail the only writer is the probe
 	// (whose in-place overwrites need no metadata with lazytime).
-	vmCmd(t, "sync")
-	vmCmd(t, "xfs_io", "-x", "-c", "freeze", "-c", "thaw", mnt)
+	testdisk.Run(t, "sync")
+	testdisk.Run(t, "xfs_io", "-x", "-c", "freeze", "-c", "thaw", mnt)
 
 	// The fault: every write under XFS fails with EIO.
 	load(failing)
@@ -502,5 +492,5 @@ func TestRAID10WriteEIOVM(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(target, "after"), runningData, 0o644); err != nil {
 		t.Errorf("write into the published volume after recovery: %v", err)
 	}
-	vmCmd(t, "sync")
+	testdisk.Run(t, "sync")
 }

@@ -4,6 +4,8 @@ package testdisk
 // packages' tests: one copy here rather than one per package.
 
 import (
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +14,18 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
+
+// Run runs a command and returns its combined output, failing the test
+// with that output if the command fails (the VM tests' guest commands and
+// the root tests' mkfs, losetup, dmsetup...).
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
 
 // WaitFor polls cond every 20ms and fails the test if it is not true within
 // 10 seconds; what names the awaited state in the failure.

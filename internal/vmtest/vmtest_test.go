@@ -12,20 +12,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dhpp-io/dhpp/internal/testdisk"
 )
 
 const mib = 1 << 20
-
-// sh runs a command in the guest and fails the test with its output if it
-// fails.
-func sh(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
 
 func hostRelease() string {
 	var u syscall.Utsname
@@ -95,7 +86,7 @@ func TestVMKernelAndDisks(t *testing.T) {
 // with the given options; the mount is removed when the test ends.
 func mkfsMount(t *testing.T, dev, fstype, opts string, mkfsArgs ...string) string {
 	t.Helper()
-	sh(t, "mkfs."+fstype, append(mkfsArgs, dev)...)
+	testdisk.Run(t, "mkfs."+fstype, append(mkfsArgs, dev)...)
 	// Not t.TempDir: its parents are 0700 and tests write as nobody.
 	mnt, err := os.MkdirTemp("/mnt", fstype+"-")
 	if err != nil {
@@ -108,7 +99,7 @@ func mkfsMount(t *testing.T, dev, fstype, opts string, mkfsArgs ...string) strin
 	if opts != "" {
 		args = append(args, "-o", opts)
 	}
-	sh(t, "mount", append(args, dev, mnt)...)
+	testdisk.Run(t, "mount", append(args, dev, mnt)...)
 	t.Cleanup(func() {
 		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
 			t.Errorf("umount %s: %v: %s", mnt, err, out)
@@ -152,7 +143,7 @@ func TestVMXFSProjectQuota(t *testing.T) {
 	if err := os.Mkdir(vol, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	sh(t, "xfs_quota", "-x", "-c", "project -s -p "+vol+" 42", "-c", "limit -p bhard=10m 42", mnt)
+	testdisk.Run(t, "xfs_quota", "-x", "-c", "project -s -p "+vol+" 42", "-c", "limit -p bhard=10m 42", mnt)
 	n, err := writeFile(filepath.Join(vol, "big"), 20*mib)
 	t.Logf("wrote %d bytes before %v", n, err)
 	if !errors.Is(err, syscall.ENOSPC) {
@@ -161,7 +152,7 @@ func TestVMXFSProjectQuota(t *testing.T) {
 	if n < 9*mib || n > 10*mib {
 		t.Errorf("the write stopped at %d bytes, want about 10 MiB", n)
 	}
-	report := sh(t, "xfs_quota", "-x", "-c", "report -p -b -N", mnt)
+	report := testdisk.Run(t, "xfs_quota", "-x", "-c", "report -p -b -N", mnt)
 	if !strings.Contains(report, "#42") {
 		t.Errorf("xfs_quota report does not list project 42:\n%s", report)
 	}
@@ -190,8 +181,8 @@ func TestVMExt4ProjectQuota(t *testing.T) {
 	if err := os.Chmod(vol, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	sh(t, "chattr", "+P", "-p", "42", vol)
-	sh(t, "setquota", "-P", "42", "0", "10240", "0", "0", mnt)
+	testdisk.Run(t, "chattr", "+P", "-p", "42", vol)
+	testdisk.Run(t, "setquota", "-P", "42", "0", "10240", "0", "0", mnt)
 
 	dd := func(name string, count int) ([]byte, error) {
 		return RunAs(NobodyUID, NobodyGID, "dd", "if=/dev/zero", "of="+filepath.Join(vol, name),
@@ -227,7 +218,7 @@ func TestVMExt4ProjectQuota(t *testing.T) {
 		t.Errorf("the project holds %d bytes, want about the 10 MiB limit", total)
 	}
 	t.Logf("the project stopped at %d bytes", total)
-	t.Log(sh(t, "repquota", "-P", "-s", mnt))
+	t.Log(testdisk.Run(t, "repquota", "-P", "-s", mnt))
 }
 
 func mdstat(t *testing.T) string {
@@ -249,7 +240,7 @@ func TestVMRAID10(t *testing.T) {
 	}
 	// --assume-clean: the disks are all zeroes, so the initial resync
 	// would copy nothing useful and only burn emulated CPU.
-	sh(t, "mdadm", "--create", "/dev/md0", "--run", "--level=10", "--raid-devices=4", "--assume-clean",
+	testdisk.Run(t, "mdadm", "--create", "/dev/md0", "--run", "--level=10", "--raid-devices=4", "--assume-clean",
 		"/dev/vda", "/dev/vdb", "/dev/vdc", "/dev/vdd")
 	t.Cleanup(func() {
 		// A running array must be stopped before poweroff.
@@ -265,15 +256,15 @@ func TestVMRAID10(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(mnt, "before"), before, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sh(t, "sync")
+	testdisk.Run(t, "sync")
 
-	sh(t, "mdadm", "/dev/md0", "--fail", "/dev/vdb")
+	testdisk.Run(t, "mdadm", "/dev/md0", "--fail", "/dev/vdb")
 	s := mdstat(t)
 	if !strings.Contains(s, "[4/3]") || !strings.Contains(s, "(F)") {
 		t.Fatalf("after --fail md0 is not degraded:\n%s", s)
 	}
 	t.Logf("degraded:\n%s", s)
-	if detail := sh(t, "mdadm", "--detail", "/dev/md0"); !strings.Contains(detail, "degraded") {
+	if detail := testdisk.Run(t, "mdadm", "--detail", "/dev/md0"); !strings.Contains(detail, "degraded") {
 		t.Errorf("mdadm --detail does not say degraded:\n%s", detail)
 	}
 	if n, err := writeFile(filepath.Join(mnt, "after"), 8*mib); err != nil {
@@ -309,11 +300,11 @@ func TestVMDmFlakeyEIO(t *testing.T) {
 	if !Run(t, Config{Disks: []int64{64 * mib}}) {
 		return
 	}
-	sectors := strings.TrimSpace(sh(t, "blockdev", "--getsz", "/dev/vda"))
+	sectors := strings.TrimSpace(testdisk.Run(t, "blockdev", "--getsz", "/dev/vda"))
 	linear := "0 " + sectors + " linear /dev/vda 0"
 	// up 0 s, down 3600 s: failing from the moment the table is loaded.
 	failing := "0 " + sectors + " flakey /dev/vda 0 0 3600 1 error_writes"
-	sh(t, "dmsetup", "create", "pool", "--table", linear)
+	testdisk.Run(t, "dmsetup", "create", "pool", "--table", linear)
 	t.Cleanup(func() {
 		if out, err := exec.Command("dmsetup", "remove", "pool").CombinedOutput(); err != nil {
 			t.Errorf("dmsetup remove: %v: %s", err, out)
@@ -322,9 +313,9 @@ func TestVMDmFlakeyEIO(t *testing.T) {
 	load := func(table string) {
 		// --nolockfs: freezing the filesystem would flush it, and with
 		// writes failing that flush fails and the suspend with it.
-		sh(t, "dmsetup", "suspend", "--nolockfs", "pool")
-		sh(t, "dmsetup", "reload", "pool", "--table", table)
-		sh(t, "dmsetup", "resume", "pool")
+		testdisk.Run(t, "dmsetup", "suspend", "--nolockfs", "pool")
+		testdisk.Run(t, "dmsetup", "reload", "pool", "--table", table)
+		testdisk.Run(t, "dmsetup", "resume", "pool")
 	}
 	// errors=continue: a failed write must not remount the filesystem
 	// read-only; dhpp's disks fail with EIO, not with remounts.
@@ -335,7 +326,7 @@ func TestVMDmFlakeyEIO(t *testing.T) {
 	}
 
 	load(failing)
-	t.Log(sh(t, "dmsetup", "table", "pool"))
+	t.Log(testdisk.Run(t, "dmsetup", "table", "pool"))
 	w, wbuf := directIO(t, data, os.O_WRONLY)
 	for i := range wbuf {
 		wbuf[i] = 0x5a

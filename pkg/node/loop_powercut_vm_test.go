@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dhpp-io/dhpp/internal/testdisk"
 	"github.com/dhpp-io/dhpp/internal/vmtest"
 	"golang.org/x/sys/unix"
 )
@@ -153,7 +154,7 @@ type cuttableDisk struct {
 
 func newCuttableDisk(t *testing.T, under, name string) *cuttableDisk {
 	t.Helper()
-	sectors := strings.TrimSpace(vmOutput(t, "blockdev", "--getsz", under))
+	sectors := strings.TrimSpace(testdisk.Run(t, "blockdev", "--getsz", under))
 	d := &cuttableDisk{
 		name:   name,
 		dev:    "/dev/mapper/" + name,
@@ -162,7 +163,7 @@ func newCuttableDisk(t *testing.T, under, name string) *cuttableDisk {
 		// is loaded; reads still reach the disk.
 		dropWrites: "0 " + sectors + " flakey " + under + " 0 0 3600 1 drop_writes",
 	}
-	vmOutput(t, "dmsetup", "create", name, "--table", d.linear)
+	testdisk.Run(t, "dmsetup", "create", name, "--table", d.linear)
 	t.Cleanup(func() {
 		if out, err := exec.Command("dmsetup", "remove", name).CombinedOutput(); err != nil {
 			t.Errorf("dmsetup remove %s: %v: %s", name, err, out)
@@ -175,18 +176,9 @@ func newCuttableDisk(t *testing.T, under, name string) *cuttableDisk {
 // flush) the filesystem above first.
 func (d *cuttableDisk) load(t *testing.T, table string) {
 	t.Helper()
-	vmOutput(t, "dmsetup", "suspend", "--nolockfs", d.name)
-	vmOutput(t, "dmsetup", "reload", d.name, "--table", table)
-	vmOutput(t, "dmsetup", "resume", d.name)
-}
-
-func vmOutput(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	testdisk.Run(t, "dmsetup", "suspend", "--nolockfs", d.name)
+	testdisk.Run(t, "dmsetup", "reload", d.name, "--table", table)
+	testdisk.Run(t, "dmsetup", "resume", d.name)
 }
 
 // Translog records: 4 KiB, the first 8 bytes the record's number (from 1),
