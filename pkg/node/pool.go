@@ -605,10 +605,22 @@ func (p *Pool) checkFits(size, extra int64) error {
 		return fmt.Errorf("%w: %d bytes requested, pool %q is only %d bytes in total", ErrOutOfRange, size, p.Name, c.Total)
 	}
 	if extra > c.Available {
-		return fmt.Errorf("%w: %d bytes requested, pool %q has %d bytes available (%d total, %d free on disk, %d provisioned of which %d not yet written; %d of them held by requests in flight)",
-			ErrNoSpace, extra, p.Name, c.Available, c.Total, c.Free, c.Provisioned, c.Promised, c.Reserved)
+		return fmt.Errorf("%w: %d bytes requested, pool %q has %d bytes available (%d total, %d free on disk, %d provisioned of which %d not yet written; %d of them held by requests in flight)%s",
+			ErrNoSpace, extra, p.Name, c.Available, c.Total, c.Free, c.Provisioned, c.Promised, c.Reserved, p.trashNote())
 	}
 	return nil
+}
+
+// trashNote tells whoever reads a refusal for lack of space that deleted
+// volumes still hold some of it: the trash keeps their data for the
+// retention period, and a pool full of trash looks like a pool full of
+// volumes otherwise. It is read only on that error path.
+func (p *Pool) trashNote() string {
+	entries, err := p.Trash()
+	if err != nil || len(entries) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; %d deleted volumes or snapshots in the pool's trash hold part of the used space until they are purged (kubectl dhpp trash)", len(entries))
 }
 
 // reservation is capacity held for a create or expansion in flight.

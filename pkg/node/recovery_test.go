@@ -184,7 +184,7 @@ func TestCapacityChecks(t *testing.T) {
 		t.Fatalf("volume larger than the pool: %v, want ErrOutOfRange", err)
 	}
 	half := (c.Available/2/mib + 1) * mib
-	mustCreate(t, m, "first-half", half)
+	first := mustCreate(t, m, "first-half", half)
 	_, err = m.CreateVolume(context.Background(), CreateRequest{Name: "second-half", RequiredBytes: half})
 	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "provisioned") {
 		t.Fatalf("volume beyond the available space: %v, want ErrNoSpace naming provisioned bytes", err)
@@ -193,6 +193,18 @@ func TestCapacityChecks(t *testing.T) {
 	// against the same capacity.
 	if _, err := m.CreateVolume(context.Background(), CreateRequest{Name: "blk", AccessType: AccessBlock, RequiredBytes: half}); !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("block volume beyond the dir pool's available space: %v, want ErrNoSpace", err)
+	}
+	if strings.Contains(err.Error(), "trash") {
+		t.Fatalf("refusal with an empty trash mentions it: %v", err)
+	}
+	// Deleted volumes keep their data in the trash: a refusal says so,
+	// or a pool full of trash looks full of volumes.
+	if err := m.DeleteVolume(context.Background(), first.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.CreateVolume(context.Background(), CreateRequest{Name: "too-big", RequiredBytes: c.Total - mib})
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "1 deleted volumes or snapshots in the pool's trash") {
+		t.Fatalf("refusal with one trash entry: %v, want ErrNoSpace naming the trash", err)
 	}
 }
 

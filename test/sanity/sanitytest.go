@@ -66,7 +66,14 @@ var _ = ginkgo.ReportAfterEach(func(r types.SpecReport) {
 // against dhpp serving a pool on it (see RunOnPool).
 func Run(t *testing.T, c Case) {
 	testdisk.RequireRoot(t)
-	disk := testdisk.New(t, c.FS, 4<<30)
+	// The disk must hold the whole run's trash as well as its live volumes:
+	// no purger runs here, so every volume the ~100 specs delete keeps its
+	// data, as it would for --trash-retention on a node. An xfs image of
+	// 300 MiB or more (the loop package's) is 64 MiB written at mkfs, its
+	// log; about 40 of them in the trash took 2.6 GiB of a 4 GiB disk and
+	// failed a later spec's creates, depending on Ginkgo's spec order. The
+	// image is sparse: a larger one costs nothing it does not use.
+	disk := testdisk.New(t, c.FS, 16<<30)
 	poolPath := filepath.Join(disk.Dir, "dhpp")
 	if err := os.Mkdir(poolPath, 0o755); err != nil {
 		t.Fatal(err)
