@@ -22,6 +22,10 @@ const (
 	ParamPool = "pool"
 	// ParamMode is the octal permission of the volume's root directory, e.g. "0750".
 	ParamMode = "mode"
+	// ParamPreallocate ("true" or "false", the default) writes an image
+	// volume through at creation and expansion, so its first writes do not
+	// allocate in the pool's filesystem; see node.Volume.Preallocated.
+	ParamPreallocate = "preallocate"
 	// ParamPrefixCSI is the prefix of parameters that Kubernetes sidecars add
 	// (csi.storage.k8s.io/pvc/name and friends, with --extra-create-metadata);
 	// dhpp accepts them and records the claim's and snapshot's names.

@@ -61,7 +61,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		Name: req.GetName(), Pool: params.Pool,
 		RequiredBytes: req.GetCapacityRange().GetRequiredBytes(), LimitBytes: req.GetCapacityRange().GetLimitBytes(),
 		AccessType: access, FsType: fsType, Mode: params.Mode, Labels: params.Labels,
-		Admit: d.refuseFenced, Source: src,
+		Preallocate: params.Preallocate, Admit: d.refuseFenced, Source: src,
 	})
 	if err != nil {
 		return nil, toStatus(err)

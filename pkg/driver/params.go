@@ -22,6 +22,8 @@ const DefaultMode fs.FileMode = 0o777
 type Parameters struct {
 	Pool string
 	Mode fs.FileMode
+	// Preallocate: image volumes are written through at creation.
+	Preallocate bool
 	// Labels keeps the provisioner's --extra-create-metadata (PVC and PV
 	// names) so a volume's record on disk says whose it is.
 	Labels map[string]string
@@ -53,6 +55,13 @@ func ParseParameters(params map[string]string) (Parameters, error) {
 				return Parameters{}, fmt.Errorf("%w: parameter %q: %v", node.ErrInvalid, k, err)
 			}
 			p.Mode = m
+		case k == dhpp.ParamPreallocate:
+			switch v {
+			case "true", "false":
+				p.Preallocate = v == "true"
+			default:
+				return Parameters{}, fmt.Errorf("%w: parameter %q must be \"true\" or \"false\", not %q", node.ErrInvalid, k, v)
+			}
 		case k == dhpp.ParamNodeLossPolicy: // dhpp-controller's, validated there
 		case strings.HasPrefix(k, dhpp.ParamPrefixCSI):
 			if label, ok := extraMetadata[k]; ok {
@@ -67,8 +76,8 @@ func ParseParameters(params map[string]string) (Parameters, error) {
 	}
 	if len(unknown) > 0 {
 		sort.Strings(unknown)
-		return Parameters{}, fmt.Errorf("%w: unknown parameter(s) %s; dhpp accepts %q and %q",
-			node.ErrInvalid, strings.Join(unknown, ", "), dhpp.ParamPool, dhpp.ParamMode)
+		return Parameters{}, fmt.Errorf("%w: unknown parameter(s) %s; dhpp accepts %q, %q, %q and %q",
+			node.ErrInvalid, strings.Join(unknown, ", "), dhpp.ParamPool, dhpp.ParamMode, dhpp.ParamPreallocate, dhpp.ParamNodeLossPolicy)
 	}
 	return p, nil
 }

@@ -32,6 +32,10 @@ func TestParseParameters(t *testing.T) {
 		{name: "mode setuid", in: map[string]string{"mode": "4755"}, wantErr: "beyond 0777"},
 		{name: "mode too short", in: map[string]string{"mode": "77"}, wantErr: "3 or 4 octal digits"},
 		{name: "mode symbolic", in: map[string]string{"mode": "rwx"}, wantErr: "not octal"},
+		{name: "preallocate", in: map[string]string{"preallocate": "true"}, want: Parameters{Mode: DefaultMode, Preallocate: true}},
+		{name: "preallocate off", in: map[string]string{"preallocate": "false"}, want: Parameters{Mode: DefaultMode}},
+		{name: "preallocate not a bool", in: map[string]string{"preallocate": "yes"}, wantErr: `"preallocate" must be "true" or "false", not "yes"`},
+		{name: "node loss policy is the controller's", in: map[string]string{"nodeLossPolicy": "recreate"}, want: Parameters{Mode: DefaultMode}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

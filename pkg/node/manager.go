@@ -245,6 +245,11 @@ type CreateRequest struct {
 	FsType string
 	Mode   fs.FileMode
 	Labels map[string]string
+	// Preallocate asks for an image volume written through at creation
+	// (Volume.Preallocated); a volume that is a directory has nothing to
+	// preallocate (its space is guaranteed by the pool's accounting alone),
+	// and the request is met as it is.
+	Preallocate bool
 	// Admit, if set, may refuse the pool the request resolved to before
 	// anything else is checked (the driver refuses fenced pools); its
 	// error is returned as it is.
@@ -340,6 +345,7 @@ func (m *Manager) CreateVolume(ctx context.Context, req CreateRequest) (*Volume,
 		ID: id.String(), Name: key, Pool: p.Name, Backend: b.Kind(),
 		CapacityBytes: size, AccessType: req.AccessType, FsType: req.FsType,
 		Mode: req.Mode.Perm(), Phase: PhaseCreating, Labels: req.Labels, CreatedAt: m.env.now().UTC(),
+		Preallocated: req.Preallocate && b.Kind() == BackendLoop,
 	}
 	if key != req.Name {
 		v.CSIName = req.Name
@@ -391,6 +397,8 @@ func compatible(v *Volume, fsType, pool string, req CreateRequest) error {
 		return fmt.Errorf("%w: volume %q exists with mode %#o, %#o was requested", ErrAlreadyExists, req.Name, v.Mode, req.Mode.Perm())
 	case !sameSource(v.ContentSource, req.Source):
 		return fmt.Errorf("%w: volume %q exists filled from %s, %s was requested", ErrAlreadyExists, req.Name, v.ContentSource, req.Source)
+	case v.Backend == BackendLoop && v.Preallocated != req.Preallocate:
+		return fmt.Errorf("%w: volume %q exists with preallocate=%t, preallocate=%t was requested", ErrAlreadyExists, req.Name, v.Preallocated, req.Preallocate)
 	}
 	return nil
 }

@@ -207,7 +207,16 @@ func (b *loopBackend) CreateFrom(ctx context.Context, dir volumeDir, v *Volume, 
 		return "", err
 	}
 	defer f.Close()
-	return m, f.Truncate(v.CapacityBytes)
+	if err := f.Truncate(v.CapacityBytes); err != nil {
+		return "", err
+	}
+	if v.Preallocated {
+		// The copy kept the source's holes; the new image is not
+		// attached yet, so filling them changes nothing but where its
+		// blocks are allocated.
+		return m, fillHoles(context.WithoutCancel(ctx), f)
+	}
+	return m, nil
 }
 
 // captureImage clones the image of volume v (in dir) into dst. A staged

@@ -279,6 +279,7 @@ func (m *Manager) createFromSource(ctx context.Context, p *Pool, id VolumeID, re
 		CapacityBytes: size, AccessType: src.vol.AccessType, FsType: src.vol.FsType,
 		Mode: req.Mode.Perm(), Phase: PhaseCreating, Labels: req.Labels, CreatedAt: m.env.now().UTC(),
 		ContentSource: req.Source,
+		Preallocated:  req.Preallocate && src.vol.Backend == BackendLoop,
 	}
 	if id.Name != req.Name {
 		v.CSIName = req.Name

@@ -43,9 +43,14 @@ type Volume struct {
 	TargetBytes int64      `json:"targetBytes,omitempty"`
 	AccessType  AccessType `json:"accessType"`
 	// FsType of the filesystem inside a loop image (empty for other backends).
-	FsType string      `json:"fsType,omitempty"`
-	Mode   fs.FileMode `json:"mode"`
-	Phase  Phase       `json:"phase"`
+	FsType string `json:"fsType,omitempty"`
+	// Preallocated: the volume is an image written through once at
+	// creation (and over every expansion), so its writes never allocate in
+	// the pool's filesystem (see writeThrough). Only image volumes have it.
+	Preallocated bool `json:"preallocated,omitempty"`
+
+	Mode  fs.FileMode `json:"mode"`
+	Phase Phase       `json:"phase"`
 	// SubvolumeID is the btrfs subvolume (and level-0 qgroup) id.
 	SubvolumeID uint64 `json:"subvolumeID,omitempty"`
 	// ProjectID is the XFS/ext4 project id whose quota limits the volume.

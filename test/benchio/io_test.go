@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strings"
@@ -25,6 +26,8 @@ var (
 	flagSize    = flag.Int64("benchio.size", 256<<20, "data file size in bytes")
 	flagNice    = flag.Int("benchio.nice", -15, "run fio under nice -n this (0: as is)")
 	flagSubvols = flag.Int("benchio.subvols", 1000, "volumes in the btrfs pools that measure accounting with many subvolumes")
+	flagOnly    = flag.String("benchio.only", "", "regexp: run only the targets it matches (with their baselines and the control); empty: all")
+	flagReport  = flag.String("benchio.report", "benchmarks-io", "base name of the report files in -benchio.out")
 )
 
 // BenchmarkIO is `make bench-io`: every workload on every target, rounds
@@ -36,9 +39,16 @@ func BenchmarkIO(b *testing.B) {
 	start := time.Now()
 	bn := setup(b, layout{volSize: 4 * p.FileSize, subvols: *flagSubvols})
 	b.Logf("set-up took %s", time.Since(start).Round(time.Second))
+	if *flagOnly != "" {
+		only, err := regexp.Compile(*flagOnly)
+		if err != nil {
+			b.Fatalf("-benchio.only: %v", err)
+		}
+		bn.specs = onlySpecs(bn.specs, only)
+	}
 	rep := run(b, bn, Workloads, p, *flagRounds)
 	b.Logf("runs took %s\n%s", time.Since(start).Round(time.Second), rep.markdown)
-	writeReport(b, *flagOut, "benchmarks-io", rep)
+	writeReport(b, *flagOut, *flagReport, rep)
 }
 
 // writeReport writes rep as <name>.md, .png and .json (the samples) into
@@ -85,7 +95,7 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s: figures not measured: %+v", r.Target, r)
 		}
 	}
-	for _, name := range []string{"loop ext4", "loop xfs", "loop block"} {
+	for _, name := range []string{"loop ext4", "loop xfs", "loop block", "loop ext4, preallocated", "loop xfs, preallocated", "loop block, preallocated"} {
 		tg := bn.targets[name]
 		d, err := readDevice(tg.Path, tg.Block)
 		if err != nil {

@@ -3,6 +3,7 @@ package benchio
 import (
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -74,6 +75,25 @@ func FmtLatency(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%.3g µs", float64(d)/1e3)
 	}
+}
+
+// onlySpecs keeps the candidates whose name only matches, the control
+// (the noise floor every verdict is read against) and the baselines of
+// what is kept, in their order.
+func onlySpecs(specs []Spec, only *regexp.Regexp) []Spec {
+	keep := map[string]bool{}
+	for _, s := range specs {
+		if s.Baseline != "" && (s.Control || only.MatchString(s.Name)) {
+			keep[s.Name], keep[s.Baseline] = true, true
+		}
+	}
+	var out []Spec
+	for _, s := range specs {
+		if keep[s.Name] {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func candidates(specs []Spec) []string {

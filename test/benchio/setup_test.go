@@ -86,7 +86,8 @@ func setup(tb testing.TB, l layout) *bench {
 		b.volume(tb, m, "btrfs-squota", node.CreateRequest{RequiredBytes: l.volSize}))
 
 	// xfs: the plain directory and the dir and loop pools share a disk.
-	x := disk(tb, b, "xfs", 5*l.volSize+2<<30)
+	x := disk(tb, b, "xfs", 9*l.volSize+2<<30) // the preallocated volumes occupy theirs
+
 	b.add(Spec{Name: xfsPlain}, Target{Path: mkdir(tb, x.Dir, "plain")})
 	m = manager(tb, x.Dir, node.BackendDir, node.BackendLoop)
 	b.add(Spec{Name: "dir", Baseline: xfsPlain, Tolerance: TolQuota, Control: true},
@@ -97,6 +98,14 @@ func setup(tb testing.TB, l layout) *bench {
 	}
 	b.add(Spec{Name: "loop block", Baseline: xfsPlain, Tolerance: TolLoop},
 		b.volume(tb, m, "loop-block", node.CreateRequest{Pool: "loop", RequiredBytes: l.volSize, AccessType: node.AccessBlock}))
+	// The same, written through at creation (StorageClass parameter
+	// preallocate: "true"): no first write allocates in the pool.
+	for _, fs := range []string{"ext4", "xfs"} {
+		b.add(Spec{Name: "loop " + fs + ", preallocated", Baseline: xfsPlain, Tolerance: TolLoop},
+			b.volume(tb, m, "loop-"+fs+"-pre", node.CreateRequest{Pool: "loop", RequiredBytes: l.volSize, FsType: fs, Preallocate: true}))
+	}
+	b.add(Spec{Name: "loop block, preallocated", Baseline: xfsPlain, Tolerance: TolLoop},
+		b.volume(tb, m, "loop-block-pre", node.CreateRequest{Pool: "loop", RequiredBytes: l.volSize, AccessType: node.AccessBlock, Preallocate: true}))
 	return b
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"image/color"
 	"math"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -201,6 +202,34 @@ func TestVerdict(t *testing.T) {
 	} {
 		if got := Verdict(tc.r, tc.control); got != tc.want {
 			t.Errorf("%s: Verdict = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestOnlySpecs(t *testing.T) {
+	specs := []Spec{
+		{Name: "btrfs plain dir"},
+		{Name: "btrfs qgroup", Baseline: "btrfs plain dir"},
+		{Name: "xfs plain dir"},
+		{Name: "dir", Baseline: "xfs plain dir", Control: true},
+		{Name: "loop ext4", Baseline: "xfs plain dir"},
+		{Name: "loop ext4, preallocated", Baseline: "xfs plain dir"},
+	}
+	names := func(ss []Spec) string {
+		var out []string
+		for _, s := range ss {
+			out = append(out, s.Name)
+		}
+		return strings.Join(out, "; ")
+	}
+	for _, tt := range []struct{ only, want string }{
+		{"preallocated", "xfs plain dir; dir; loop ext4, preallocated"},
+		{"^loop ext4", "xfs plain dir; dir; loop ext4; loop ext4, preallocated"},
+		{"qgroup", "btrfs plain dir; btrfs qgroup; xfs plain dir; dir"},
+		{"nothing matches this", "xfs plain dir; dir"},
+	} {
+		if got := names(onlySpecs(specs, regexp.MustCompile(tt.only))); got != tt.want {
+			t.Errorf("onlySpecs(%q) = %s, want %s", tt.only, got, tt.want)
 		}
 	}
 }
