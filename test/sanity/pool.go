@@ -90,6 +90,7 @@ func RunOnPool(t *testing.T, c Case, poolPath string) {
 	cfg.TestVolumeSize = c.VolumeSize
 	cfg.TestVolumeExpandSize = 2 * c.VolumeSize
 	cfg.TestVolumeAccessType = c.AccessType
+	cfg.TestVolumeParameters = c.Parameters
 	cfg.IDGen = &idGen{}
 	cfg.TestInvalidListVolumesStartingToken = "not-a-token"
 	cfg.IdempotentCount = 2

@@ -32,6 +32,8 @@ type Case struct {
 	AccessType string           // "mount" or "block"
 	VolumeSize int64            // sanity's TestVolumeSize
 	FsType     string           // pool's default loop filesystem
+	// Parameters are the StorageClass parameters of every CreateVolume.
+	Parameters map[string]string
 	// Skips lists the specs expected to be skipped and why. The suite fails
 	// if a spec is skipped that is not listed, or a listed one runs.
 	Skips map[string]string
