@@ -203,3 +203,30 @@ func checkImageFs(t *testing.T, img, fsType string) {
 		t.Fatalf("dumpe2fs lists no block group:\n%s", out)
 	}
 }
+
+// TestPreallocateOutlastsCancel: writing an image through takes about a
+// second per GiB, longer than csi-provisioner's 10 s timeout for large
+// volumes. A cancelled call must not throw the work away (every retry
+// would start again and none would finish): the volume is completed and
+// returned, and a retry gets it.
+func TestPreallocateOutlastsCancel(t *testing.T) {
+	m := openManager(t, newPoolOnDisk(t, "xfs", 2<<30), BackendLoop, &fakeClock{t: time.Now()})
+	t.Cleanup(m.Close)
+	const size = 512 * mib
+	req := CreateRequest{Name: "big", RequiredBytes: size, AccessType: AccessBlock, Preallocate: true}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	v, err := m.CreateVolume(ctx, req)
+	took := time.Since(start)
+	if ctx.Err() == nil {
+		t.Fatalf("the call took %s, less than its 20 ms timeout: nothing was cancelled, the test proves nothing", took)
+	}
+	if err != nil {
+		t.Fatalf("CreateVolume cancelled after 20 ms (took %s): %v; want the volume completed", took, err)
+	}
+	requireWrittenThrough(t, filepath.Join(m.Pools()[0].Path, dirVolumes, v.Name, imageName), size)
+	if again, err := m.CreateVolume(context.Background(), req); err != nil || again.ID != v.ID {
+		t.Fatalf("retry: %v, %v; want the volume", again, err)
+	}
+}
