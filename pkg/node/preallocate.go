@@ -31,60 +31,74 @@ import (
 const zeroChunk = 4 << 20
 
 // writeThrough writes zeros over [off, end) of f and makes them durable.
-// Writes are direct (the zeros are not worth a place in the page cache)
-// when both ends are aligned to 4 KiB, every device's direct-I/O alignment
-// at most; image sizes are 1 MiB multiples and holes start and end on the
-// pool filesystem's blocks, so that is the rule. It stops at ctx's end.
+// It stops at ctx's end.
 func writeThrough(ctx context.Context, f *os.File, off, end int64) error {
-	if off >= end {
-		return nil
-	}
-	w := f
-	if off%directAlign == 0 && end%directAlign == 0 {
-		direct, err := reopenDirect(f)
-		if err != nil {
-			return err
-		}
-		defer direct.Close()
-		w = direct
-	}
-	buf, err := unix.Mmap(-1, 0, zeroChunk, unix.PROT_READ, unix.MAP_ANON|unix.MAP_PRIVATE) // page-aligned zeros
+	z, err := newZeroWriter(f)
 	if err != nil {
-		return fmt.Errorf("preallocate: %w", err)
+		return err
 	}
-	defer unix.Munmap(buf)
+	err = z.write(ctx, off, end)
+	return z.finish(err)
+}
+
+// zeroWriter writes zeros into a file, directly where it can (the zeros
+// are not worth a place in the page cache), and syncs once at the end,
+// however many ranges it wrote.
+type zeroWriter struct {
+	f, direct *os.File
+	buf       []byte // zeroChunk page-aligned zeros, as O_DIRECT needs
+}
+
+// directAlign is the alignment a range needs for direct writes: 4 KiB is
+// every device's direct-I/O alignment at most. Image sizes are 1 MiB
+// multiples and holes start and end on the pool filesystem's blocks, so
+// ranges are aligned as a rule; others are written through the page cache.
+const directAlign = 4096
+
+func newZeroWriter(f *os.File) (*zeroWriter, error) {
+	// Reopened through /proc/self/fd: the same open file, never whatever
+	// its path names now.
+	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("preallocate %s: reopen for direct I/O: %w", f.Name(), err)
+	}
+	buf, err := unix.Mmap(-1, 0, zeroChunk, unix.PROT_READ, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("preallocate %s: %w", f.Name(), err)
+	}
+	return &zeroWriter{f: f, direct: os.NewFile(uintptr(fd), f.Name()), buf: buf}, nil
+}
+
+func (z *zeroWriter) write(ctx context.Context, off, end int64) error {
+	w := z.f
+	if off%directAlign == 0 && end%directAlign == 0 {
+		w = z.direct
+	}
 	for off < end {
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("preallocate %s: stopped at byte %d of %d: %w", f.Name(), off, end, err)
+			return fmt.Errorf("preallocate %s: stopped at byte %d of %d: %w", z.f.Name(), off, end, err)
 		}
-		n := int(min(int64(len(buf)), end-off))
-		if _, err := w.WriteAt(buf[:n], off); err != nil {
-			return fmt.Errorf("preallocate %s: %w", f.Name(), err)
+		n := int(min(int64(len(z.buf)), end-off))
+		if _, err := w.WriteAt(z.buf[:n], off); err != nil {
+			return fmt.Errorf("preallocate %s: %w", z.f.Name(), err)
 		}
 		off += int64(n)
-	}
-	if err := w.Sync(); err != nil {
-		return fmt.Errorf("preallocate %s: fsync: %w", f.Name(), err)
 	}
 	return nil
 }
 
-// directAlign is the alignment writeThrough needs for direct I/O.
-const directAlign = 4096
-
-// reopenDirect opens the file f has open, by its descriptor (never its
-// path, which could have been replaced), for O_DIRECT writes.
-func reopenDirect(f *os.File) (*os.File, error) {
-	fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
-	if err != nil && errors.Is(err, unix.ELOOP) {
-		// /proc/self/fd/N is a magic link: O_NOFOLLOW refuses it on
-		// some kernels. Reopening it follows the open file, not a path.
-		fd, err = unix.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()), unix.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+// finish releases the writer and, if err is nil, makes what it wrote
+// durable: fsync flushes the file, whichever descriptor wrote.
+func (z *zeroWriter) finish(err error) error {
+	if err == nil {
+		if err = z.f.Sync(); err != nil {
+			err = fmt.Errorf("preallocate %s: fsync: %w", z.f.Name(), err)
+		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("preallocate %s: reopen for direct I/O: %w", f.Name(), err)
-	}
-	return os.NewFile(uintptr(fd), f.Name()), nil
+	z.direct.Close()
+	unix.Munmap(z.buf)
+	return err
 }
 
 // fillHoles writes through every part of f that no write has reached yet:
@@ -98,6 +112,15 @@ func fillHoles(ctx context.Context, f *os.File) error {
 		return err
 	}
 	size := st.Size()
+	z, err := newZeroWriter(f)
+	if err != nil {
+		return err
+	}
+	return z.finish(z.fillHoles(ctx, size))
+}
+
+func (z *zeroWriter) fillHoles(ctx context.Context, size int64) error {
+	f := z.f
 	for off := int64(0); off < size; {
 		hole, err := unix.Seek(int(f.Fd()), off, unix.SEEK_HOLE)
 		if err != nil {
@@ -112,7 +135,7 @@ func fillHoles(ctx context.Context, f *os.File) error {
 		} else if err != nil {
 			return fmt.Errorf("preallocate %s: seek data: %w", f.Name(), err)
 		}
-		if err := writeThrough(ctx, f, hole, data); err != nil {
+		if err := z.write(ctx, hole, data); err != nil {
 			return err
 		}
 		off = data
