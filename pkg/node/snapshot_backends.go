@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -235,8 +237,7 @@ func (b *loopBackend) captureImage(ctx context.Context, dir volumeDir, v *Volume
 	}
 	reflink := canReflink(img)
 	if len(devs) > 0 && v.AccessType == AccessBlock && !reflink {
-		return "", fmt.Errorf("%w: block volume %q is attached (%s) and pool %q cannot reflink its image: a copy of a device being written would be torn; "+
-			"stop the pods using it (or use a pool on btrfs) and retry", ErrInUse, v.ID, devs[0], b.st.name)
+		return b.copyIdleDevice(ctx, img, v, dst, devs)
 	}
 	if v.AccessType == AccessMount {
 		for _, dev := range devs {
@@ -251,6 +252,72 @@ func (b *loopBackend) captureImage(ctx context.Context, dir volumeDir, v *Volume
 		}
 	}
 	return cloneImage(ctx, img, dst, reflink)
+}
+
+// copyIdleDevice copies the image of an attached Block volume on a pool
+// that cannot reflink it. There is no filesystem of dhpp's on the device to
+// freeze, and a copy of a device being written would be torn, so the
+// device is watched instead: the copy stands only if no write or discard
+// was in flight when it began and none completed or was in flight when it
+// ended (the loop device's counters in /sys/block). It is then the image at
+// an instant, as a crash would have left it. Otherwise the copy is thrown
+// away with ErrBusy (Aborted), which the sidecars retry: a device idle for
+// the length of a copy is what a clone or snapshot of a volume in use waits for.
+func (b *loopBackend) copyIdleDevice(ctx context.Context, img *os.File, v *Volume, dst volumeDir, devs []string) (string, error) {
+	busy := func(when string) error {
+		return fmt.Errorf("%w: block volume %q is attached (%s) and was being written %s the copy of its image, which pool %q cannot reflink; "+
+			"the copy was discarded (it would be torn) and is retried: it succeeds once the device is idle for the copy's length, or when the pods using it stop",
+			ErrBusy, v.ID, devs[0], when, b.st.name)
+	}
+	before, err := deviceWrites(devs)
+	if err != nil {
+		return "", err
+	}
+	if before.inFlight > 0 {
+		return "", busy("at the start of")
+	}
+	m, err := cloneImage(ctx, img, dst, false)
+	if err != nil {
+		return "", err
+	}
+	after, err := deviceWrites(devs)
+	if err != nil {
+		return "", err
+	}
+	if after != before {
+		return "", busy("during")
+	}
+	return m, nil
+}
+
+// writeCounters are a block device's completed writes and discards and
+// its requests in flight (/sys/block/<dev>/stat), summed over devices.
+type writeCounters struct{ writes, discards, inFlight uint64 }
+
+func deviceWrites(devs []string) (writeCounters, error) {
+	var c writeCounters
+	for _, dev := range devs {
+		name := filepath.Base(dev)
+		raw, err := os.ReadFile(filepath.Join("/sys/block", name, "stat"))
+		if err != nil {
+			return c, fmt.Errorf("read the I/O counters of %s: %w", dev, err)
+		}
+		f := strings.Fields(string(raw))
+		if len(f) < 9 {
+			return c, fmt.Errorf("read the I/O counters of %s: %d fields in %q", dev, len(f), raw)
+		}
+		num := func(i int) uint64 {
+			if i >= len(f) {
+				return 0 // discard fields: kernels before 4.18 lack them
+			}
+			n, _ := strconv.ParseUint(f[i], 10, 64)
+			return n
+		}
+		c.writes += num(4)    // write I/Os completed
+		c.inFlight += num(8)  // I/Os in flight
+		c.discards += num(11) // discard I/Os completed
+	}
+	return c, nil
 }
 
 // isSnapshotDir reports whether d is a snapshot's directory (or one being
